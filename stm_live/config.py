@@ -1,0 +1,342 @@
+"""Configuration: checked once at start-up into frozen, typed objects.
+
+Precedence, lowest first: built-in defaults < the YAML file < environment
+variables < command-line flags. The file is ``--config PATH``, else
+``$STM_LIVE_CONFIG``, else ``./config.yaml`` when it exists, else none.
+
+Environment variables are ``STM_LIVE_<SECTION>_<KEY>`` (section names hold no
+underscore, so ``STM_LIVE_PUBLISH_LABEL_MAPS=false`` sets
+``publish.label_maps``); values are parsed as YAML scalars or lists.
+
+Unknown keys, wrong types and impossible values are errors
+(:class:`~stm_live.errors.ConfigError`) that name where the value came from
+(file, environment variable or flag), the key, the value and what was
+expected. Relative paths in the file are relative to the file's folder;
+relative paths from the environment or command line to the working directory.
+
+Validation uses pydantic: it gives typed, frozen models whose errors carry the
+location and the offending input, which is exactly what the messages need,
+without a hand-written type checker.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "ENV_PREFIX",
+    "Config",
+    "default_config_path",
+    "dump_config",
+    "load_config",
+]
+
+ENV_PREFIX = "STM_LIVE_"
+_CONFIG_ENV = "STM_LIVE_CONFIG"
+
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+def _endpoint(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if "://" not in value:
+        raise ValueError("expected a ZeroMQ endpoint such as tcp://127.0.0.1:5555, ipc:///tmp/x or inproc://x")
+    return value
+
+
+class InputSection(_Section):
+    """Which image of a scan is segmented, and sizes for files that lack them."""
+
+    channel: str = "Z"
+    direction: Literal["forward", "backward"] = "forward"
+    width_nm: PositiveFloat | None = None
+    height_nm: PositiveFloat | None = None
+
+
+class ModelSection(_Section):
+    """The segmentation model and how onnxruntime runs it."""
+
+    path: Path | None = None
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Annotated[int, Field(ge=0)] = 0
+    min_score: Fraction = 0.5
+    min_area_nm2: Annotated[float, Field(ge=0)] = 0.0
+
+
+class WatchSection(_Section):
+    """Folders watched for finished scan files."""
+
+    folders: list[Path] = []
+    patterns: list[str] = ["*.sxm", "*.npy", "*.npz"]
+    recursive: bool = False
+    settle_timeout_s: PositiveFloat = 600.0
+    retry_initial_s: PositiveFloat = 0.1
+    retry_max_s: PositiveFloat = 5.0
+
+
+class IngestSection(_Section):
+    """ZeroMQ SUB socket that controller bridges publish scan lines to."""
+
+    endpoint: str | None = "tcp://127.0.0.1:5555"
+    max_open_scans: PositiveInt = 4
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        return _endpoint(value)
+
+
+class PublishSection(_Section):
+    """ZeroMQ PUB socket results and heartbeats go out on."""
+
+    endpoint: str | None = "tcp://127.0.0.1:5556"
+    label_maps: bool = True
+    heartbeat_s: PositiveFloat = 2.0
+    send_hwm: PositiveInt = 1000
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        return _endpoint(value)
+
+
+class ResultsSection(_Section):
+    """Where results, the event log and quarantined files are kept."""
+
+    dir: Path = Path("stm-live-results")
+    overlay_png: bool = True
+
+
+class LogSection(_Section):
+    """Logging of the service."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Section):
+    """The whole configuration; see ``config.yaml`` for every key explained."""
+
+    input: InputSection = InputSection()
+    model: ModelSection = ModelSection()
+    watch: WatchSection = WatchSection()
+    ingest: IngestSection = IngestSection()
+    publish: PublishSection = PublishSection()
+    results: ResultsSection = ResultsSection()
+    log: LogSection = LogSection()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-able form (paths as strings)."""
+        return self.model_dump(mode="json")
+
+
+def _is_path_type(annotation: Any) -> bool:
+    if annotation is Path:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, list):
+        return any(_is_path_type(a) for a in typing.get_args(annotation))
+    return False
+
+
+def _path_keys(model: type[BaseModel] = Config, prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys |= _path_keys(ann, f"{prefix}{name}.")
+        elif _is_path_type(ann):
+            keys.add(prefix + name)
+    return keys
+
+
+def _resolve_paths(raw: Any, base: Path, key: str, path_keys: set[str]) -> Any:
+    if isinstance(raw, dict):
+        return {k: _resolve_paths(v, base, f"{key}.{k}" if key else str(k), path_keys) for k, v in raw.items()}
+    if key in path_keys:
+        if isinstance(raw, str):
+            return str((base / Path(raw).expanduser()).resolve()) if raw else raw
+        if isinstance(raw, list):
+            return [str((base / Path(v).expanduser()).resolve()) if isinstance(v, str) else v for v in raw]
+    return raw
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            flat.update(_flatten(v, key + "."))
+        flat[key] = v
+    return flat
+
+
+def default_config_path() -> Path | None:
+    """The file used when none is named: ``$STM_LIVE_CONFIG`` or ``./config.yaml``."""
+    env = os.environ.get(_CONFIG_ENV)
+    if env:
+        return Path(env)
+    local = Path("config.yaml")
+    return local if local.is_file() else None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration file: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    return _resolve_paths(raw, path.resolve().parent, "", _path_keys())
+
+
+def _read_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    tree: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    sections = set(Config.model_fields)
+    for name, text in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == _CONFIG_ENV:
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        if section not in sections or not key:
+            raise ConfigError(
+                f"environment variable {name}: unknown setting; expected {ENV_PREFIX}<SECTION>_<KEY> "
+                f"with SECTION one of {', '.join(s.upper() for s in sorted(sections))}"
+            )
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        dotted = f"{section}.{key}"
+        _set(tree, dotted, value)
+        origins[dotted] = f"environment variable {name}"
+    return tree, origins
+
+
+def _expected(err: Mapping[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "literal_error":
+        ctx = err.get("ctx") or {}
+        return f"expected one of {ctx.get('expected', '')}"
+    msg = str(err.get("msg", "invalid value"))
+    msg = msg.removeprefix("Value error, ")
+    return "expected " + msg.removeprefix("Input should be ") if msg.startswith("Input should be ") else msg
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    use_default_file: bool = True,
+) -> Config:
+    """Build the effective configuration.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        YAML file; default :func:`default_config_path` when
+        ``use_default_file`` is true.
+    overrides : Mapping[str, Any], optional
+        Command-line values by dotted key (``{"watch.folders": ["/data"]}``);
+        ``None`` values are ignored (flag not given).
+    environ : Mapping[str, str], optional
+        Environment to read ``STM_LIVE_*`` from (default ``os.environ``).
+
+    Raises
+    ------
+    ConfigError
+        Naming the source, the key, the value and what was expected.
+    """
+    environ = os.environ if environ is None else environ
+    file_path = Path(path) if path is not None else (default_config_path() if use_default_file else None)
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    if file_path is not None:
+        from_file = _read_file(file_path)
+        merged = _merge(merged, from_file)
+        origins.update({k: str(file_path) for k in _flatten(from_file)})
+    env_tree, env_origins = _read_env(environ)
+    merged = _merge(merged, env_tree)
+    origins.update(env_origins)
+    cli_tree: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set(cli_tree, dotted, value)
+            origins[dotted] = f"command-line option for {dotted}"
+    merged = _merge(merged, cli_tree)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"]]
+            dotted = ".".join(loc)
+            origin = next(
+                (origins[k] for k in (".".join(loc[:i]) for i in range(len(loc), 0, -1)) if k in origins),
+                "defaults",
+            )
+            value = err.get("input")
+            shown = "" if err.get("type") == "missing" else f" = {value!r}"
+            lines.append(f"{origin}: {dotted}{shown}: {_expected(err)}")
+        if len(lines) == 1:
+            raise ConfigError(f"invalid configuration: {lines[0]}") from None
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def dump_config(config: Config) -> str:
+    """The configuration as YAML text (what ``stm-live config`` prints)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)

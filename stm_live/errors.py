@@ -1,0 +1,46 @@
+"""The exceptions stm-live raises on purpose.
+
+Every error derives from :class:`StmLiveError` *and* from the builtin that
+matches its meaning (``ValueError``, ``OSError``, ...), so callers can catch
+either the package-wide base or the familiar builtin. Messages are written for
+the person at the microscope: they name the file, key or field, the bad value
+and what was expected.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "ModelError",
+    "ScanReadError",
+    "StmLiveError",
+    "WireError",
+]
+
+
+class StmLiveError(Exception):
+    """Base class of every error stm-live raises deliberately."""
+
+
+class ConfigError(StmLiveError, ValueError):
+    """The configuration (file, environment or command line) is invalid."""
+
+
+class ScanReadError(StmLiveError, ValueError):
+    """A scan file or array cannot be read: truncated, corrupt, or not a scan.
+
+    The message always starts with the path of the offending input.
+    """
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class ModelError(StmLiveError, ValueError):
+    """A model file is missing, unreadable or lacks the metadata stm-live needs."""
+
+
+class WireError(StmLiveError, ValueError):
+    """A ZeroMQ message does not follow the stm-live protocol."""
