@@ -10,6 +10,7 @@ and what was expected.
 from __future__ import annotations
 
 __all__ = [
+    "AdaptError",
     "ConfigError",
     "ModelError",
     "ScanReadError",
@@ -40,6 +41,10 @@ class ScanReadError(StmLiveError, ValueError):
 
 class ModelError(StmLiveError, ValueError):
     """A model file is missing, unreadable or lacks the metadata stm-live needs."""
+
+
+class AdaptError(StmLiveError, ValueError):
+    """The labels given for adaptation cannot make prototypes (a class without examples, ...)."""
 
 
 class WireError(StmLiveError, ValueError):

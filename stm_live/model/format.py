@@ -1,0 +1,345 @@
+"""The stm-live model file: an ONNX graph with a prototype head and its metadata inside.
+
+Contract (format version 1)
+---------------------------
+* Input ``image``: float32 ``[N, 1, H, W]``, the levelled, resampled (to
+  ``nm_per_px``) and normalised image; any ``H, W`` (fully convolutional).
+* Output ``embedding``: float32 ``[N, D, H, W]``, one D-dimensional vector per
+  pixel (the encoder).
+* Output ``probs``: float32 ``[N, 1 + C, H, W]``, class probabilities,
+  channel 0 = background, channel k = ``classes[k - 1]``. Only in models with
+  a head; a bare encoder has ``embedding`` only.
+
+The head is a prototype classifier. With prototypes ``p_m`` (``M`` of them,
+each labelled with a class; background may have several), a pixel's
+prototype logits are ``-||e - p_m||^2 / T``. Because softmax ignores terms
+constant per pixel, ``-||e||^2`` can be dropped, which makes the head a 1x1
+convolution with weight ``2 p_m / T`` and bias ``-||p_m||^2 / T``, followed by
+a softmax over prototypes and a fixed 1x1 convolution that sums the
+probabilities of each class's prototypes. Adapting to a new surface replaces
+these three initializers and the metadata; the encoder is untouched.
+
+Metadata (``metadata_props``, JSON values under ``stm_live.*`` keys) carries
+everything the runtime needs: class names, pixel size, normalisation,
+levelling, the prototypes and their provenance, training provenance and
+metrics, the stm-live version, and the model id (a hash of the graph and
+weights).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import __version__
+from ..errors import ModelError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "HEAD_PREFIX",
+    "INPUT_NAME",
+    "ModelInfo",
+    "Prototypes",
+    "attach_head",
+    "has_head",
+    "load_onnx",
+    "model_id",
+    "read_info",
+    "save_model",
+]
+
+FORMAT_VERSION = 1
+INPUT_NAME = "image"
+EMBEDDING_NAME = "embedding"
+PROBS_NAME = "probs"
+HEAD_PREFIX = "stm_live.head."
+_META_PREFIX = "stm_live."
+
+
+@dataclass(frozen=True)
+class Prototypes:
+    """Prototype vectors of a head.
+
+    ``vectors`` is ``(M, D)`` float32; ``labels`` gives each prototype's class
+    index (0 = background, k = ``classes[k - 1]``); ``temperature`` scales
+    squared distances into logits (fitted on validation data so that the
+    probabilities are calibrated).
+    """
+
+    vectors: np.ndarray
+    labels: tuple[int, ...]
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(self.labels) or vectors.shape[0] == 0:
+            raise ValueError(f"prototypes: {vectors.shape} vectors for {len(self.labels)} labels")
+        if not np.isfinite(vectors).all():
+            raise ValueError("prototypes contain NaN or inf")
+        if not (np.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"prototype temperature must be positive, got {self.temperature}")
+        object.__setattr__(self, "vectors", vectors)
+        object.__setattr__(self, "labels", tuple(int(label) for label in self.labels))
+
+    @property
+    def n_classes(self) -> int:
+        """Number of output channels, background included."""
+        return max(self.labels) + 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vectors": self.vectors.tolist(),
+            "labels": list(self.labels),
+            "temperature": self.temperature,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Prototypes:
+        return cls(np.asarray(data["vectors"], dtype=np.float32), tuple(data["labels"]), float(data["temperature"]))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model file says about itself (its ``stm_live.*`` metadata).
+
+    Attributes
+    ----------
+    name : str
+        Human name, e.g. ``"si001-ash3"``.
+    classes : tuple of str
+        Feature classes (background excluded), in output-channel order 1..C.
+    nm_per_px : float
+        Pixel pitch the model expects, nm. Inputs are resampled to it.
+    embedding_dim : int
+        Length D of the per-pixel embedding.
+    context_px : int
+        Pixels of context each side a prediction depends on (at ``nm_per_px``);
+        the live path segments strips with this much margin.
+    normalisation : Mapping
+        How the image is normalised before the model (see ``stm_live.model.prepare``).
+    levelling : Mapping
+        How the image is levelled before the model.
+    prototypes : Prototypes or None
+        The head's prototypes; None for a bare encoder.
+    provenance : Mapping
+        Where the prototypes came from (training, or which labelled images/points).
+    training : Mapping
+        Training data hash, seed, steps, and metrics.
+    surface : str or None
+        The surface the head was made for.
+    id : str
+        Hash of graph and weights (filled by :func:`save_model`).
+    version : str
+        stm-live version that wrote the file.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    nm_per_px: float
+    embedding_dim: int
+    context_px: int = 32
+    normalisation: Mapping[str, Any] = field(default_factory=lambda: {"method": "robust"})
+    levelling: Mapping[str, Any] = field(default_factory=dict)
+    prototypes: Prototypes | None = None
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    training: Mapping[str, Any] = field(default_factory=dict)
+    surface: str | None = None
+    id: str = ""
+    version: str = __version__
+
+    def to_metadata(self) -> dict[str, str]:
+        values: dict[str, Any] = {
+            "format": FORMAT_VERSION,
+            "name": self.name,
+            "classes": list(self.classes),
+            "nm_per_px": self.nm_per_px,
+            "embedding_dim": self.embedding_dim,
+            "context_px": self.context_px,
+            "normalisation": dict(self.normalisation),
+            "levelling": dict(self.levelling),
+            "prototypes": None if self.prototypes is None else self.prototypes.to_json(),
+            "provenance": dict(self.provenance),
+            "training": dict(self.training),
+            "surface": self.surface,
+            "id": self.id,
+            "version": self.version,
+        }
+        return {_META_PREFIX + k: json.dumps(v) for k, v in values.items()}
+
+
+_REQUIRED = ("format", "name", "classes", "nm_per_px", "embedding_dim")
+
+
+def _meta_dict(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def read_info(model: onnx.ModelProto, *, source: str = "model") -> ModelInfo:
+    """Parse the ``stm_live.*`` metadata of ``model``.
+
+    Raises
+    ------
+    ModelError
+        Metadata missing, malformed, or of an unknown format version.
+    """
+    raw = _meta_dict(model)
+    values: dict[str, Any] = {}
+    for key, text in raw.items():
+        if key.startswith(_META_PREFIX):
+            try:
+                values[key[len(_META_PREFIX):]] = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ModelError(f"{source}: metadata {key} is not valid JSON: {exc}") from None
+    missing = [k for k in _REQUIRED if k not in values]
+    if missing:
+        raise ModelError(
+            f"{source}: not an stm-live model: metadata {', '.join(_META_PREFIX + k for k in missing)} missing "
+            "(export models with `stm-live train` or `stm-live adapt`)"
+        )
+    if values["format"] != FORMAT_VERSION:
+        raise ModelError(f"{source}: model format {values['format']!r}, this stm-live reads {FORMAT_VERSION}")
+    try:
+        protos = values.get("prototypes")
+        return ModelInfo(
+            name=str(values["name"]),
+            classes=tuple(str(c) for c in values["classes"]),
+            nm_per_px=float(values["nm_per_px"]),
+            embedding_dim=int(values["embedding_dim"]),
+            context_px=int(values.get("context_px", 32)),
+            normalisation=values.get("normalisation") or {"method": "robust"},
+            levelling=values.get("levelling") or {},
+            prototypes=None if protos is None else Prototypes.from_json(protos),
+            provenance=values.get("provenance") or {},
+            training=values.get("training") or {},
+            surface=values.get("surface"),
+            id=str(values.get("id", "")),
+            version=str(values.get("version", "")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{source}: malformed stm-live metadata: {exc}") from None
+
+
+def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Load an ONNX file with a clear error for missing or corrupt files."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"{p}: model file not found")
+    try:
+        return onnx.load(str(p))
+    except Exception as exc:  # onnx raises DecodeError, ValueError, ... for corrupt files
+        raise ModelError(f"{p}: not a readable ONNX model: {exc}") from None
+
+
+def has_head(model: onnx.ModelProto) -> bool:
+    """True when the graph has the prototype head (a ``probs`` output)."""
+    return any(o.name == PROBS_NAME for o in model.graph.output)
+
+
+def strip_head(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` without its prototype head (encoder only)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    keep_nodes = [n for n in graph.node if not n.name.startswith(HEAD_PREFIX)]
+    keep_inits = [i for i in graph.initializer if not i.name.startswith(HEAD_PREFIX)]
+    keep_outputs = [o for o in graph.output if o.name != PROBS_NAME]
+    del graph.node[:]
+    graph.node.extend(keep_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(keep_inits)
+    del graph.output[:]
+    graph.output.extend(keep_outputs)
+    return out
+
+
+def attach_head(model: onnx.ModelProto, prototypes: Prototypes) -> onnx.ModelProto:
+    """A copy of ``model`` with its head replaced by one built from ``prototypes``.
+
+    The graph must have an ``embedding`` output of the prototypes' dimension.
+    """
+    base = strip_head(model)
+    d = prototypes.vectors.shape[1]
+    emb = next((o for o in base.graph.output if o.name == EMBEDDING_NAME), None)
+    if emb is None:
+        raise ModelError("model has no 'embedding' output: not an stm-live encoder")
+    dims = emb.type.tensor_type.shape.dim
+    if len(dims) == 4 and dims[1].HasField("dim_value") and dims[1].dim_value != d:
+        raise ModelError(f"prototypes have dimension {d}, the encoder's embedding has {dims[1].dim_value}")
+    t = prototypes.temperature
+    p = prototypes.vectors.astype(np.float64)
+    weight = (2.0 * p / t).astype(np.float32).reshape(len(p), d, 1, 1)
+    bias = (-(p**2).sum(axis=1) / t).astype(np.float32)
+    n_classes = prototypes.n_classes
+    assign = np.zeros((n_classes, len(p), 1, 1), np.float32)
+    for m, label in enumerate(prototypes.labels):
+        assign[label, m] = 1.0
+    names = {k: HEAD_PREFIX + k for k in ("weight", "bias", "assign", "logits", "proto_probs")}
+    graph = base.graph
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(weight, names["weight"]),
+            numpy_helper.from_array(bias, names["bias"]),
+            numpy_helper.from_array(assign, names["assign"]),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node(
+                "Conv", [EMBEDDING_NAME, names["weight"], names["bias"]], [names["logits"]],
+                name=HEAD_PREFIX + "conv",
+            ),
+            helper.make_node(
+                "Softmax", [names["logits"]], [names["proto_probs"]], axis=1, name=HEAD_PREFIX + "softmax"
+            ),
+            helper.make_node("Conv", [names["proto_probs"], names["assign"]], [PROBS_NAME], name=HEAD_PREFIX + "sum"),
+        ]
+    )
+    graph.output.append(helper.make_tensor_value_info(PROBS_NAME, TensorProto.FLOAT, ["N", n_classes, "H", "W"]))
+    return base
+
+
+def model_id(model: onnx.ModelProto) -> str:
+    """A short hash of the graph and weights (metadata excluded)."""
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.metadata_props[:]
+    return hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest()[:16]
+
+
+def with_info(model: onnx.ModelProto, info: ModelInfo) -> tuple[onnx.ModelProto, ModelInfo]:
+    """A copy of ``model`` carrying ``info`` as metadata, with the id filled in."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.producer_name = "stm-live"
+    out.producer_version = __version__
+    info = replace(info, id=model_id(out), version=__version__)
+    del out.metadata_props[:]
+    for key, value in info.to_metadata().items():
+        out.metadata_props.add(key=key, value=value)
+    return out, info
+
+
+def save_model(model: onnx.ModelProto, info: ModelInfo, path: str | os.PathLike[str]) -> ModelInfo:
+    """Check and write ``model`` with ``info`` to ``path`` atomically; return the info with its id."""
+    out, info = with_info(model, info)
+    onnx.checker.check_model(out)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.part")
+    tmp.write_bytes(out.SerializeToString())
+    os.replace(tmp, p)
+    return info
+
+
+def class_names_with_background(info: ModelInfo) -> Sequence[str]:
+    """``["background", *classes]``: the names of the ``probs`` channels."""
+    return ["background", *info.classes]
