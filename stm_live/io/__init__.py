@@ -23,6 +23,7 @@ __all__ = [
     "ScanFile",
     "SxmHeader",
     "read_array",
+    "read_frame",
     "read_scan",
     "read_sxm",
     "read_sxm_header",
@@ -114,6 +115,18 @@ def read_scan(
     if suffix in (".npy", ".npz"):
         return ScanFile(str(p), read_array(p, width_nm=width_nm, height_nm=height_nm))
     raise ScanReadError(p, f"unsupported file type {suffix or '(no suffix)'!r}; expected one of {SCAN_SUFFIXES}")
+
+
+def read_frame(
+    path: str | os.PathLike[str],
+    *,
+    channel: str = "Z",
+    direction: str = "forward",
+    width_nm: float | None = None,
+    height_nm: float | None = None,
+) -> Frame:
+    """Read one channel and direction of a scan file (see :func:`read_scan`)."""
+    return read_scan(path, width_nm=width_nm, height_nm=height_nm).frame(channel, direction)
 
 
 def header_summary(scan: ScanFile) -> Mapping[str, object]:
