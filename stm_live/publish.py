@@ -1,0 +1,585 @@
+"""Sinks: the ZeroMQ PUB socket, the result store and the event log.
+
+Everything here is an edge of the pipeline; what it writes is built by pure
+functions (:func:`result_record`, :func:`overlay_rgb`,
+:func:`stm_live.wire.encode_seg`) that tests check on their own.
+
+* :class:`Publisher` binds an ``XPUB`` socket with ``XPUB_NODROP`` and sends
+  without blocking: when a subscriber's queue (``publish.send_hwm``
+  messages) is full, :meth:`Publisher.send` returns False and counts the
+  message as dropped instead of waiting. (A plain PUB socket drops for slow
+  subscribers too, but silently, so drops could not be counted.) While one
+  subscriber is stuck with a full queue the message is dropped for every
+  subscriber: ZeroMQ decides per message, not per peer. The drop count goes
+  out in every ``status`` heartbeat.
+* :class:`ResultStore` keeps, in ``results.dir``::
+
+      frames/<name>-<sha256[:16]>.json   the result record (result_record)
+      frames/<name>-<sha256[:16]>.npy    the uint8 class map
+      frames/<name>-<sha256[:16]>.png    the overlay (results.overlay_png)
+      processed.jsonl                    one line per stored result: the processed set
+      quarantine/<file>, <file>.reason.txt   bad inputs and why
+      events.jsonl                       the event log (EventLog)
+
+  Every file is written to a temporary name, flushed, fsynced and renamed
+  (``os.replace``), and the result's line is appended to
+  ``processed.jsonl`` (and fsynced) only after its files are in place, so a
+  ``kill -9`` at any moment leaves either no trace of a result (it is
+  processed again after a restart, into the same file names) or a complete
+  one that is never processed again.
+* :class:`EventLog` appends one JSON object per event to ``events.jsonl``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Final
+
+import numpy as np
+import zmq
+
+from .frame import Frame, Segmentation
+from .wire import Message, encode
+
+__all__ = [
+    "EventLog",
+    "Publisher",
+    "ResultStore",
+    "StoredResult",
+    "array_sha256",
+    "overlay_rgb",
+    "result_record",
+]
+
+log = logging.getLogger(__name__)
+
+#: Overlay colours of classes 1, 2, ... (cycled); background shows the image only.
+CLASS_COLOURS: Final = (
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180), (70, 240, 240),
+    (245, 130, 48), (240, 50, 230),
+)
+_OVERLAY_ALPHA: Final = 0.45
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+# --------------------------------------------------------------------------
+# Pure builders
+# --------------------------------------------------------------------------
+
+
+def array_sha256(data: np.ndarray) -> str:
+    """SHA-256 (hex) of an array's values as native-endian C-ordered bytes.
+
+    The content hash of a frame that arrived over the wire (files are
+    hashed by their bytes, :func:`stm_live.ingest.watch.file_sha256`).
+
+    Examples
+    --------
+    >>> array_sha256(np.zeros((2, 2), np.float32))[:12]
+    '374708fff771'
+    """
+    arr = np.ascontiguousarray(data)
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return hashlib.sha256(arr.tobytes()).hexdigest()
+
+
+def result_record(
+    frame: Frame,
+    segmentation: Segmentation,
+    *,
+    source: str,
+    scan_id: str,
+    complete: bool,
+    sha256: str,
+) -> dict[str, Any]:
+    """The stored result of one frame: what ``stm-live segment --json`` prints, plus provenance.
+
+    Parameters
+    ----------
+    frame : Frame
+        The frame that was segmented (its size and channel are recorded).
+    segmentation : Segmentation
+        The model's answer for it.
+    source : str
+        File path, or ``"zmq"``.
+    scan_id : str
+        The scan's id (for files, the file name without suffix).
+    complete : bool
+        Whether the input was a complete scan.
+    sha256 : str
+        Content hash of the input (file bytes, or :func:`array_sha256`).
+
+    Returns
+    -------
+    dict
+        ``{"source", "image": {"rows", "cols", "width_nm", "height_nm",
+        "channel"}, "model": {"id", "name"}, "classes", "detections": [{"class",
+        "x_nm", "y_nm", "area_nm2", "score"}], "timings_ms", "scan_id",
+        "complete", "sha256"}``; schema ``stm_live/schemas/result.json``.
+    """
+    return {
+        "source": source,
+        "image": {
+            "rows": frame.rows,
+            "cols": frame.cols,
+            "width_nm": round(frame.width_nm, 6),
+            "height_nm": round(frame.height_nm, 6),
+            "channel": frame.channel,
+        },
+        "model": {"id": segmentation.model_id, "name": segmentation.model_name},
+        "classes": list(segmentation.classes),
+        "detections": [
+            {
+                "class": d.class_name,
+                "x_nm": round(float(d.x_nm), 4),
+                "y_nm": round(float(d.y_nm), 4),
+                "area_nm2": round(float(d.area_nm2), 4),
+                "score": round(float(d.score), 4),
+            }
+            for d in segmentation.detections
+        ],
+        "timings_ms": {k: round(float(v), 3) for k, v in segmentation.timings_ms.items()},
+        "scan_id": scan_id,
+        "complete": bool(complete),
+        "sha256": sha256,
+    }
+
+
+def overlay_rgb(data: np.ndarray, class_map: np.ndarray) -> np.ndarray:
+    """The image in grey with the classes painted over it.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        ``(rows, cols)`` image, any real dtype; NaN (unscanned) shows black.
+        Grey levels span the 1st..99th percentile of the finite values.
+    class_map : numpy.ndarray
+        ``(rows, cols)`` uint8; 0 is background, ``k`` gets colour
+        ``CLASS_COLOURS[(k - 1) % 8]`` at 45 % opacity.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(rows, cols, 3)`` uint8 RGB.
+
+    Examples
+    --------
+    >>> rgb = overlay_rgb(np.arange(4.0).reshape(2, 2), np.array([[0, 1], [0, 0]], np.uint8))
+    >>> rgb.shape, rgb.dtype.name, rgb[0, 0].tolist()
+    ((2, 2, 3), 'uint8', [0, 0, 0])
+    """
+    image = np.asarray(data, dtype=np.float64)
+    cmap = np.asarray(class_map)
+    if image.ndim != 2 or cmap.shape != image.shape:
+        raise ValueError(f"overlay_rgb needs a 2-D image and a class map of its shape, got {image.shape}, {cmap.shape}")
+    finite = np.isfinite(image)
+    grey = np.zeros(image.shape, dtype=np.float64)
+    if finite.any():
+        lo, hi = np.percentile(image[finite], [1.0, 99.0])
+        scale = hi - lo if hi > lo else 1.0
+        grey = np.where(finite, np.clip((image - lo) / scale, 0.0, 1.0), 0.0)
+    rgb = np.repeat((grey * 255.0)[:, :, None], 3, axis=2)
+    palette = np.array(CLASS_COLOURS, dtype=np.float64)
+    labelled = cmap > 0
+    if labelled.any():
+        colours = palette[(cmap[labelled].astype(np.int64) - 1) % len(CLASS_COLOURS)]
+        rgb[labelled] = (1.0 - _OVERLAY_ALPHA) * rgb[labelled] + _OVERLAY_ALPHA * colours
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def _safe_name(name: str, limit: int = 80) -> str:
+    """A file-name-safe version of a scan id or file stem."""
+    safe = _UNSAFE.sub("_", name).strip("._") or "scan"
+    return safe[:limit]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
+
+
+def _utc_now_iso(t: float) -> str:
+    return _dt.datetime.fromtimestamp(t, tz=_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------
+# ZeroMQ PUB
+# --------------------------------------------------------------------------
+
+
+class Publisher:
+    """The daemon's PUB edge: non-blocking sends, dropped messages counted.
+
+    Parameters
+    ----------
+    socket : zmq.Socket
+        A bound ``XPUB`` socket (see :meth:`bind`); a plain ``PUB`` socket
+        works too but never reports drops.
+
+    Attributes
+    ----------
+    sent, dropped : int
+        Messages sent, and not sent because a subscriber's queue was full.
+    """
+
+    def __init__(self, socket: zmq.Socket[Any]) -> None:
+        self.socket = socket
+        self.sent = 0
+        self.dropped = 0
+        self._subscriptions: dict[bytes, int] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def bind(cls, context: zmq.Context[Any], endpoint: str, *, send_hwm: int = 1000) -> Publisher:
+        """Bind a new ``XPUB`` socket at ``endpoint`` (config ``publish.endpoint``, ``publish.send_hwm``).
+
+        Raises
+        ------
+        zmq.ZMQError
+            The endpoint cannot be bound (in use, bad address).
+        """
+        sock = context.socket(zmq.XPUB)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, send_hwm)
+            # Without NODROP a full subscriber silently loses messages and send never says so.
+            sock.setsockopt(zmq.XPUB_NODROP, 1)
+            sock.bind(endpoint)
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            raise
+        return cls(sock)
+
+    @property
+    def endpoint(self) -> str:
+        """The bound address (with the real port after binding port 0 or ``*``)."""
+        return str(self.socket.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    def send(self, parts: Sequence[bytes]) -> bool:
+        """Send one multipart message without blocking; False (and counted) when dropped."""
+        with self._lock:
+            try:
+                self.socket.send_multipart(parts, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    log.warning("a subscriber is not keeping up: %d message(s) dropped so far", self.dropped)
+                return False
+            self.sent += 1
+            return True
+
+    def publish(self, msg: Message) -> bool:
+        """Encode (:func:`stm_live.wire.encode`) and :meth:`send` a message."""
+        return self.send(encode(msg))
+
+    def poll_subscriptions(self, timeout_s: float = 0.0) -> int:
+        """Read pending (un)subscriptions, waiting up to ``timeout_s`` for the first; return the active count.
+
+        Each subscriber's ``SUBSCRIBE`` counts once per topic prefix.
+        """
+        wait_ms = int(timeout_s * 1000)
+        with self._lock:
+            while self.socket.poll(wait_ms, zmq.POLLIN):
+                wait_ms = 0
+                msg = self.socket.recv()
+                if not msg:
+                    continue
+                prefix = bytes(msg[1:])
+                if msg[0] == 1:
+                    self._subscriptions[prefix] = self._subscriptions.get(prefix, 0) + 1
+                elif msg[0] == 0 and self._subscriptions.get(prefix, 0) > 0:
+                    self._subscriptions[prefix] -= 1
+            return sum(self._subscriptions.values())
+
+    def wait_for_subscriber(self, timeout_s: float) -> bool:
+        """Block until at least one subscription arrived, up to ``timeout_s``; True if one did.
+
+        ZeroMQ drops what a PUB socket sends before a subscription reaches it
+        ("slow joiner"); this is how to know a subscriber is listening.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if self.poll_subscriptions(max(0.0, min(remaining, 0.1))) > 0:
+                return True
+            if remaining <= 0:
+                return False
+
+    def close(self) -> None:
+        """Close the socket (linger 0: queued messages are discarded)."""
+        self.socket.close(linger=0)
+
+
+# --------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------
+
+
+def _fsync_dir(folder: Path) -> None:
+    # A rename is durable only once the folder's entry is; Windows cannot open folders.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object], *, fsync: bool = True) -> None:
+    """Write ``path`` through a temporary file and ``os.replace``: it is either old, or new and complete."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """Where :meth:`ResultStore.store` put one result."""
+
+    record: Path
+    class_map: Path
+    overlay: Path | None
+    sha256: str
+
+
+class ResultStore:
+    """Per-frame results, the processed set and quarantine, all under ``results_dir``.
+
+    Parameters
+    ----------
+    results_dir : path-like
+        Created if missing (config ``results.dir``).
+    overlay_png : bool
+        Also write an overlay PNG per frame (config ``results.overlay_png``).
+    fsync : bool
+        fsync files and folders so results survive a power cut, not only a
+        crash (turn off only in tests of speed).
+
+    Notes
+    -----
+    Not safe for several processes on one folder; one daemon owns it.
+    """
+
+    def __init__(self, results_dir: str | os.PathLike[str], *, overlay_png: bool = True, fsync: bool = True) -> None:
+        self.dir = Path(results_dir)
+        self.frames_dir = self.dir / "frames"
+        self.quarantine_dir = self.dir / "quarantine"
+        self.processed_path = self.dir / "processed.jsonl"
+        self.overlay_png = overlay_png
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self.frames_dir.mkdir(parents=True, exist_ok=True)
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.frames_dir.glob(".*.tmp"):  # left by a crash mid-write
+            stale.unlink(missing_ok=True)
+        self._processed: dict[str, str] = self._load_processed()
+
+    # -- the processed set -------------------------------------------------
+
+    def _load_processed(self) -> dict[str, str]:
+        processed: dict[str, str] = {}
+        try:
+            raw = self.processed_path.read_bytes()
+        except FileNotFoundError:
+            return processed
+        if raw and not raw.endswith(b"\n"):
+            # A crash mid-append left a torn last line; end it so the next append starts clean.
+            with open(self.processed_path, "ab") as fh:
+                fh.write(b"\n")
+        for n, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                processed[str(entry["sha256"])] = str(entry.get("result", ""))
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s line %d is damaged (a crash while writing it?); ignored", self.processed_path, n)
+        return processed
+
+    def is_processed(self, sha256: str) -> bool:
+        """True when a result for this content hash is durably stored."""
+        return sha256 in self._processed
+
+    def __len__(self) -> int:
+        return len(self._processed)
+
+    def _mark_processed(self, sha256: str, source: str, result: str) -> None:
+        line = json.dumps({"sha256": sha256, "source": source, "result": result, "t": round(time.time(), 3)})
+        with open(self.processed_path, "ab") as fh:
+            fh.write(line.encode("utf-8") + b"\n")
+            fh.flush()
+            if self.fsync:
+                os.fsync(fh.fileno())
+        self._processed[sha256] = result
+
+    # -- results -----------------------------------------------------------
+
+    def result_stem(self, record: Mapping[str, Any]) -> str:
+        """``<name>-<sha256[:16]>``: the same input always gets the same file names."""
+        source = str(record.get("source", ""))
+        name = Path(source).stem if source and source != "zmq" else str(record.get("scan_id", "scan"))
+        return f"{_safe_name(name)}-{str(record['sha256'])[:16]}"
+
+    def store(
+        self,
+        record: Mapping[str, Any],
+        class_map: np.ndarray,
+        *,
+        image: np.ndarray | None = None,
+    ) -> StoredResult:
+        """Store one frame's result durably, then add it to the processed set.
+
+        Parameters
+        ----------
+        record : Mapping
+            From :func:`result_record` (needs ``sha256`` and ``source``).
+        class_map : numpy.ndarray
+            ``(rows, cols)`` uint8 class map, saved as ``.npy``.
+        image : numpy.ndarray, optional
+            The frame's image, for the overlay PNG (skipped when None or
+            ``overlay_png`` is off).
+
+        Returns
+        -------
+        StoredResult
+            The paths written.
+        """
+        sha = str(record["sha256"])
+        cmap = np.ascontiguousarray(class_map)
+        if cmap.dtype != np.uint8 or cmap.ndim != 2:
+            raise ValueError(f"class_map must be a 2-D uint8 array, got {cmap.dtype} {cmap.shape}")
+        stem = self.result_stem(record)
+        with self._lock:
+            map_path = self.frames_dir / f"{stem}.npy"
+            atomic_write(map_path, lambda fh: np.save(fh, cmap, allow_pickle=False), fsync=self.fsync)
+            overlay_path = None
+            if self.overlay_png and image is not None:
+                overlay_path = self.frames_dir / f"{stem}.png"
+                rgb = overlay_rgb(image, cmap)
+                atomic_write(overlay_path, lambda fh: _save_png(fh, rgb), fsync=self.fsync)
+            record_path = self.frames_dir / f"{stem}.json"
+            text = json.dumps(_jsonable(record), indent=1, allow_nan=False).encode("utf-8") + b"\n"
+            atomic_write(record_path, lambda fh: fh.write(text), fsync=self.fsync)
+            # Only now, with every file in place, is the input done.
+            self._mark_processed(sha, str(record.get("source", "")), record_path.name)
+        return StoredResult(record=record_path, class_map=map_path, overlay=overlay_path, sha256=sha)
+
+    # -- quarantine --------------------------------------------------------
+
+    def quarantine(self, path: str | os.PathLike[str], reason: str) -> Path | None:
+        """Move a bad input file to ``quarantine/`` and write ``<name>.reason.txt`` beside it.
+
+        Returns
+        -------
+        Path or None
+            Where the file went; None if it had vanished (nothing to move;
+            the reason is logged).
+        """
+        src = Path(path)
+        with self._lock:
+            dest = self.quarantine_dir / src.name
+            n = 1
+            while dest.exists() or dest.with_name(dest.name + ".reason.txt").exists():
+                dest = self.quarantine_dir / f"{src.stem}-{n}{src.suffix}"
+                n += 1
+            try:
+                shutil.move(src, dest)
+            except FileNotFoundError:
+                log.warning("%s: cannot quarantine, the file is gone (%s)", src, reason)
+                return None
+            note = (
+                f"file: {src}\nquarantined: {_utc_now_iso(time.time())}\nreason: {reason}\n"
+            ).encode()
+            atomic_write(dest.with_name(dest.name + ".reason.txt"), lambda fh: fh.write(note), fsync=self.fsync)
+        log.warning("%s: quarantined as %s: %s", src, dest, reason)
+        return dest
+
+
+def _save_png(fh: IO[bytes], rgb: np.ndarray) -> None:
+    from PIL import Image  # imported on first use: start-up stays fast
+
+    Image.fromarray(rgb).save(fh, format="PNG")
+
+
+class EventLog:
+    """Append-only JSON-lines event log (``events.jsonl``), thread-safe.
+
+    Each line is ``{"time": ISO 8601 UTC, "kind": ..., **context}``; values
+    that JSON cannot hold are written as text, non-finite floats as null.
+    Lines are flushed at once (not fsynced: the processed set is what makes
+    results durable; the log is for people).
+
+    Parameters
+    ----------
+    path : path-like
+        The log file; its folder is created if missing.
+    clock : callable
+        Unix seconds (default :func:`time.time`).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._fh: IO[str] | None = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the service's life
+
+    def write(self, kind: str, **context: Any) -> dict[str, Any]:
+        """Append one event; return it as written. Never raises for unserialisable context."""
+        event = {"time": _utc_now_iso(self._clock()), "kind": kind, **_jsonable(context)}
+        line = json.dumps(event, allow_nan=False, ensure_ascii=False)
+        with self._lock:
+            if self._fh is None:
+                raise ValueError(f"event log {self.path} is closed")
+            self._fh.write(line + "\n")
+            self._fh.flush()
+        return event
+
+    def close(self) -> None:
+        """Close the file (later writes raise ValueError)."""
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
