@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import ConfigError
 
@@ -89,6 +89,15 @@ class WatchSection(_Section):
     settle_timeout_s: PositiveFloat = 600.0
     retry_initial_s: PositiveFloat = 0.1
     retry_max_s: PositiveFloat = 5.0
+    polling: bool = False
+
+    @field_validator("retry_max_s")
+    @classmethod
+    def _check_retry(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("retry_initial_s")
+        if initial is not None and value < initial:
+            raise ValueError(f"expected at least retry_initial_s ({initial:g})")
+        return value
 
 
 class IngestSection(_Section):
@@ -96,6 +105,7 @@ class IngestSection(_Section):
 
     endpoint: str | None = "tcp://127.0.0.1:5555"
     max_open_scans: PositiveInt = 4
+    scan_timeout_s: PositiveFloat = 600.0
 
     @field_validator("endpoint")
     @classmethod
