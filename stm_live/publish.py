@@ -1,7 +1,7 @@
 """Sinks: the ZeroMQ PUB socket, the result store and the event log.
 
 Everything here is an edge of the pipeline; what it writes is built by pure
-functions (:func:`result_record`, :func:`overlay_rgb`,
+functions (:func:`stored_record`, :func:`overlay_rgb`,
 :func:`stm_live.wire.encode_seg`) that tests check on their own.
 
 * :class:`Publisher` binds an ``XPUB`` socket with ``XPUB_NODROP`` and sends
@@ -14,7 +14,7 @@ functions (:func:`result_record`, :func:`overlay_rgb`,
   out in every ``status`` heartbeat.
 * :class:`ResultStore` keeps, in ``results.dir``::
 
-      frames/<name>-<sha256[:16]>.json   the result record (result_record)
+      frames/<name>-<sha256[:16]>.json   the result record (stored_record)
       frames/<name>-<sha256[:16]>.npy    the uint8 class map
       frames/<name>-<sha256[:16]>.png    the overlay (results.overlay_png)
       processed.jsonl                    one line per stored result: the processed set
@@ -50,7 +50,6 @@ from typing import IO, Any, Final
 import numpy as np
 import zmq
 
-from .frame import Frame, Segmentation
 from .wire import Message, encode
 
 __all__ = [
@@ -60,7 +59,7 @@ __all__ = [
     "StoredResult",
     "array_sha256",
     "overlay_rgb",
-    "result_record",
+    "stored_record",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,25 +95,15 @@ def array_sha256(data: np.ndarray) -> str:
     return hashlib.sha256(arr.tobytes()).hexdigest()
 
 
-def result_record(
-    frame: Frame,
-    segmentation: Segmentation,
-    *,
-    source: str,
-    scan_id: str,
-    complete: bool,
-    sha256: str,
-) -> dict[str, Any]:
-    """The stored result of one frame: what ``stm-live segment --json`` prints, plus provenance.
+def stored_record(record: Mapping[str, Any], *, scan_id: str, complete: bool, sha256: str) -> dict[str, Any]:
+    """The stored result of one frame: the ``stm-live segment --json`` record plus provenance.
 
     Parameters
     ----------
-    frame : Frame
-        The frame that was segmented (its size and channel are recorded).
-    segmentation : Segmentation
-        The model's answer for it.
-    source : str
-        File path, or ``"zmq"``.
+    record : Mapping
+        What ``stm-live segment --json`` prints for the frame
+        (:func:`stm_live.model.runtime.result_record`): ``source``,
+        ``image``, ``model``, ``classes``, ``detections``, ``timings_ms``.
     scan_id : str
         The scan's id (for files, the file name without suffix).
     complete : bool
@@ -125,37 +114,15 @@ def result_record(
     Returns
     -------
     dict
-        ``{"source", "image": {"rows", "cols", "width_nm", "height_nm",
-        "channel"}, "model": {"id", "name"}, "classes", "detections": [{"class",
-        "x_nm", "y_nm", "area_nm2", "score"}], "timings_ms", "scan_id",
-        "complete", "sha256"}``; schema ``stm_live/schemas/result.json``.
+        A new dict: ``record`` plus ``scan_id``, ``complete`` and
+        ``sha256``; schema ``stm_live/schemas/result.json``.
+
+    Examples
+    --------
+    >>> stored_record({"source": "zmq"}, scan_id="s1", complete=True, sha256="ab")
+    {'source': 'zmq', 'scan_id': 's1', 'complete': True, 'sha256': 'ab'}
     """
-    return {
-        "source": source,
-        "image": {
-            "rows": frame.rows,
-            "cols": frame.cols,
-            "width_nm": round(frame.width_nm, 6),
-            "height_nm": round(frame.height_nm, 6),
-            "channel": frame.channel,
-        },
-        "model": {"id": segmentation.model_id, "name": segmentation.model_name},
-        "classes": list(segmentation.classes),
-        "detections": [
-            {
-                "class": d.class_name,
-                "x_nm": round(float(d.x_nm), 4),
-                "y_nm": round(float(d.y_nm), 4),
-                "area_nm2": round(float(d.area_nm2), 4),
-                "score": round(float(d.score), 4),
-            }
-            for d in segmentation.detections
-        ],
-        "timings_ms": {k: round(float(v), 3) for k, v in segmentation.timings_ms.items()},
-        "scan_id": scan_id,
-        "complete": bool(complete),
-        "sha256": sha256,
-    }
+    return {**record, "scan_id": scan_id, "complete": bool(complete), "sha256": sha256}
 
 
 def overlay_rgb(data: np.ndarray, class_map: np.ndarray) -> np.ndarray:
@@ -468,7 +435,7 @@ class ResultStore:
         Parameters
         ----------
         record : Mapping
-            From :func:`result_record` (needs ``sha256`` and ``source``).
+            From :func:`stored_record` (needs ``sha256`` and ``source``).
         class_map : numpy.ndarray
             ``(rows, cols)`` uint8 class map, saved as ``.npy``.
         image : numpy.ndarray, optional

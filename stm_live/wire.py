@@ -580,6 +580,7 @@ def _check_status_header(h: _Header) -> StatusMessage:
     uptime = h.number("uptime_s", lo=0.0)
     counters = _check_counts(h, "counters", REQUIRED_COUNTERS)
     queues = _check_counts(h, "queues", ())
+    h.get("model", _MISSING)  # required, null when no model is loaded
     model_id, model_name = _check_model(h, required=False)
     version = h.text("version")
     t = h.number("t", lo=0.0, hint=" (Unix time in seconds)")
@@ -644,10 +645,18 @@ def _values(h: _Header, payload: Buffer, dtype: np.dtype[Any], shape: tuple[int,
             f"{h.where('payload')}: {n_bytes} bytes, expected {count * dtype.itemsize} ({what} values of {dtype.str!r})"
         )
     raw = np.frombuffer(payload, dtype=dtype)
-    data = raw.astype(np.float32)
+    data = _to_float32(raw)
     if dtype.kind == "f":
         _check_values(h, raw, data, shape)
     return data.reshape(shape)
+
+
+def _to_float32(raw: np.ndarray) -> np.ndarray:
+    """A native float32 copy; float64 values beyond its range become inf (reported by the check)."""
+    if raw.dtype.itemsize == 8:
+        with np.errstate(over="ignore"):
+            return raw.astype(np.float32)
+    return raw.astype(np.float32)
 
 
 def _position(index: int, shape: tuple[int, ...]) -> str:
@@ -730,7 +739,7 @@ def _check_payload(h: _Header, arr: np.ndarray, shape: tuple[int, ...]) -> None:
         raise WireError(f"{h.where('payload')}: data shape {arr.shape}, expected {shape}")
     if arr.dtype.kind == "f":
         flat = arr.reshape(-1)
-        _check_values(h, flat, flat.astype(np.float32), shape)
+        _check_values(h, flat, _to_float32(flat), shape)
 
 
 def _plain(value: Any) -> Any:
@@ -1091,12 +1100,15 @@ def _schema_text(topic: str) -> str:
 def load_schema(topic: str) -> dict[str, Any]:
     """The JSON schema of the header of ``topic`` (a fresh dict each call).
 
+    ``"result"`` gives the schema of a stored result record
+    (:func:`stm_live.publish.stored_record`).
+
     Examples
     --------
     >>> load_schema("stm.end")["required"]
     ['v', 'scan_id', 'complete']
     """
-    if topic not in TOPICS:
-        raise ValueError(f"unknown topic {topic!r}; expected one of {', '.join(TOPICS)}")
+    if topic not in TOPICS and topic != "result":
+        raise ValueError(f"unknown topic {topic!r}; expected one of {', '.join(TOPICS)} or 'result'")
     schema: dict[str, Any] = json.loads(_schema_text(topic))
     return schema
