@@ -182,7 +182,8 @@ def _npz_state(path: Path, size: int, previous_size: int | None) -> FileState:
     if magic not in _ZIP_MAGICS:
         return Bad(path, "not a NumPy .npz file (not a zip archive)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        # Our own file object: np.load leaks the one it opens when the archive is truncated.
+        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as npz:
             for key in npz.files:
                 npz[key]  # reads and CRC-checks every member
     except ValueError as exc:

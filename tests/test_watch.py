@@ -1,0 +1,324 @@
+"""Folder watching: completeness of real files, backoff, slow writers, duplicates, bad files to quarantine."""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from stm_live.errors import ConfigError
+from stm_live.frame import Frame
+from stm_live.ingest.watch import (
+    Bad,
+    Complete,
+    FolderWatcher,
+    Forget,
+    GiveUp,
+    Gone,
+    Incomplete,
+    Ready,
+    ReadyFile,
+    Retry,
+    SettleTracker,
+    file_state,
+)
+from stm_live.io import sxm_bytes
+from stm_live.publish import ResultStore
+
+WAIT_S = 10.0  # upper bound for anything the watcher should do; tests normally take milliseconds
+
+
+def scan_bytes(seed: int = 0, size: int = 32) -> bytes:
+    data = np.random.default_rng(seed).normal(size=(size, size)).astype(np.float32) * 1e-10
+    return sxm_bytes([Frame(data, width_m=5e-9, height_m=5e-9)])
+
+
+def sha(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+# --------------------------------------------------------------------------
+# file_state: real files
+# --------------------------------------------------------------------------
+
+
+def test_complete_truncated_and_unfinished_sxm(tmp_path: Path) -> None:
+    blob = scan_bytes()
+    path = tmp_path / "a.sxm"
+    path.write_bytes(blob)
+    assert file_state(path) == Complete(path, len(blob))
+    path.write_bytes(blob[:-100])
+    state = file_state(path)
+    assert state == Incomplete(path, len(blob), len(blob) - 100)
+    assert state.describe() == f"incomplete ({len(blob) - 100} of {len(blob)} bytes)"
+    path.write_bytes(blob[:40])  # the header itself is still being written
+    state = file_state(path)
+    assert isinstance(state, Incomplete) and state.expected is None and "header is not complete" in state.detail
+    path.write_bytes(b"")
+    assert file_state(path) == Incomplete(path, None, 0, "the file is empty")
+
+
+def test_bad_sxm_files(tmp_path: Path) -> None:
+    path = tmp_path / "notes.sxm"
+    path.write_bytes(b"this is a lab note, not a scan\n" * 20)
+    state = file_state(path)
+    assert isinstance(state, Bad) and "not a Nanonis .sxm file" in state.reason
+    blob = scan_bytes()
+    path.write_bytes(blob.replace(b":SCAN_PIXELS:\n", b":SCAN_PIXELZ:\n", 1))
+    state = file_state(path)
+    assert isinstance(state, Bad) and "SCAN_PIXELS" in state.reason
+    path.write_bytes(blob + b"\0" * 8)
+    state = file_state(path)
+    assert isinstance(state, Bad) and "larger than its header describes" in state.reason
+
+
+def test_npy_states(tmp_path: Path) -> None:
+    path = tmp_path / "a.npy"
+    np.save(path, np.zeros((8, 8), np.float32))
+    blob = path.read_bytes()
+    assert file_state(path) == Complete(path, len(blob))
+    path.write_bytes(blob[:-10])
+    assert file_state(path) == Incomplete(path, len(blob), len(blob) - 10)
+    path.write_bytes(blob[:3])
+    assert isinstance(file_state(path), Incomplete)
+    np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    state = file_state(path)
+    assert isinstance(state, Bad) and "Python objects" in state.reason and "never unpickles" in state.reason
+    path.write_bytes(b"PNG image data, not an array")
+    state = file_state(path)
+    assert isinstance(state, Bad) and "not a NumPy .npy file" in state.reason
+
+
+def test_npz_is_complete_when_readable_and_its_size_is_stable(tmp_path: Path) -> None:
+    path = tmp_path / "a.npz"
+    np.savez(path, Z=np.zeros((8, 8), np.float32))
+    size = path.stat().st_size
+    first = file_state(path)
+    assert isinstance(first, Incomplete) and "two checks" in first.detail
+    assert file_state(path, previous_size=first.actual) == Complete(path, size)
+    path.write_bytes(path.read_bytes()[: size // 2])
+    assert isinstance(file_state(path, previous_size=size // 2), Incomplete)
+    path.write_bytes(b"not a zip archive at all")
+    state = file_state(path)
+    assert isinstance(state, Bad) and "not a zip archive" in state.reason
+
+
+def test_other_files(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text("x")
+    state = file_state(path)
+    assert isinstance(state, Bad) and "unsupported file type '.txt'" in state.reason
+    assert file_state(tmp_path / "gone.sxm") == Gone(tmp_path / "gone.sxm")
+
+
+# --------------------------------------------------------------------------
+# SettleTracker: when to look again (pure)
+# --------------------------------------------------------------------------
+
+P = Path("scan.sxm")
+
+
+def tracker(timeout: float = 10.0) -> SettleTracker:
+    return SettleTracker(retry_initial_s=0.1, retry_max_s=0.8, settle_timeout_s=timeout)
+
+
+def test_backoff_doubles_up_to_the_maximum() -> None:
+    t = tracker()
+    t.touch(P, 0.0)
+    assert t.due(0.0) == [P]
+    now, waits = 0.0, []
+    for _ in range(6):
+        decision = t.update(Incomplete(P, 100, 50), now)
+        assert isinstance(decision, Retry)
+        waits.append(round(decision.at - now, 3))
+        now = decision.at
+    assert waits == [0.1, 0.2, 0.4, 0.8, 0.8, 0.8]
+    assert t.due(now - 0.01) == [] and t.next_due() == pytest.approx(now)
+
+
+def test_growth_or_an_event_restarts_the_backoff() -> None:
+    t = tracker()
+    t.touch(P, 0.0)
+    for now in (0.0, 0.1, 0.3):
+        t.update(Incomplete(P, 100, 50), now)
+    decision = t.update(Incomplete(P, 100, 60), 0.7)  # it grew
+    assert isinstance(decision, Retry) and decision.at == pytest.approx(0.8)
+    t.update(Incomplete(P, 100, 60), 0.8)
+    t.update(Incomplete(P, 100, 60), 1.0)  # next check at 1.4
+    t.touch(P, 1.05)  # a write event: look again soon, at most once per retry_initial_s
+    assert t.next_due() == pytest.approx(1.15)
+    t.touch(P, 1.06)
+    assert t.next_due() == pytest.approx(1.15)
+
+
+def test_a_file_unchanged_for_the_settle_timeout_is_given_up() -> None:
+    t = tracker(timeout=1.0)
+    t.touch(P, 0.0)
+    now = 0.0
+    while True:
+        decision = t.update(Incomplete(P, 100, 50), now)
+        if not isinstance(decision, Retry):
+            break
+        assert decision.at <= 1.0  # never sleeps past the deadline
+        now = decision.at
+    assert isinstance(decision, GiveUp) and now == pytest.approx(1.0)
+    assert "still incomplete (50 of 100 bytes) after 1.0 s without change" in decision.reason
+    assert "watch.settle_timeout_s = 1" in decision.reason and P not in t
+
+
+def test_complete_bad_and_gone_leave_the_tracker() -> None:
+    t = tracker()
+    for state, kind in [(Complete(P, 10), Ready), (Bad(P, "junk"), GiveUp), (Gone(P), Forget)]:
+        t.touch(P, 0.0)
+        assert isinstance(t.update(state, 0.0), kind) and len(t) == 0
+    with pytest.raises(ValueError, match="retry_initial_s <= retry_max_s"):
+        SettleTracker(retry_initial_s=1.0, retry_max_s=0.5, settle_timeout_s=1.0)
+
+
+# --------------------------------------------------------------------------
+# FolderWatcher: real folder, real watchdog observer
+# --------------------------------------------------------------------------
+
+
+class Sink:
+    """Collects what the watcher hands on, for the test thread to wait on."""
+
+    def __init__(self) -> None:
+        self.files: queue.Queue[ReadyFile] = queue.Queue()
+        self.bad: queue.Queue[tuple[Path, str]] = queue.Queue()
+        self.duplicates: queue.Queue[ReadyFile] = queue.Queue()
+
+
+@pytest.fixture
+def sink() -> Sink:
+    return Sink()
+
+
+@pytest.fixture
+def watch(tmp_path: Path, sink: Sink) -> Iterator[Any]:
+    watchers: list[FolderWatcher] = []
+
+    def start(folder: Path, **options: Any) -> FolderWatcher:
+        settings = dict(retry_initial_s=0.02, retry_max_s=0.1, settle_timeout_s=5.0)
+        settings.update(options)
+        w = FolderWatcher(
+            [folder], on_file=sink.files.put, on_bad=lambda p, r: sink.bad.put((p, r)),
+            on_duplicate=sink.duplicates.put, **settings,
+        )
+        watchers.append(w)
+        w.start()
+        return w
+
+    yield start
+    for w in watchers:
+        w.stop()
+
+
+def test_files_present_at_start_are_processed_unless_already_done(tmp_path: Path, sink: Sink, watch: Any) -> None:
+    old, done = scan_bytes(1), scan_bytes(2)
+    (tmp_path / "old.sxm").write_bytes(old)
+    (tmp_path / "done.sxm").write_bytes(done)
+    (tmp_path / "readme.txt").write_text("not a pattern")
+    watch(tmp_path, is_processed=lambda h: h == sha(done))
+    got = sink.files.get(timeout=WAIT_S)
+    assert got == ReadyFile(tmp_path.resolve() / "old.sxm", sha(old), len(old))
+    assert sink.duplicates.get(timeout=WAIT_S).sha256 == sha(done)
+
+
+def test_a_file_written_slowly_in_chunks_is_handed_on_once_complete(tmp_path: Path, sink: Sink, watch: Any) -> None:
+    watcher = watch(tmp_path)
+    blob = scan_bytes(3, size=64)
+    pause = threading.Event()  # never set: wait() is the writer's pause between chunks
+
+    def write_slowly() -> None:
+        with open(tmp_path / "slow.sxm", "wb") as fh:
+            for start in range(0, len(blob), len(blob) // 8):
+                fh.write(blob[start : start + len(blob) // 8])
+                fh.flush()
+                pause.wait(0.05)
+
+    writer = threading.Thread(target=write_slowly)
+    writer.start()
+    got = sink.files.get(timeout=WAIT_S)
+    writer.join()
+    assert got.sha256 == sha(blob) and got.size == len(blob)
+    # A second file arrives after the first, and the slow one was not handed on twice.
+    (tmp_path / "next.sxm").write_bytes(scan_bytes(4))
+    assert sink.files.get(timeout=WAIT_S).path.name == "next.sxm"
+    assert sink.files.empty() and watcher.counts["handed"] == 2
+
+
+def test_the_same_content_under_another_name_is_a_duplicate(tmp_path: Path, sink: Sink, watch: Any) -> None:
+    watch(tmp_path)
+    blob = scan_bytes(5)
+    (tmp_path / "a.sxm").write_bytes(blob)
+    assert sink.files.get(timeout=WAIT_S).path.name == "a.sxm"
+    (tmp_path / "copy-of-a.sxm").write_bytes(blob)
+    dup = sink.duplicates.get(timeout=WAIT_S)
+    assert dup.path.name == "copy-of-a.sxm" and dup.sha256 == sha(blob)
+    assert sink.files.empty()
+
+
+def test_files_moved_into_the_folder_are_seen(tmp_path: Path, sink: Sink, watch: Any) -> None:
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    watch(folder)
+    blob = scan_bytes(6)
+    (tmp_path / "elsewhere.sxm").write_bytes(blob)
+    (tmp_path / "elsewhere.sxm").rename(folder / "moved.sxm")
+    assert sink.files.get(timeout=WAIT_S).sha256 == sha(blob)
+
+
+def test_bad_files_go_to_quarantine_with_their_reasons(tmp_path: Path, sink: Sink, watch: Any) -> None:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    store = ResultStore(tmp_path / "results", fsync=False)
+    blob = scan_bytes(7)
+    (folder / "notes.sxm").write_text("lab notes\n" * 10)
+    (folder / "truncated.sxm").write_bytes(blob[: len(blob) // 2])
+    (folder / "empty.sxm").write_bytes(b"")
+    (folder / "corrupt.npy").write_bytes(b"\x93NUMPY garbage that is no header")
+    np.save(folder / "pickled.npy", np.array([None, 1], dtype=object), allow_pickle=True)
+    watch(folder, settle_timeout_s=0.5)
+    reasons = {}
+    for _ in range(5):
+        path, reason = sink.bad.get(timeout=WAIT_S)
+        store.quarantine(path, reason)
+        reasons[path.name] = reason
+    assert "not a Nanonis .sxm file" in reasons["notes.sxm"]
+    assert f"still incomplete ({len(blob) // 2} of {len(blob)} bytes)" in reasons["truncated.sxm"]
+    assert "the file is empty" in reasons["empty.sxm"]
+    assert "corrupt.npy" in reasons and "Python objects" in reasons["pickled.npy"]
+    quarantined = sorted(p.name for p in store.quarantine_dir.iterdir())
+    for name in reasons:
+        assert name in quarantined and f"{name}.reason.txt" in quarantined
+        assert reasons[name] in (store.quarantine_dir / f"{name}.reason.txt").read_text()
+    assert not any(folder.iterdir()) and sink.files.empty()
+
+
+def test_polling_works_without_file_events(tmp_path: Path, sink: Sink, watch: Any) -> None:
+    watch(tmp_path, polling=True)  # what network shares need; like Windows, no "closed" events
+    blob = scan_bytes(8)
+    (tmp_path / "polled.sxm").write_bytes(blob)
+    assert sink.files.get(timeout=WAIT_S).sha256 == sha(blob)
+
+
+def test_patterns_hidden_files_and_excluded_folders(tmp_path: Path) -> None:
+    w = FolderWatcher([tmp_path], on_file=print, on_bad=print, patterns=["*.SXM"], exclude=[tmp_path / "results"])
+    assert w.matches(tmp_path / "a.sxm") and w.matches(tmp_path / "B.Sxm")
+    assert not w.matches(tmp_path / "a.npy")
+    assert not w.matches(tmp_path / ".a.sxm.part")  # writers' temporary files
+    assert not w.matches(tmp_path.resolve() / "results" / "x.sxm")
+
+
+def test_a_missing_folder_is_a_configuration_error(tmp_path: Path) -> None:
+    w = FolderWatcher([tmp_path / "nope"], on_file=print, on_bad=print)
+    with pytest.raises(ConfigError, match=r"watch\.folders: .*nope is not an existing folder"):
+        w.start()
+    w.stop()
