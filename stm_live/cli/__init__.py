@@ -29,6 +29,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, str] = {
     "info": "info",
     "config": "config",
+    "simulate": "simulate",
 }
 
 EXIT_USAGE = 2

@@ -4,8 +4,8 @@ Each artefact has one strength (0 = off) in physical units and draws its
 randomness from its own random stream, so switching one on or off never
 changes what another one does. Artefacts fall in three groups:
 
-* **Where the tip samples** (lateral): ``creep_nm``, ``drift_nm``,
-  ``hysteresis_nm``. They distort the sampling grid; the ground truth (mask,
+* **Where the tip samples** (lateral): ``scale_error``, ``creep_nm``,
+  ``drift_nm``, ``hysteresis_nm``. They distort the sampling grid; the ground truth (mask,
   instances, clean topography) is rendered on the same distorted grid as the
   forward image, so it stays pixel-aligned with it.
 * **What the tip sees**: ``tip_change`` (blur, contrast and a height jump
@@ -43,6 +43,10 @@ class Artefacts:
 
     Parameters
     ----------
+    scale_error : float
+        Largest relative error of the piezo calibration: each axis's scale is
+        off by up to this fraction and the axes are skewed by up to this many
+        radians (uniformly random; about the frame centre).
     tilt : float
         Slope of the sample plane (nm of height per nm laterally, i.e. tan of
         the tilt angle), in a random direction.
@@ -82,6 +86,7 @@ class Artefacts:
         Relative RMS white noise of the Current channel.
     """
 
+    scale_error: float = 0.0
     tilt: float = 0.0
     creep_nm: float = 0.0
     drift_nm: float = 0.0
@@ -122,12 +127,13 @@ class Artefacts:
         offsets, creep).
         """
         return cls(
+            scale_error=0.05,
             tilt=0.02,
             creep_nm=0.5,
             drift_nm=1.0,
             line_offset_nm=0.02,
             line_slope_nm=0.01,
-            white_noise_nm=0.006,
+            white_noise_nm=0.004,
             flicker_noise_nm=0.004,
             scars_per_100_lines=1.0,
             tip_change=0.6,
@@ -192,6 +198,13 @@ def lateral_geometry(
     x_rows = np.zeros(rows)
     t = row_times(rows, scan_direction)
     events: dict[str, Any] = {}
+    ex, ey, skew = streams["scale_error"].uniform(-1.0, 1.0, 3)
+    if artefacts.scale_error > 0:
+        ex, ey, skew = artefacts.scale_error * ex, artefacts.scale_error * ey, artefacts.scale_error * skew
+        x_cols = width / 2 + (x_cols - width / 2) * (1 + ex)
+        y_rows = height / 2 + (y_rows - height / 2) * (1 + ey)
+        x_rows = x_rows + skew * (y_rows - height / 2)
+        events["scale_error"] = {"x": float(ex), "y": float(ey), "skew_rad": float(skew)}
     angle = streams["creep"].uniform(0, 2 * math.pi)
     if artefacts.creep_nm > 0:
         decay = np.exp(-t / CREEP_TAU)

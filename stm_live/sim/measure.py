@@ -21,6 +21,7 @@ __all__ = [
     "lattice_peak",
     "level_simple",
     "line_offset_stats",
+    "noise_floor",
 ]
 
 
@@ -182,3 +183,19 @@ def blob_density(
         good = int(np.count_nonzero((sizes >= min_area_nm2) & (sizes <= max_area_nm2)))
         out[f"{name}_per_nm2"] = good / area_nm2
     return out
+
+
+def noise_floor(image: np.ndarray, *, above_cycles_per_px: float = 0.375) -> float:
+    """RMS of white noise that would explain the image's spectrum near the Nyquist corners.
+
+    The mean power of the FFT bins whose frequencies along *both* axes
+    exceed ``above_cycles_per_px`` (where a lattice rarely has peaks), as the
+    standard deviation of white noise with that flat spectrum. An upper
+    bound for the true white noise; resampled images read low.
+    """
+    a = _plane_removed(image)
+    spec = np.abs(np.fft.fft2(a)) ** 2
+    fy = np.abs(np.fft.fftfreq(a.shape[0]))[:, None]
+    fx = np.abs(np.fft.fftfreq(a.shape[1]))[None, :]
+    corner = (fx > above_cycles_per_px) & (fy > above_cycles_per_px)
+    return float(np.sqrt(spec[np.broadcast_to(corner, spec.shape)].mean() / a.size))

@@ -41,7 +41,7 @@ __all__ = ["Instance", "SimulatedScan", "simulate_scan"]
 #: that old seeds keep producing the same scans.
 _STREAMS = (
     "layout", "features", "creep", "drift", "tip_change", "double_tip",
-    "tilt", "line_offset", "line_slope", "flicker", "white_noise", "scars", "current",
+    "tilt", "line_offset", "line_slope", "flicker", "white_noise", "scars", "current", "scale_error",
 )
 #: Distance from a step edge within which a pixel counts as "at the step", nm.
 STEP_MASK_NM = 0.3

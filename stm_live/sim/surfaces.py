@@ -185,7 +185,7 @@ def _clutter(scale: float) -> tuple[FeatureKind, ...]:
     return tuple(
         FeatureKind(None, f"cluster {r:.1f} nm", w, 0.0, 0.0, False,
                     (Blob(0.0, 0.0, h * scale, r, r * f),), 2.2 * r, 2.2 * r * f)
-        for r, f, h, w in ((0.8, 1.0, 0.35, 0.5), (1.3, 0.8, 0.5, 0.3), (2.0, 0.9, 0.7, 0.2))
+        for r, f, h, w in ((0.8, 1.0, 0.4, 0.5), (1.3, 0.8, 0.6, 0.3), (2.0, 0.9, 0.9, 0.2))
     )
 
 
@@ -196,33 +196,33 @@ def _si001_ash3(bias_v: float) -> SurfaceModel:
         # chains of beans.
         atoms = (Atom(-0.115, 0.0, 1.0, 0.16, 0.14), Atom(0.115, 0.0, 1.0, 0.16, 0.14),
                  Atom(0.0, 0.0, 0.5, 0.12, 0.12))
-        corrugation = 0.050
+        corrugation = 0.065
     else:
         atoms = (Atom(-0.115, 0.0, 1.0, 0.15, 0.14), Atom(0.115, 0.0, 1.0, 0.15, 0.14))
-        corrugation = 0.036
+        corrugation = 0.045
     cell = Cell(0.768, 0.384, atoms)
     a = 0.384
     if filled:
-        db_single = (Blob(0.0, 0.0, 0.16, 0.27, 0.27),)
-        db_double = (Blob(0.0, 0.0, 0.11, 0.36, 0.25),)
+        db_single = (Blob(0.0, 0.0, 0.20, 0.26, 0.26),)
+        db_double = (Blob(0.0, 0.0, 0.14, 0.36, 0.25),)
         ash2 = (Blob(0.0, 0.0, 0.085, 0.30, 0.40), Blob(-0.26, 0.0, -0.015, 0.15, 0.2))
         ash3 = (Blob(0.0, 0.0, 0.075, 0.40, 0.40),)
         ash1 = (Blob(0.0, 0.0, 0.080, 0.32, 0.50),)
-        dv_depth = -0.075
+        dv_depth = -0.13
     else:
         db_single = (Blob(0.0, 0.0, 0.10, 0.25, 0.25), Blob(0.0, 0.0, -0.025, 0.85, 0.85))
         db_double = (Blob(0.0, 0.0, 0.10, 0.36, 0.25),)
         ash2 = (Blob(0.0, 0.0, 0.050, 0.30, 0.40), Blob(-0.26, 0.0, -0.010, 0.15, 0.2))
         ash3 = (Blob(0.0, 0.0, 0.045, 0.40, 0.40),)
         ash1 = (Blob(0.0, 0.0, 0.050, 0.32, 0.50),)
-        dv_depth = -0.06
+        dv_depth = -0.10
 
     def vacancy(missing: tuple[float, ...]) -> tuple[Blob, ...]:
         # One dark Gaussian per missing dimer (at ``missing`` nm along the
         # row from the centre): neighbours merge into an elongated trough.
         blobs: list[Blob] = []
         for dv in missing:
-            blobs.append(Blob(0.0, dv, dv_depth, 0.33, 0.22, flatten=0.9))
+            blobs.append(Blob(0.0, dv, dv_depth, 0.36, 0.22, flatten=0.9))
         return tuple(blobs)
 
     kinds = (
@@ -231,11 +231,11 @@ def _si001_ash3(bias_v: float) -> SurfaceModel:
         FeatureKind("AsH3", "AsH+2H", 0.15, 0.0, 0.5 * a, False, ash1, 0.48, 0.70),
         FeatureKind("dangling_bond", "single DB", 0.75, 0.115, 0.0, True, db_single, 0.45, 0.45),
         FeatureKind("dangling_bond", "double DB", 0.25, 0.0, 0.0, False, db_double, 0.55, 0.42),
-        FeatureKind("dimer_vacancy", "1-DV", 0.4, 0.0, 0.0, False, vacancy((0.0,)), 0.48, 0.42),
-        FeatureKind("dimer_vacancy", "2-DV", 0.35, 0.0, 0.5 * a, False, vacancy((-0.5 * a, 0.5 * a)), 0.48, 0.60),
+        FeatureKind("dimer_vacancy", "1-DV", 0.3, 0.0, 0.0, False, vacancy((0.0,)), 0.50, 0.42),
+        FeatureKind("dimer_vacancy", "2-DV", 0.4, 0.0, 0.5 * a, False, vacancy((-0.5 * a, 0.5 * a)), 0.50, 0.60),
         # 1 + 2: dimer n-1 and dimers n+1, n+2 missing, dimer n kept; centre at n + 1/2.
-        FeatureKind("dimer_vacancy", "1+2-DV", 0.25, 0.0, 0.5 * a, False,
-                    vacancy((-1.5 * a, 0.5 * a, 1.5 * a)), 0.48, 0.98),
+        FeatureKind("dimer_vacancy", "1+2-DV", 0.3, 0.0, 0.5 * a, False,
+                    vacancy((-1.5 * a, 0.5 * a, 1.5 * a)), 0.50, 0.98),
     )
     return SurfaceModel(
         name="si001-ash3",
@@ -250,8 +250,8 @@ def _si001_ash3(bias_v: float) -> SurfaceModel:
         rotate_across_steps=True,
         tip_sigma_nm=0.12,
         kinds=kinds + _clutter(1.0),
-        density_per_nm2={"AsH3": 0.012, "dangling_bond": 0.010, "dimer_vacancy": 0.014},
-        clutter_per_nm2=3e-4,
+        density_per_nm2={"AsH3": 0.012, "dangling_bond": 0.010, "dimer_vacancy": 0.030},
+        clutter_per_nm2=5e-4,
         step_count_weights=(0.4, 0.4, 0.2),
     )
 
@@ -323,16 +323,16 @@ def _tio2_110(bias_v: float) -> SurfaceModel:
         s = 1.0
     else:
         atoms = (Atom(0.0, 0.0, 0.3, 0.16, 0.12), Atom(0.325, 0.148, 1.0, 0.12, 0.10))
-        s = 0.45
+        s = 0.4
     cell = Cell(0.65, 0.296, atoms)
     kinds = (
         FeatureKind("O_vacancy", "bridging-O vacancy", 1.0, 0.325, 0.148, False,
-                    (Blob(0.0, 0.0, 0.045 * s, 0.22, 0.20),), 0.42, 0.40),
+                    (Blob(0.0, 0.0, 0.07 * s, 0.26, 0.24),), 0.45, 0.42),
         FeatureKind("hydroxyl", "single OH", 0.7, 0.325, 0.148, False,
-                    (Blob(0.0, 0.0, 0.070 * s, 0.24, 0.22),), 0.45, 0.42),
+                    (Blob(0.0, 0.0, 0.11 * s, 0.28, 0.26),), 0.48, 0.46),
         FeatureKind("hydroxyl", "double OH", 0.3, 0.325, 0.296, False,
-                    (Blob(0.0, -0.148, 0.065 * s, 0.24, 0.22), Blob(0.0, 0.148, 0.065 * s, 0.24, 0.22)),
-                    0.45, 0.58),
+                    (Blob(0.0, -0.148, 0.10 * s, 0.28, 0.26), Blob(0.0, 0.148, 0.10 * s, 0.28, 0.26)),
+                    0.48, 0.62),
     )
     return SurfaceModel(
         name="tio2-110",
@@ -340,14 +340,14 @@ def _tio2_110(bias_v: float) -> SurfaceModel:
         bias_v=bias_v,
         setpoint_a=100e-12,
         cell=cell,
-        corrugation_nm=0.05 if empty else 0.03,
+        corrugation_nm=0.10 if empty else 0.06,
         row_period_nm=0.65,
         site_period_nm=0.296,
         step_height_nm=0.325,
         rotate_across_steps=False,
-        tip_sigma_nm=0.15,
+        tip_sigma_nm=0.20,
         kinds=kinds + _clutter(0.8),
-        density_per_nm2={"O_vacancy": 0.10, "hydroxyl": 0.12},
+        density_per_nm2={"O_vacancy": 0.12, "hydroxyl": 0.16},
         clutter_per_nm2=1e-4,
         step_count_weights=(0.6, 0.4),
     )
