@@ -78,7 +78,7 @@ class Instance:
 
     def to_dict(self) -> dict[str, Any]:
         """``{"class", "x_nm", "y_nm", "kind"}``, as in the ``.truth.json`` sidecar."""
-        return {"class": self.class_name, "x_nm": round(self.x_nm, 5), "y_nm": round(self.y_nm, 5), "kind": self.kind}
+        return {"class": self.class_name, "x_nm": self.x_nm, "y_nm": self.y_nm, "kind": self.kind}
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -382,7 +382,8 @@ def simulate_scan(
             f"more than the {margin:.3g} nm of surface simulated around it; use weaker lateral artefacts"
         )
     rng = streams["layout"]
-    theta0 = math.radians(rng.uniform(0.0, 180.0) if row_angle_deg is None else float(row_angle_deg))
+    angle_deg = rng.uniform(0.0, 180.0) if row_angle_deg is None else float(row_angle_deg)
+    theta0 = math.radians(angle_deg)
     weights = np.array(model.step_count_weights)
     n_steps = int(rng.choice(weights.size, p=weights / weights.sum())) if steps is None else int(steps)
     edges = make_steps(rng, count=n_steps, theta_rad=theta0, rotate_across_steps=model.rotate_across_steps,
@@ -446,7 +447,7 @@ def simulate_scan(
         "setpoint_a": setpoint, "artefacts": artefacts.to_dict(), "density_per_nm2": densities,
         "density_scale": float(density_scale), "clutter_per_nm2": clutter,
         "feature_height_scale": float(feature_height_scale), "feature_size_scale": float(feature_size_scale),
-        "row_angle_deg": math.degrees(theta0), "steps": n_steps, "tip_sigma_nm": model.tip_sigma_nm,
+        "row_angle_deg": angle_deg, "steps": n_steps, "tip_sigma_nm": model.tip_sigma_nm,
         "scan_direction": scan_direction, "line_time_s": float(line_time_s),
     }
     return SimulatedScan(
