@@ -38,9 +38,13 @@ def tiny_encoder() -> onnx.ModelProto:
 
 
 def bright_dark_prototypes() -> Prototypes:
-    """Class 1 = bright bump, class 2 = dark pit, background = flat."""
-    vectors = np.array([[0, 0, 0, 0], [3, 1.5, 0, 0], [-3, -1.5, 0, 0]], np.float32)
-    return Prototypes(vectors, (0, 1, 2), temperature=1.0)
+    """Class 1 = bright bump, class 2 = dark pit, background = flat noise.
+
+    Inputs are normalised to unit noise; bumps of :func:`bumps_image` are ten
+    times the noise, and their 3 x 3 mean about eight times.
+    """
+    vectors = np.array([[0, 0, 0, 0], [10, 8, 0, 0], [-10, -8, 0, 0]], np.float32)
+    return Prototypes(vectors, (0, 1, 2), temperature=4.0)
 
 
 def write_tiny_model(path: Path, *, nm_per_px: float = 0.2, head: bool = True) -> ModelInfo:
@@ -60,10 +64,16 @@ def write_tiny_model(path: Path, *, nm_per_px: float = 0.2, head: bool = True) -
     return save_model(model, info, path)
 
 
-def bumps_image(shape: tuple[int, int], bright: list[tuple[int, int]], dark: list[tuple[int, int]]) -> np.ndarray:
-    """A flat image with Gaussian bumps (+) and pits (-) of radius ~2 px at the given (row, col)."""
+def bumps_image(
+    shape: tuple[int, int], bright: list[tuple[int, int]], dark: list[tuple[int, int]], *, noise: float = 0.1
+) -> np.ndarray:
+    """A flat noisy image with Gaussian bumps (+1) and pits (-1) of radius ~2 px at the given (row, col).
+
+    ``noise`` is the standard deviation of the white noise (seeded, so the
+    image is always the same).
+    """
     rr, cc = np.indices(shape)
-    img = np.zeros(shape, np.float64)
+    img = np.random.default_rng(0).normal(0.0, noise, size=shape)
     for sign, centres in ((1.0, bright), (-1.0, dark)):
         for r, c in centres:
             img += sign * np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / (2 * 1.5**2))

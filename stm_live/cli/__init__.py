@@ -30,6 +30,11 @@ COMMANDS: dict[str, str] = {
     "info": "info",
     "config": "config",
     "simulate": "simulate",
+    "segment": "segment",
+    "adapt": "adapt",
+    "discover": "discover",
+    "evaluate": "evaluate",
+    "train": "train",
 }
 
 EXIT_USAGE = 2

@@ -35,6 +35,7 @@ __all__ = [
     "fit_temperature",
     "labels_from_points",
     "prototypes_from_labels",
+    "refine_prototypes",
 ]
 
 log = logging.getLogger(__name__)
@@ -233,3 +234,56 @@ def prototypes_from_labels(
         sample_y.append(np.full(len(pix), k))
     temperature = fit_temperature(vec, proto_labels, np.concatenate(sample_x), np.concatenate(sample_y))
     return Prototypes(vec, tuple(proto_labels), temperature)
+
+
+def refine_prototypes(
+    prototypes: Prototypes,
+    images: Sequence[LabelledImage],
+    *,
+    steps: int = 100,
+    lr: float = 0.05,
+    seed: int = 0,
+) -> Prototypes:
+    """Short fine-tuning of the head: move prototypes to lower the labelled pixels' cross-entropy.
+
+    The encoder stays fixed (no torch needed); only the prototype vectors
+    move, by Adam on the class-balanced cross-entropy of a sample of labelled
+    pixels, and the temperature is refitted afterwards. Use it when the mean
+    embeddings alone confuse two classes.
+    """
+    rng = np.random.default_rng(seed)
+    emb = np.concatenate([im.embedding.reshape(im.embedding.shape[0], -1).T for im in images]).astype(np.float64)
+    lab = np.concatenate([im.labels.reshape(-1) for im in images])
+    labels = np.asarray(prototypes.labels)
+    n_classes = prototypes.n_classes
+    xs, ys = [], []
+    for k in range(n_classes):
+        pix = emb[lab == k]
+        if len(pix):
+            pix = _subsample(pix, 3000, rng)
+            xs.append(pix)
+            ys.append(np.full(len(pix), k))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    weight = 1.0 / np.bincount(y, minlength=n_classes)[y]
+    weight /= weight.sum()
+    member = labels[None, :] == y[:, None]  # (P, M): prototype belongs to the pixel's class
+    v = prototypes.vectors.astype(np.float64).copy()
+    t = prototypes.temperature
+    m1 = np.zeros_like(v)
+    m2 = np.zeros_like(v)
+    for i in range(1, steps + 1):
+        d2 = ((x[:, None, :] - v[None]) ** 2).sum(axis=2)
+        z = -d2 / t
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        p_class = (p * member).sum(axis=1, keepdims=True)
+        g_logit = (p - p * member / np.maximum(p_class, 1e-12)) * weight[:, None]  # (P, M)
+        # d logit_m / d v_m = 2 (x - v_m) / t
+        grad = (2.0 / t) * (g_logit.T @ x - g_logit.sum(axis=0)[:, None] * v)
+        m1 = 0.9 * m1 + 0.1 * grad
+        m2 = 0.999 * m2 + 0.001 * grad**2
+        step = lr * (m1 / (1 - 0.9**i)) / (np.sqrt(m2 / (1 - 0.999**i)) + 1e-8)
+        v -= step * np.sqrt(t)
+    temperature = fit_temperature(v, prototypes.labels, x, y)
+    return Prototypes(v.astype(np.float32), prototypes.labels, temperature)

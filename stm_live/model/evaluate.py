@@ -1,0 +1,349 @@
+"""Measuring a model against ground truth: object matching, pixel IoU, few-shot episodes.
+
+Object level: a detection matches a true feature of its class within
+``max_dist_nm`` (0.5 nm by default), one to one (optimal assignment), giving
+true positives, false positives and misses per class, hence precision,
+recall and F1. Pixel level: intersection over union per class between the
+predicted class map and the true mask.
+
+Episodes (the paper's protocol): each feature instance is described by the
+mean embedding over its mask region; an N-way K-shot episode draws K support
+and Q query instances per class, makes one prototype per class from the
+support, and classifies each query by its nearest prototype. Accuracy is
+averaged over many episodes (mean and standard deviation reported).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+
+from ..errors import StmLiveError
+from ..frame import Detection
+from .prepare import to_model_grid
+
+if TYPE_CHECKING:
+    from .runtime import SegmentationModel
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ClassScore",
+    "EpisodeResult",
+    "Truth",
+    "evaluate_model",
+    "instance_embeddings",
+    "match_class",
+    "object_scores",
+    "pixel_iou",
+    "run_episodes",
+]
+
+
+@dataclass(frozen=True)
+class Truth:
+    """A true feature: class and centre in nm from the image's top-left corner."""
+
+    class_name: str
+    x_nm: float
+    y_nm: float
+
+
+@dataclass
+class ClassScore:
+    """Counts for one class, accumulated over images."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    distances_nm: list[float] = field(default_factory=list)
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    def add(self, other: ClassScore) -> None:
+        self.tp += other.tp
+        self.fp += other.fp
+        self.fn += other.fn
+        self.distances_nm.extend(other.distances_nm)
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "tp": self.tp,
+            "fp": self.fp,
+            "fn": self.fn,
+            "precision": round(self.precision, 4),
+            "recall": round(self.recall, 4),
+            "f1": round(self.f1, 4),
+            "median_error_nm": round(float(np.median(self.distances_nm)), 4) if self.distances_nm else None,
+        }
+
+
+def match_class(
+    predicted: Sequence[tuple[float, float]], truth: Sequence[tuple[float, float]], *, max_dist_nm: float = 0.5
+) -> ClassScore:
+    """One-to-one matching of predicted to true positions (nm) of one class.
+
+    >>> s = match_class([(0.0, 0.0), (5.0, 5.0)], [(0.1, 0.0), (9.0, 9.0)])
+    >>> (s.tp, s.fp, s.fn)
+    (1, 1, 1)
+    """
+    score = ClassScore()
+    if not predicted or not truth:
+        score.fp, score.fn = len(predicted), len(truth)
+        return score
+    p = np.asarray(predicted, float)
+    t = np.asarray(truth, float)
+    d = np.sqrt(((p[:, None, :] - t[None, :, :]) ** 2).sum(axis=2))
+    cost = np.where(d <= max_dist_nm, d, 1e6)
+    rows, cols = linear_sum_assignment(cost)
+    ok = d[rows, cols] <= max_dist_nm
+    score.tp = int(ok.sum())
+    score.fp = len(p) - score.tp
+    score.fn = len(t) - score.tp
+    score.distances_nm = [float(v) for v in d[rows, cols][ok]]
+    return score
+
+
+def object_scores(
+    detections: Sequence[Detection], truth: Sequence[Truth], classes: Sequence[str], *, max_dist_nm: float = 0.5
+) -> dict[str, ClassScore]:
+    """Per-class matching of one image's detections against its ground truth."""
+    return {
+        name: match_class(
+            [(d.x_nm, d.y_nm) for d in detections if d.class_name == name],
+            [(t.x_nm, t.y_nm) for t in truth if t.class_name == name],
+            max_dist_nm=max_dist_nm,
+        )
+        for name in classes
+    }
+
+
+def pixel_iou(predicted: np.ndarray, truth: np.ndarray, n_classes: int) -> dict[int, tuple[int, int]]:
+    """Per class k in 1..n: (intersection, union) pixel counts of two class maps."""
+    out = {}
+    for k in range(1, n_classes + 1):
+        a, b = predicted == k, truth == k
+        out[k] = (int((a & b).sum()), int((a | b).sum()))
+    return out
+
+
+def instance_embeddings(
+    embedding: np.ndarray, mask: np.ndarray, *, min_pixels: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean embedding of every connected region of every class in ``mask``.
+
+    ``embedding`` is ``(D, h, w)``, ``mask`` ``(h, w)`` class indices on the
+    same grid. Returns ``(vectors (n, D), classes (n,))``.
+    """
+    vectors, classes = [], []
+    flat = embedding.reshape(embedding.shape[0], -1)
+    for k in np.unique(mask):
+        if k == 0:
+            continue
+        labels, n = ndimage.label(mask == k)
+        if n == 0:
+            continue
+        lab = labels.reshape(-1)
+        counts = np.bincount(lab, minlength=n + 1)[1:]
+        sums = np.stack([np.bincount(lab, weights=row, minlength=n + 1)[1:] for row in flat], axis=1)
+        keep = counts >= min_pixels
+        vectors.append(sums[keep] / counts[keep, None])
+        classes.append(np.full(int(keep.sum()), int(k)))
+    if not vectors:
+        return np.zeros((0, embedding.shape[0])), np.zeros(0, int)
+    return np.concatenate(vectors), np.concatenate(classes)
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    """Accuracy over episodes: mean and standard deviation, and the protocol used."""
+
+    mean: float
+    std: float
+    episodes: int
+    ways: int
+    shots: int
+    queries: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "accuracy_mean": round(self.mean, 4),
+            "accuracy_std": round(self.std, 4),
+            "episodes": self.episodes,
+            "ways": self.ways,
+            "shots": self.shots,
+            "queries": self.queries,
+        }
+
+
+def run_episodes(
+    vectors: np.ndarray,
+    classes: np.ndarray,
+    *,
+    shots: int,
+    queries: int = 15,
+    episodes: int = 100,
+    seed: int = 0,
+    ways: int | None = None,
+) -> EpisodeResult:
+    """N-way K-shot nearest-prototype classification of instance embeddings.
+
+    Classes with fewer than ``shots + queries`` instances are left out; N is
+    all remaining classes unless ``ways`` is smaller.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two classes have enough instances.
+    """
+    rng = np.random.default_rng(seed)
+    pools: Mapping[int, np.ndarray] = {
+        int(k): np.flatnonzero(classes == k) for k in np.unique(classes) if (classes == k).sum() >= shots + queries
+    }
+    names = sorted(pools)
+    if len(names) < 2:
+        raise ValueError(
+            f"episodes need two classes with at least {shots + queries} instances each; "
+            f"counts: { {int(k): int((classes == k).sum()) for k in np.unique(classes)} }"
+        )
+    n_way = len(names) if ways is None else min(ways, len(names))
+    accuracies = []
+    for _ in range(episodes):
+        chosen = rng.choice(names, size=n_way, replace=False)
+        protos, qx, qy = [], [], []
+        for j, k in enumerate(chosen):
+            pick = rng.choice(pools[int(k)], size=shots + queries, replace=False)
+            protos.append(vectors[pick[:shots]].mean(axis=0))
+            qx.append(vectors[pick[shots:]])
+            qy.append(np.full(queries, j))
+        p = np.stack(protos)
+        q = np.concatenate(qx)
+        pred = ((q[:, None, :] - p[None]) ** 2).sum(axis=2).argmin(axis=1)
+        accuracies.append(float((pred == np.concatenate(qy)).mean()))
+    return EpisodeResult(float(np.mean(accuracies)), float(np.std(accuracies)), episodes, n_way, shots, queries)
+
+
+def _sidecar_items(paths: list[str]) -> Iterator[tuple[str, Any, Any, list]]:
+    import numpy as np
+
+    from ..io import read_scan
+    from ..sim import read_truth
+
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files.extend(sorted(p.glob("*.sxm")) if p.is_dir() else [p])
+    if not files:
+        raise StmLiveError(f"no .sxm files in {', '.join(paths) or 'the data given'}")
+    for path in files:
+        truth = read_truth(path)
+        scan = read_scan(path)
+        mask = np.asarray(truth.mask)
+        yield str(path), scan, mask, [Truth(i.class_name, i.x_nm, i.y_nm) for i in truth.instances], truth.classes
+
+
+def _simulated_items(surface: str, count: int, seed: int, size_nm: float, pixels: int) -> Iterator:
+    from ..io import ScanFile
+    from ..sim import simulate_scan
+
+    for i in range(count):
+        scan = simulate_scan(surface, size_nm=size_nm, pixels=pixels, seed=seed + i)
+        truth = [Truth(t.class_name, t.x_nm, t.y_nm) for t in scan.instances]
+        yield f"sim:{surface}:{seed + i}", ScanFile(f"sim:{surface}:{seed + i}", scan.frames), scan.mask, truth, \
+            scan.classes
+
+
+def evaluate_model(
+    model: SegmentationModel,
+    *,
+    data: Sequence[str] = (),
+    simulate: str | None = None,
+    count: int = 8,
+    seed: int = 1000,
+    size_nm: float = 50.0,
+    pixels: int = 512,
+    channel: str = "Z",
+    max_dist_nm: float = 0.5,
+    min_score: float = 0.5,
+    shots: Sequence[int] = (1, 3),
+    queries: int = 15,
+    episodes: int = 100,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on files with truth sidecars (``data``) or fresh simulated frames.
+
+    Returns the report: per-class object counts/precision/recall/F1
+    (``objects``), ``pixel_iou``, and ``episodes`` (K-shot accuracy) when
+    ``episodes`` > 0.
+    """
+    items = (
+        _simulated_items(simulate, count, seed, size_nm, pixels)
+        if simulate
+        else _sidecar_items(list(data))
+    )
+    totals: dict[str, ClassScore] = {c: ClassScore() for c in model.classes}
+    inter = dict.fromkeys(model.classes, 0)
+    union = dict.fromkeys(model.classes, 0)
+    vectors, labels = [], []
+    n_images = 0
+    truth_classes: tuple[str, ...] = ()
+    for source, scan, mask, truth, classes in items:
+        truth_classes = tuple(classes)
+        frame = scan.frame(channel, "forward")
+        seg = model.segment(frame, min_score=min_score)
+        for name, score in object_scores(seg.detections, truth, model.classes, max_dist_nm=max_dist_nm).items():
+            totals[name].add(score)
+        # Pixel IoU by class name (the truth's class order may differ from the model's).
+        remap = np.zeros(len(classes) + 1, np.uint8)
+        for k, name in enumerate(classes, start=1):
+            if name in model.classes:
+                remap[k] = model.classes.index(name) + 1
+        true_map = remap[mask]
+        for k, (i, u) in pixel_iou(seg.class_map, true_map, len(model.classes)).items():
+            inter[model.classes[k - 1]] += i
+            union[model.classes[k - 1]] += u
+        if episodes:
+            embedding, prepared = model.embed(frame)
+            h, w = prepared.shape
+            small = to_model_grid(mask, (h, w), nm_per_px=frame.nm_per_px, target_nm_per_px=model.info.nm_per_px)
+            v, c = instance_embeddings(embedding, small)
+            vectors.append(v)
+            labels.append(c)
+        n_images += 1
+        log.info("%s: %d detections", source, len(seg.detections))
+    missing = [c for c in model.classes if c not in truth_classes]
+    report: dict[str, Any] = {
+        "model": {"id": model.id, "name": model.name, "path": str(model.path)},
+        "images": n_images,
+        "max_dist_nm": max_dist_nm,
+        "objects": {c: s.to_dict() for c, s in totals.items()},
+        "pixel_iou": {c: round(inter[c] / union[c], 4) if union[c] else None for c in model.classes},
+        "classes_without_truth": missing,
+    }
+    if episodes and vectors:
+        allv, allc = np.concatenate(vectors), np.concatenate(labels)
+        report["episodes"] = {}
+        for k in shots:
+            try:
+                res = run_episodes(allv, allc, shots=k, queries=queries, episodes=episodes, seed=seed)
+            except ValueError as exc:
+                report["episodes"][f"{k}-shot"] = {"error": str(exc)}
+                continue
+            report["episodes"][f"{k}-shot"] = res.to_dict()
+    return report

@@ -1,0 +1,317 @@
+"""Running a model: onnxruntime session, metadata, and the frame -> Segmentation path.
+
+:class:`SegmentationModel` is what the ``segment`` command and the daemon
+use. Its :meth:`~SegmentationModel.segment` takes a :class:`~stm_live.frame.Frame`
+(complete or partial) and returns a :class:`~stm_live.frame.Segmentation` at the
+frame's own pixel grid, with per-stage timings:
+
+``level`` (whole-frame levelling of the acquired rows, unless already levelled)
+-> ``prepare`` (resample to the model's nm/px, normalise)
+-> ``infer`` (onnxruntime) -> ``instances`` (class map -> detections)
+-> ``map`` (class map back to the input grid).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+from ..frame import Detection, Frame, Segmentation
+from .format import EMBEDDING_NAME, INPUT_NAME, PROBS_NAME, ModelInfo, has_head, load_onnx, read_info
+from .instances import find_instances
+from .prepare import level_for_model, prepare_image, to_image_grid
+
+__all__ = ["DEFAULT_MODEL", "SegmentationModel", "bundled_model_path", "result_record", "select_providers"]
+
+log = logging.getLogger(__name__)
+
+#: Name of the model used when none is given.
+DEFAULT_MODEL = "si001-ash3"
+
+
+def bundled_model_path(name: str = DEFAULT_MODEL) -> Path:
+    """Path of a model shipped with stm-live (``models/<name>.onnx``).
+
+    Looks in the installed package data first, then in the source checkout.
+
+    Raises
+    ------
+    ModelError
+        No bundled model of that name; the message lists the ones there are.
+    """
+    from importlib import resources
+
+    filename = name if name.endswith(".onnx") else f"{name}.onnx"
+    candidates: list[Path] = []
+    try:
+        packaged = resources.files("stm_live") / "bundled_models" / filename
+        candidates.append(Path(str(packaged)))
+    except (ModuleNotFoundError, TypeError):  # pragma: no cover - odd importers
+        pass
+    candidates.append(Path(__file__).resolve().parents[2] / "models" / filename)
+    for path in candidates:
+        if path.is_file():
+            return path
+    available = sorted({p.stem for c in candidates for p in c.parent.glob("*.onnx")}) if candidates else []
+    raise ModelError(
+        f"no bundled model {name!r} (looked in {', '.join(str(c.parent) for c in candidates)}); "
+        f"available: {', '.join(available) or 'none'}"
+    )
+
+
+def select_providers(provider: str = "auto") -> list[str]:
+    """onnxruntime execution providers for ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+    ``auto`` takes CUDA when the installed onnxruntime offers it (the ``gpu``
+    extra) and the CPU otherwise; ``cuda`` without CUDA is an error.
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider == "cpu":
+        return ["CPUExecutionProvider"]
+    if provider in ("cuda", "auto") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if provider == "cuda":
+        raise ModelError(
+            "model.provider is 'cuda' but onnxruntime offers no CUDAExecutionProvider "
+            f"(available: {', '.join(available)}); install stm-live[gpu] or use 'auto'/'cpu'"
+        )
+    return ["CPUExecutionProvider"]
+
+
+class SegmentationModel:
+    """An stm-live ONNX model ready to run.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        Model file; default the bundled :data:`DEFAULT_MODEL`.
+    provider : {"auto", "cpu", "cuda"}
+        Execution provider choice (see :func:`select_providers`).
+    threads : int
+        Intra-op threads; 0 lets onnxruntime decide.
+
+    Raises
+    ------
+    ModelError
+        Missing or corrupt file, not an stm-live model, or no head (a bare
+        encoder can be adapted, not used to segment).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, provider: str = "auto", threads: int = 0):
+        import onnxruntime as ort
+
+        self.path = Path(path) if path is not None else bundled_model_path()
+        proto = load_onnx(self.path)
+        self.info: ModelInfo = read_info(proto, source=str(self.path))
+        self.has_head = has_head(proto)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        self.providers = select_providers(provider)
+        try:
+            self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelError(f"{self.path}: onnxruntime cannot load the model: {exc}") from None
+        outputs = [o.name for o in self.session.get_outputs()]
+        if EMBEDDING_NAME not in outputs:
+            raise ModelError(f"{self.path}: model has no 'embedding' output (outputs: {outputs})")
+        self._outputs = outputs
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.info.classes
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def __repr__(self) -> str:
+        return f"SegmentationModel({self.info.name!r}, id={self.info.id}, classes={self.info.classes})"
+
+    def run(self, image: np.ndarray, *, embedding: bool = False) -> dict[str, np.ndarray]:
+        """Run the graph on a prepared ``(H, W)`` or ``(N, 1, H, W)`` image.
+
+        Returns ``{"probs": (N, 1+C, H, W)}`` and, when asked (or when the
+        model has no head), ``{"embedding": (N, D, H, W)}``.
+        """
+        x = np.ascontiguousarray(image, dtype=np.float32)
+        if x.ndim == 2:
+            x = x[None, None]
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"model input must be (H, W) or (N, 1, H, W), got {image.shape}")
+        wanted = []
+        if self.has_head:
+            wanted.append(PROBS_NAME)
+        if embedding or not self.has_head:
+            wanted.append(EMBEDDING_NAME)
+        values = self.session.run(wanted, {INPUT_NAME: x})
+        return dict(zip(wanted, values, strict=True))
+
+    # ------------------------------------------------------------ frame path
+    def _acquired(self, frame: Frame, levelled: np.ndarray | None) -> tuple[np.ndarray, slice]:
+        """The acquired rows of ``frame``, levelled for the model, and which rows they are."""
+        rows = frame.valid_rows
+        if rows.stop - rows.start == 0:
+            raise ModelError(f"{frame.source or 'frame'}: no rows acquired yet, nothing to segment")
+        if levelled is not None:
+            if np.shape(levelled) != frame.data.shape:
+                raise ValueError(f"levelled image {np.shape(levelled)} does not match the frame {frame.data.shape}")
+            return np.asarray(levelled)[rows], rows
+        return level_for_model(frame.data[rows], self.info), rows
+
+    def prepare(
+        self, frame: Frame, *, levelled: np.ndarray | None = None, nm_per_px: float | None = None
+    ) -> tuple[np.ndarray, slice]:
+        """The model input for ``frame``'s acquired rows, and which rows those are.
+
+        ``levelled`` is the frame's data already levelled (the live path
+        levels line by line); otherwise the acquired rows are levelled here
+        the way the model was trained. ``nm_per_px`` overrides the model's
+        pitch (adapting to a surface with another lattice constant).
+        """
+        data, rows = self._acquired(frame, levelled)
+        image = prepare_image(
+            data,
+            nm_per_px=frame.nm_per_px,
+            target_nm_per_px=nm_per_px or self.info.nm_per_px,
+            normalisation=self.info.normalisation,
+        )
+        return image, rows
+
+    def segment(
+        self,
+        frame: Frame,
+        *,
+        levelled: np.ndarray | None = None,
+        min_score: float = 0.0,
+        min_area_nm2: float = 0.0,
+    ) -> Segmentation:
+        """Segment a frame (complete or partial) at its own pixel grid.
+
+        Parameters
+        ----------
+        frame : Frame
+            The image; only its acquired rows (``frame.valid_rows``) are used.
+        levelled : numpy.ndarray, optional
+            ``frame.data`` already levelled (same shape); default: level here.
+        min_score, min_area_nm2 : float
+            Detection filters (mean probability 0..1, area nm^2).
+
+        Returns
+        -------
+        Segmentation
+            ``class_map`` uint8 at the frame's grid (rows not acquired are 0),
+            detections in nm from the image's top-left corner, and
+            ``timings_ms`` for ``level``, ``prepare``, ``infer``,
+            ``instances``, ``map`` and ``total``.
+        """
+        if not self.has_head:
+            raise ModelError(
+                f"{self.path}: this is a bare encoder without prototypes; make a model from it with `stm-live adapt`"
+            )
+        t0 = time.perf_counter()
+        data, rows = self._acquired(frame, levelled)
+        t1 = time.perf_counter()
+        image = prepare_image(
+            data,
+            nm_per_px=frame.nm_per_px,
+            target_nm_per_px=self.info.nm_per_px,
+            normalisation=self.info.normalisation,
+        )
+        t2 = time.perf_counter()
+        probs = self.run(image)[PROBS_NAME][0]
+        t3 = time.perf_counter()
+        detections, class_map_model = self._instances(probs, frame, rows, data.shape, min_score, min_area_nm2)
+        t4 = time.perf_counter()
+        full = np.zeros(frame.data.shape, np.uint8)
+        full[rows] = to_image_grid(
+            class_map_model, data.shape, nm_per_px=frame.nm_per_px, target_nm_per_px=self.info.nm_per_px
+        )
+        t5 = time.perf_counter()
+        timings = {
+            "level": (t1 - t0) * 1e3,
+            "prepare": (t2 - t1) * 1e3,
+            "infer": (t3 - t2) * 1e3,
+            "instances": (t4 - t3) * 1e3,
+            "map": (t5 - t4) * 1e3,
+            "total": (t5 - t0) * 1e3,
+        }
+        return Segmentation(
+            classes=self.info.classes,
+            class_map=full,
+            detections=tuple(detections),
+            model_id=self.info.id,
+            model_name=self.info.name,
+            timings_ms=timings,
+            rows_done=frame.rows_valid,
+        )
+
+    def _instances(
+        self,
+        probs: np.ndarray,
+        frame: Frame,
+        rows: slice,
+        data_shape: tuple[int, ...],
+        min_score: float,
+        min_area_nm2: float,
+    ) -> tuple[list[Detection], np.ndarray]:
+        class_map = probs.argmax(axis=0).astype(np.uint8)
+        # The model grid has exactly the model's pitch, from the image's top-left corner.
+        px_x = px_y = self.info.nm_per_px
+        detections = find_instances(
+            class_map,
+            probs,
+            self.info.classes,
+            nm_per_px=(px_x, px_y),
+            min_score=min_score,
+            min_area_nm2=min_area_nm2,
+        )
+        if rows.start:
+            shift = rows.start * frame.nm_per_px[1]
+            detections = [
+                Detection(d.class_name, d.x_nm, d.y_nm + shift, d.area_nm2, d.score, d.id) for d in detections
+            ]
+        return detections, class_map
+
+    def embed(self, frame: Frame, *, nm_per_px: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-pixel embeddings of ``frame``'s acquired rows at the model grid, and the prepared image.
+
+        Returns ``(embedding (D, h, w), image (h, w))``; ``nm_per_px`` as in :meth:`prepare`.
+        """
+        image, _ = self.prepare(frame, nm_per_px=nm_per_px)
+        return self.run(image, embedding=True)[EMBEDDING_NAME][0], image
+
+
+def result_record(source: str, frame: Frame, seg: Segmentation) -> dict[str, object]:
+    """The JSON result of one input: what ``stm-live segment --json`` prints per line.
+
+    The daemon stores the same record per frame (plus its own fields).
+    """
+    return {
+        "source": source,
+        "image": {
+            "rows": frame.rows,
+            "cols": frame.cols,
+            "width_nm": round(frame.width_nm, 6),
+            "height_nm": round(frame.height_nm, 6),
+            "channel": frame.channel,
+        },
+        "model": {"id": seg.model_id, "name": seg.model_name},
+        "classes": list(seg.classes),
+        "detections": [d.to_dict() for d in seg.detections],
+        "timings_ms": {k: round(v, 3) for k, v in seg.timings_ms.items()},
+    }

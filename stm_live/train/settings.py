@@ -1,0 +1,115 @@
+"""Training settings: ``train.yaml`` -> a frozen, validated :class:`TrainSettings`.
+
+Every field has a default that trains the bundled models; ``stm-live train
+--config train.yaml`` overrides any of them (unknown keys are errors, as for
+``config.yaml``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import ConfigError
+
+__all__ = ["SurfaceSettings", "TrainSettings", "load_train_settings"]
+
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SurfaceSettings(_Frozen):
+    """One simulated surface of the training set."""
+
+    name: str
+    #: Model pitch for this surface, nm/px: chosen so the lattice period spans ~4-6 px.
+    nm_per_px: Positive = 0.2
+    #: Simulated frames for training / validation.
+    frames: Count = 160
+    val_frames: Count = 16
+    #: Physical frame size range, nm, and input pitch range, nm/px (resampled to nm_per_px).
+    size_nm: tuple[Positive, Positive] = (25.0, 60.0)
+    input_nm_per_px: tuple[Positive, Positive] = (0.07, 0.2)
+
+
+def _default_surfaces() -> list[SurfaceSettings]:
+    return [
+        SurfaceSettings(name="si001-ash3", nm_per_px=0.2),
+        SurfaceSettings(name="ge001", nm_per_px=0.2),
+        SurfaceSettings(name="tio2-110", nm_per_px=0.1, size_nm=(12.0, 30.0), input_nm_per_px=(0.03, 0.1)),
+    ]
+
+
+class TrainSettings(_Frozen):
+    """Everything ``stm-live train`` needs; defaults train the bundled models."""
+
+    #: Where checkpoints, the data cache and the report go.
+    run_dir: Path = Path("runs/default")
+    #: Where the exported ONNX models go.
+    out_dir: Path = Path("models")
+    surfaces: list[SurfaceSettings] = Field(default_factory=_default_surfaces)
+    #: Surfaces left out entirely (for leave-one-surface-out evaluation).
+    exclude_surfaces: list[str] = []
+    #: Unlabelled real frames (.sxm/.npy/.npz) added to self-supervised pretraining.
+    unlabelled: list[Path] = []
+    #: Physical width of unlabelled array files (nm) and their model pitch (nm/px).
+    unlabelled_width_nm: Positive | None = None
+    unlabelled_nm_per_px: Positive = 0.2
+    seed: int = 0
+    #: Encoder widths per level and embedding size.
+    widths: tuple[int, int, int] = (16, 32, 64)
+    dim: Annotated[int, Field(ge=2, le=256)] = 16
+    #: Crop side (model px) and crops per batch.
+    crop: Annotated[int, Field(ge=16)] = 96
+    batch: Annotated[int, Field(ge=2)] = 16
+    #: Optimiser steps: self-supervised pretraining, then supervised (prototype + episodic losses).
+    ssl_steps: Count = 600
+    steps: Count = 4000
+    lr: Positive = 2e-3
+    #: Background prototypes per surface.
+    n_background: Annotated[int, Field(ge=1, le=32)] = 4
+    #: Weight of the episodic (few-shot) loss relative to the prototype loss.
+    episodic_weight: Annotated[float, Field(ge=0)] = 0.5
+    #: Steps between checkpoints.
+    checkpoint_every: Annotated[int, Field(ge=1)] = 250
+    #: torch CPU threads (0 = torch's default).
+    threads: Count = 0
+
+
+def load_train_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> TrainSettings:
+    """Read ``path`` (YAML) over the defaults, then apply keyword overrides (None = not given)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: training settings file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: invalid YAML: {exc}") from None
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a mapping of settings, got {type(raw).__name__}")
+        data.update(raw or {})
+        base = p.resolve().parent
+        for key in ("run_dir", "out_dir"):
+            if isinstance(data.get(key), str):
+                data[key] = str(base / data[key])
+        if isinstance(data.get("unlabelled"), list):
+            data["unlabelled"] = [str(base / v) if isinstance(v, str) else v for v in data["unlabelled"]]
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainSettings.model_validate(data)
+    except ValidationError as exc:
+        where = str(path) if path is not None else "training settings"
+        lines = [
+            f"{where}: {'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}" for e in exc.errors()
+        ]
+        raise ConfigError("; ".join(lines)) from None

@@ -1,0 +1,124 @@
+"""The trainer: ONNX export parity, reproducibility, resuming, metadata the runtime reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the trainer needs the train extra (torch)")
+
+from stm_live.model.format import ModelInfo, Prototypes  # noqa: E402
+from stm_live.model.runtime import SegmentationModel  # noqa: E402
+from stm_live.train.export import export_model  # noqa: E402
+from stm_live.train.net import Encoder, receptive_field_px  # noqa: E402
+from stm_live.train.settings import SurfaceSettings, TrainSettings, load_train_settings  # noqa: E402
+
+
+def _randomised_encoder(seed: int = 0) -> Encoder:
+    torch.manual_seed(seed)
+    enc = Encoder()
+    for m in enc.modules():  # non-trivial batch-norm statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return enc.eval()
+
+
+def test_onnx_export_matches_torch(tmp_path: Path) -> None:
+    encoder = _randomised_encoder()
+    rng = np.random.default_rng(0)
+    protos = Prototypes(rng.normal(size=(6, encoder.dim)).astype(np.float32), (0, 0, 0, 1, 2, 3), temperature=3.0)
+    info = ModelInfo("parity", ("a", "b", "c"), 0.2, encoder.dim, context_px=receptive_field_px())
+    export_model(encoder, info, tmp_path / "m.onnx", prototypes=protos)
+    model = SegmentationModel(tmp_path / "m.onnx", provider="cpu")
+    # The daemon's runtime reads the metadata back.
+    assert model.info.classes == ("a", "b", "c") and model.info.context_px == 22 and model.info.nm_per_px == 0.2
+    assert model.info.prototypes is not None and model.info.prototypes.temperature == 3.0
+    for shape in [(64, 64), (37, 53), (250, 250)]:  # any size, multiples of 4 or not
+        x = rng.normal(size=(1, 1, *shape)).astype(np.float32)
+        out = model.run(x, embedding=True)
+        with torch.no_grad():
+            emb = encoder(torch.from_numpy(x))
+        assert out["embedding"].shape == (1, encoder.dim, *shape)
+        assert np.abs(out["embedding"] - emb.numpy()).max() <= 1e-4
+        d2 = ((emb[0].permute(1, 2, 0)[..., None, :] - torch.from_numpy(protos.vectors)) ** 2).sum(-1)
+        p = torch.softmax(-d2 / protos.temperature, dim=-1).numpy()
+        expected = np.stack([p[..., [0, 1, 2]].sum(-1), p[..., 3], p[..., 4], p[..., 5]])
+        assert np.abs(out["probs"][0] - expected).max() <= 1e-4
+
+
+def test_receptive_field_matches_a_gradient_probe() -> None:
+    encoder = _randomised_encoder(1)
+    x = torch.randn(1, 1, 129, 129, requires_grad=True)
+    encoder(x)[0, :, 64, 64].sum().backward()
+    touched = np.flatnonzero((x.grad[0, 0].abs() > 0).any(dim=0).numpy())
+    assert 64 - touched.min() <= receptive_field_px()
+    assert touched.max() - 64 <= receptive_field_px()
+    assert 64 - touched.min() >= receptive_field_px() - 2  # and it is not a loose bound
+
+
+def _tiny_settings(tmp_path: Path, **changes: object) -> TrainSettings:
+    surfaces = [
+        SurfaceSettings(name="si001-ash3", nm_per_px=0.2, frames=2, val_frames=1, size_nm=(12.0, 14.0),
+                        input_nm_per_px=(0.1, 0.2)),
+        SurfaceSettings(name="tio2-110", nm_per_px=0.1, frames=2, val_frames=1, size_nm=(6.0, 7.0),
+                        input_nm_per_px=(0.05, 0.1)),
+    ]
+    values = dict(run_dir=tmp_path / "run", out_dir=tmp_path / "models", surfaces=surfaces, ssl_steps=3, steps=6,
+                  batch=4, crop=32, widths=(4, 8, 8), dim=4, threads=1, checkpoint_every=3)
+    values.update(changes)
+    return TrainSettings(**values)
+
+
+@pytest.mark.slow
+def test_training_is_reproducible_and_resumable(tmp_path: Path) -> None:
+    from stm_live.train.data import build_sets
+    from stm_live.train.fit import fit
+
+    a = _tiny_settings(tmp_path / "a")
+    train, _ = build_sets(a, progress=False)
+    state_a = fit(a, train, progress=False)
+    b = _tiny_settings(tmp_path / "b")
+    state_b = fit(b, build_sets(b, progress=False)[0], progress=False)
+    for (k, va), vb in zip(state_a.encoder.state_dict().items(), state_b.encoder.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    # Stop half way (as if killed after the step-3 checkpoint), then resume: same weights as straight through.
+    c = _tiny_settings(tmp_path / "c", steps=0)
+    fit(c, train, progress=False)
+    resumed = fit(_tiny_settings(tmp_path / "c"), train, progress=False)
+    assert resumed.step == 9
+    for va, vc in zip(state_a.encoder.state_dict().values(), resumed.encoder.state_dict().values(), strict=True):
+        assert torch.allclose(va.float(), vc.float(), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_train_command_exports_models_the_runtime_loads(tmp_path: Path) -> None:
+    from stm_live.cli import main
+
+    settings = _tiny_settings(tmp_path)
+    cfg = tmp_path / "train.yaml"
+    import yaml
+
+    cfg.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    assert main(["train", "--config", str(cfg), "--no-progress", "--evaluate-frames", "0"]) == 0
+    for name in ("si001-ash3", "tio2-110", "base-encoder"):
+        model = SegmentationModel(tmp_path / "models" / f"{name}.onnx", provider="cpu")
+        assert model.info.training["data_hash"]
+        assert model.has_head == (name != "base-encoder")
+    si = SegmentationModel(tmp_path / "models" / "si001-ash3.onnx", provider="cpu")
+    assert si.info.classes == ("AsH3", "dangling_bond", "dimer_vacancy") and si.info.nm_per_px == 0.2
+    assert (tmp_path / "run" / "report.json").is_file()
+
+
+def test_train_settings_errors_name_the_file(tmp_path: Path) -> None:
+    from stm_live.errors import ConfigError
+
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text("steps: -4\n")
+    with pytest.raises(ConfigError, match=r"t\.yaml: steps = -4"):
+        load_train_settings(cfg)
+    cfg.write_text("stepz: 4\n")
+    with pytest.raises(ConfigError, match="stepz"):
+        load_train_settings(cfg)
