@@ -18,7 +18,7 @@ import numpy as np
 from .checks import LevelError, as_image, check_positive
 from .linefit import MAD_TO_SIGMA
 
-__all__ = ["combine_directions", "normalise_robust", "resample_to_pitch", "resampling_taps"]
+__all__ = ["combine_directions", "normalise_robust", "resample_to_pitch", "resampling_taps", "robust_stats"]
 
 
 def resampling_taps(n_in: int, n_out: int, ratio: float) -> tuple[np.ndarray, np.ndarray]:
@@ -171,6 +171,44 @@ def _fill_value(z: np.ndarray, valid: np.ndarray) -> float:
     return float(np.median(z[valid])) if valid.any() else 0.0
 
 
+def robust_stats(image: Any, *, scale: str = "mad", sample_pixels: int = 65536) -> tuple[float, float]:
+    """The centre (median) and robust spread :func:`normalise_robust` uses.
+
+    Parameters are those of :func:`normalise_robust`. The spread is 0.0 for
+    an image without signal (no valid pixel, constant, or spread at the
+    rounding level of float32), which :func:`normalise_robust` maps to zeros.
+    The live segmenter freezes these two numbers part-way through a scan.
+
+    >>> centre, spread = robust_stats(np.array([[1.0, 2.0, 3.0, 4.0, 100.0]]))
+    >>> centre, round(spread, 4)
+    (3.0, 1.4826)
+    """
+    z = np.asarray(image, dtype=np.float64)
+    if scale not in ("mad", "iqr", "std"):
+        raise LevelError(f"scale must be 'mad', 'iqr' or 'std', got {scale!r}")
+    valid = np.isfinite(z)
+    step = max(1, z.size // max(1, int(sample_pixels)))
+    sample = z[::step][valid[::step]] if z.ndim == 2 else z[valid][::step]
+    if sample.size == 0:
+        sample = z[valid]
+    if sample.size == 0:
+        return 0.0, 0.0
+    centre = float(np.median(sample))
+    if scale == "mad":
+        spread = MAD_TO_SIGMA * float(np.median(np.abs(sample - centre)))
+    elif scale == "iqr":
+        q1, q3 = np.percentile(sample, [25.0, 75.0])
+        spread = float(q3 - q1) / 1.3489795003921634
+    else:
+        spread = float(np.std(sample))
+    if not spread > 0:
+        spread = float(np.std(sample))
+    # Rounding-level spreads (a constant image stored in float32) mean "no signal".
+    if not spread > 1e-6 * max(abs(centre), float(np.max(np.abs(sample))) * 1e-3, np.finfo(np.float64).tiny):
+        return centre, 0.0
+    return centre, spread
+
+
 def normalise_robust(
     image: Any,
     *,
@@ -210,31 +248,13 @@ def normalise_robust(
     [[0.0, 0.0], [0.0, 0.0]]
     """
     z = as_image(image, name="image")
-    if scale not in ("mad", "iqr", "std"):
-        raise LevelError(f"scale must be 'mad', 'iqr' or 'std', got {scale!r}")
     if clip is not None:
         clip = check_positive(clip, "clip")
     valid = np.isfinite(z)
-    step = max(1, z.size // max(1, int(sample_pixels)))
-    sample = z[::step][valid[::step]]
-    if sample.size == 0:
-        sample = z[valid]
-    if sample.size == 0:
-        return np.zeros(z.shape, dtype=np.float32)
-    centre = float(np.median(sample))
-    if scale == "mad":
-        spread = MAD_TO_SIGMA * float(np.median(np.abs(sample - centre)))
-    elif scale == "iqr":
-        q1, q3 = np.percentile(sample, [25.0, 75.0])
-        spread = float(q3 - q1) / 1.3489795003921634
-    else:
-        spread = float(np.std(sample))
-    if not spread > 0:
-        spread = float(np.std(sample))
+    centre, spread = robust_stats(z, scale=scale, sample_pixels=sample_pixels)
     z[~valid] = centre
     z -= centre
-    # Rounding-level spreads (a constant image stored in float32) mean "no signal".
-    if not spread > 1e-6 * max(abs(centre), float(np.max(np.abs(sample))) * 1e-3, np.finfo(np.float64).tiny):
+    if spread == 0.0:
         return np.zeros(z.shape, dtype=np.float32)
     z /= spread
     if clip is not None:
