@@ -1,0 +1,230 @@
+"""Segmenting a scan while it is acquired: the model re-runs only where new lines change it.
+
+:class:`LiveSegmenter` receives levelled scan lines one at a time
+(:meth:`~LiveSegmenter.add_row`) and, when asked (:meth:`~LiveSegmenter.segment`),
+returns a :class:`~stm_live.frame.Segmentation` of everything acquired so far.
+
+Work per call is bounded by the receptive field, not the frame:
+
+* each line is resampled along x to the model pitch as it arrives (O(cols));
+* model rows are made from those with the same taps as the whole-frame
+  resampler (:func:`stm_live.level.resample_to_pitch`), so a model row
+  computed live equals the whole-frame one;
+* the encoder runs on a window from ``2 * context`` model rows behind the
+  acquisition front to the front, its start aligned to the encoder's
+  pooling grid, so results inside the window equal a whole-frame run; rows
+  more than ``context`` behind the front are final, the rest provisional;
+* detections are recomputed on the cached class map of the acquired rows.
+
+Normalisation statistics are taken from the rows acquired so far and frozen
+once ``freeze_rows`` model rows exist (a stable contrast for the rest of the
+frame). The final result of a completed scan should come from
+:meth:`SegmentationModel.segment` on the whole frame, as for a file.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..frame import Segmentation
+from ..level.prepare import resampling_taps, robust_stats
+from .format import PROBS_NAME
+from .instances import find_instances
+from .prepare import to_image_grid
+from .runtime import SegmentationModel
+
+__all__ = ["LiveSegmenter"]
+
+#: The encoder pools twice by 2: windows start on multiples of 4 model rows.
+_POOL_ALIGN = 4
+
+
+class LiveSegmenter:
+    """Incremental segmentation of one scan.
+
+    Parameters
+    ----------
+    model : SegmentationModel
+        A model with a head.
+    rows, cols : int
+        Frame size in input pixels.
+    nm_per_px : tuple of float
+        Input pitch ``(x, y)``, nm.
+    scan_direction : {"down", "up"}
+        Which edge acquisition starts from (rows are display rows either way).
+    min_score, min_area_nm2 : float
+        Detection filters, as for :meth:`SegmentationModel.segment`.
+    freeze_rows : int
+        Model rows after which normalisation statistics stop changing.
+    """
+
+    def __init__(
+        self,
+        model: SegmentationModel,
+        *,
+        rows: int,
+        cols: int,
+        nm_per_px: tuple[float, float],
+        scan_direction: str = "down",
+        min_score: float = 0.0,
+        min_area_nm2: float = 0.0,
+        freeze_rows: int = 32,
+    ) -> None:
+        if scan_direction not in ("down", "up"):
+            raise ValueError(f"scan_direction must be 'down' or 'up', got {scan_direction!r}")
+        self.model = model
+        self.rows, self.cols = rows, cols
+        self.nm_per_px = (float(nm_per_px[0]), float(nm_per_px[1]))
+        self.up = scan_direction == "up"
+        self.min_score, self.min_area_nm2 = min_score, min_area_nm2
+        pitch = model.info.nm_per_px
+        self.h = max(1, round(rows * self.nm_per_px[1] / pitch))
+        self.w = max(1, round(cols * self.nm_per_px[0] / pitch))
+        self._row_index, self._row_weight = resampling_taps(rows, self.h, pitch / self.nm_per_px[1])
+        self._col_index, self._col_weight = resampling_taps(cols, self.w, pitch / self.nm_per_px[0])
+        # A model row is complete once its farthest tap (in scan order) has arrived.
+        self._row_needs = (self._row_index.min(axis=1) if self.up else self._row_index.max(axis=1)).astype(np.int64)
+        self._needed = self._row_weight > 0
+        self.context = int(model.info.context_px)
+        self.freeze_rows = freeze_rows
+        n_out = len(model.classes) + 1
+        self._colres = np.zeros((rows, self.w), np.float32)  # lines resampled along x
+        self._have = np.zeros(rows, bool)
+        self._probs = np.zeros((n_out, self.h, self.w), np.float32)
+        self._done_model = 0  # model rows with final-or-provisional output, counted from the start edge
+        self._stats: tuple[float, float] | None = None
+        self._frozen = False
+        self._front_input = -1  # farthest input row (scan order) received
+        self.lines = 0
+
+    # ----------------------------------------------------------- input side
+    def add_row(self, row: int, levelled: np.ndarray) -> None:
+        """Add one levelled line (display row index ``row``, ``cols`` values; NaN = missing pixels)."""
+        if not 0 <= row < self.rows:
+            raise ValueError(f"row {row} outside the frame's 0..{self.rows - 1}")
+        line = np.asarray(levelled, dtype=np.float32)
+        if line.shape != (self.cols,):
+            raise ValueError(f"line of {line.shape} values, expected ({self.cols},)")
+        finite = np.isfinite(line)
+        if not finite.any():
+            return
+        if not finite.all():
+            line = np.where(finite, line, np.float32(np.median(line[finite])))
+        acc = np.zeros(self.w, np.float32)
+        for k in range(self._col_index.shape[1]):
+            acc += line[self._col_index[:, k]] * self._col_weight[:, k]
+        self._colres[row] = acc
+        self._have[row] = True
+        order = self.rows - 1 - row if self.up else row
+        self._front_input = max(self._front_input, order)
+        self.lines += 1
+
+    @property
+    def rows_done(self) -> int:
+        """Input rows from the start edge up to the farthest line received."""
+        return self._front_input + 1
+
+    def _complete_model_rows(self) -> int:
+        """Model rows (counted from the start edge) whose input rows have all arrived or been passed."""
+        if self._front_input < 0:
+            return 0
+        front_row = self.rows - 1 - self._front_input if self.up else self._front_input
+        ok = self._row_needs >= front_row if self.up else self._row_needs <= front_row
+        return int(ok[::-1].sum()) if self.up else int(ok.sum())
+
+    def _model_rows(self, lo: int, hi: int) -> np.ndarray:
+        """Model rows ``lo..hi`` (display order) from the column-resampled lines; missing lines left out."""
+        idx = self._row_index[lo:hi]
+        weight = self._row_weight[lo:hi] * self._have[idx] * self._needed[lo:hi]
+        total = weight.sum(axis=1, keepdims=True)
+        values = (self._colres[idx] * weight[:, :, None]).sum(axis=1)
+        out = np.where(total > 0, values / np.maximum(total, 1e-12), np.nan)
+        return out.astype(np.float32)
+
+    # ---------------------------------------------------------- model side
+    def _normalise(self, block: np.ndarray) -> np.ndarray:
+        """Normalise like :func:`~stm_live.level.normalise_robust`, with statistics frozen mid-scan."""
+        options = self.model.info.normalisation
+        if not self._frozen or self._stats is None:
+            self._stats = robust_stats(block, scale=options.get("scale", "mad"))
+        centre, spread = self._stats
+        clip = options.get("clip")
+        out = np.where(np.isfinite(block), block, centre)
+        out = (out - centre) / spread if spread > 0 else np.zeros_like(out)
+        if clip is not None:
+            np.clip(out, -clip, clip, out=out)
+        return out.astype(np.float32)
+
+    def segment(self) -> Segmentation:
+        """Segmentation of all rows acquired so far (class map at the input grid)."""
+        t0 = time.perf_counter()
+        done = self._complete_model_rows()
+        if done == 0:
+            return self._result(np.zeros((self.rows, self.cols), np.uint8), (), t0, {})
+        # Display-order range of complete model rows.
+        lo_all, hi_all = (self.h - done, self.h) if self.up else (0, done)
+        # Rows to (re)compute: everything not yet final, with context behind it
+        # (counted from the start edge); all of it while statistics still change.
+        redo_from = max(0, self._done_model - self.context) if self._frozen else 0
+        behind = max(0, redo_from - self.context)
+        if self.up:
+            # The window's top must sit on the pooling grid of the whole frame
+            # (rows above the front are filler until they are scanned).
+            lo = lo_all - lo_all % _POOL_ALIGN
+            hi = self.h - behind
+        else:
+            lo = behind - behind % _POOL_ALIGN
+            hi = hi_all
+        t1 = time.perf_counter()
+        image = self._normalise(self._model_rows(lo, hi))
+        if not self._frozen and done >= min(self.freeze_rows, self.h):
+            self._frozen = True
+        t2 = time.perf_counter()
+        probs = self.model.run(image)[PROBS_NAME][0]
+        t3 = time.perf_counter()
+        # Keep the window's rows that had their full context on the already-final side.
+        if self.up:
+            keep_lo, keep_hi = lo_all, (hi if hi == self.h else hi - self.context)
+        else:
+            keep_lo, keep_hi = (lo if lo == 0 else lo + self.context), hi
+        self._probs[:, keep_lo:keep_hi] = probs[:, keep_lo - lo : keep_hi - lo]
+        self._done_model = done
+        region = self._probs[:, lo_all:hi_all]
+        class_map = region.argmax(axis=0).astype(np.uint8)
+        pitch = self.model.info.nm_per_px
+        detections = find_instances(
+            class_map,
+            region,
+            self.model.classes,
+            nm_per_px=(pitch, pitch),
+            min_score=self.min_score,
+            min_area_nm2=self.min_area_nm2,
+            row_offset=lo_all,
+        )
+        t4 = time.perf_counter()
+        full_model = np.zeros((self.h, self.w), np.uint8)
+        full_model[lo_all:hi_all] = class_map
+        full = to_image_grid(full_model, (self.rows, self.cols), nm_per_px=self.nm_per_px, target_nm_per_px=pitch)
+        acquired_rows = self.rows_done
+        if self.up:
+            full[: self.rows - acquired_rows] = 0
+        else:
+            full[acquired_rows:] = 0
+        t5 = time.perf_counter()
+        timings = {"prepare": (t2 - t1) * 1e3, "infer": (t3 - t2) * 1e3, "instances": (t4 - t3) * 1e3,
+                   "map": (t5 - t4) * 1e3}
+        return self._result(full, tuple(detections), t0, timings)
+
+    def _result(self, class_map: np.ndarray, detections: tuple, t0: float, timings: dict[str, float]) -> Segmentation:
+        timings = {**timings, "total": (time.perf_counter() - t0) * 1e3}
+        return Segmentation(
+            classes=self.model.classes,
+            class_map=class_map,
+            detections=detections,
+            model_id=self.model.id,
+            model_name=self.model.name,
+            timings_ms=timings,
+            rows_done=self.rows_done,
+        )

@@ -1,0 +1,91 @@
+"""LiveSegmenter: line-by-line segmentation agrees with the whole-frame path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_models import bumps_image, write_tiny_model
+
+from stm_live.frame import Frame
+from stm_live.level import level_frame
+from stm_live.model.live import LiveSegmenter
+from stm_live.model.runtime import SegmentationModel
+
+BRIGHT = [(12, 30), (60, 90), (100, 20)]
+DARK = [(40, 100), (110, 110)]
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> SegmentationModel:
+    write_tiny_model(tmp_path / "tiny.onnx", nm_per_px=0.2)
+    return SegmentationModel(tmp_path / "tiny.onnx", provider="cpu")
+
+
+def _scan(pitch_nm: float = 0.1) -> tuple[Frame, np.ndarray]:
+    shape = (128, 128)
+    data = bumps_image(shape, BRIGHT, DARK) * 1e-10
+    frame = Frame(data, shape[1] * pitch_nm * 1e-9, shape[0] * pitch_nm * 1e-9)
+    return frame, level_frame(frame.data, method="plane")
+
+
+def _summary(seg) -> list[tuple[str, float, float]]:
+    return sorted((d.class_name, round(d.x_nm, 1), round(d.y_nm, 1)) for d in seg.detections)
+
+
+@pytest.mark.parametrize("direction", ["down", "up"])
+def test_live_result_after_last_line_equals_whole_frame(model: SegmentationModel, direction: str) -> None:
+    frame, levelled = _scan()
+    whole = model.segment(frame, levelled=levelled)
+    live = LiveSegmenter(model, rows=frame.rows, cols=frame.cols, nm_per_px=frame.nm_per_px,
+                         scan_direction=direction, freeze_rows=10_000)  # statistics never frozen: exact
+    order = range(frame.rows) if direction == "down" else range(frame.rows - 1, -1, -1)
+    for row in order:
+        live.add_row(row, levelled[row])
+        seg = live.segment()
+    assert seg.rows_done == frame.rows
+    assert (seg.class_map == whole.class_map).mean() > 0.999
+    assert _summary(seg) == _summary(whole)
+
+
+def test_live_with_frozen_statistics_finds_the_same_features(model: SegmentationModel) -> None:
+    frame, levelled = _scan()
+    whole = model.segment(frame, levelled=levelled)
+    live = LiveSegmenter(model, rows=frame.rows, cols=frame.cols, nm_per_px=frame.nm_per_px, freeze_rows=16)
+    partial_counts = []
+    for row in range(frame.rows):
+        live.add_row(row, levelled[row])
+        seg = live.segment()
+        partial_counts.append(len(seg.detections))
+        assert (seg.class_map[live.rows_done:] == 0).all()  # nothing below the scan front
+    assert len(seg.detections) == len(whole.detections) == len(BRIGHT) + len(DARK)
+    for a, b in zip(_summary(seg), _summary(whole), strict=True):
+        assert a[0] == b[0] and abs(a[1] - b[1]) <= 0.2 and abs(a[2] - b[2]) <= 0.2
+    # Features appear while the scan is running, top one first.
+    assert partial_counts[40] >= 1 and partial_counts[40] < partial_counts[-1]
+
+
+def test_missing_and_out_of_order_lines(model: SegmentationModel) -> None:
+    frame, levelled = _scan()
+    live = LiveSegmenter(model, rows=frame.rows, cols=frame.cols, nm_per_px=frame.nm_per_px, freeze_rows=10_000)
+    rows = [r for r in range(frame.rows) if r % 17 != 5]  # some lines never arrive
+    rng = np.random.default_rng(0)
+    rng.shuffle(rows)
+    for r in rows:
+        live.add_row(r, levelled[r])
+    seg = live.segment()
+    whole = SegmentationModel.segment(model, frame, levelled=levelled)
+    assert _summary(seg) == _summary(whole)
+    with pytest.raises(ValueError, match="outside"):
+        live.add_row(frame.rows, levelled[0])
+    with pytest.raises(ValueError, match="expected"):
+        live.add_row(0, levelled[0][:5])
+
+
+def test_no_lines_yet_gives_an_empty_result(model: SegmentationModel) -> None:
+    live = LiveSegmenter(model, rows=64, cols=64, nm_per_px=(0.1, 0.1))
+    seg = live.segment()
+    assert seg.rows_done == 0 and not seg.detections and not seg.class_map.any()
+    live.add_row(0, np.full(64, np.nan))  # a line with no data changes nothing
+    assert live.segment().rows_done == 0
