@@ -20,6 +20,7 @@ import numpy as np
 
 __all__ = [
     "MAD_TO_SIGMA",
+    "evaluate_rows",
     "fit_rows",
     "masked_row_median",
     "robust_line",
@@ -137,6 +138,7 @@ def robust_line(
     reject: float = 3.0,
     slope: bool = True,
     lag: int | None = None,
+    refine: bool = True,
 ) -> tuple[float, float]:
     """Fit ``v ~ a + b * x`` robustly: medians first, then least squares on the inliers.
 
@@ -147,16 +149,21 @@ def robust_line(
     v : numpy.ndarray
         ``(n,)`` float64 finite values (any unit).
     reject : float, keyword-only
-        Points further than ``reject`` robust standard deviations from the
-        median-based first guess are left out of the least-squares refinement.
+        Points further than ``reject`` robust standard deviations (of the
+        residuals) from the current fit are left out of the least-squares
+        refinement.
     slope : bool, keyword-only
         Fit the slope ``b``; when False only the offset is fitted (``b = 0``).
     lag : int, optional, keyword-only
         First-guess slope from :func:`step_free_slope` with this lag (``x``
         must then be evenly spaced by 1): insensitive to step edges within
-        the line, so the refinement converges to one terrace instead of
-        tilting several into one line. Default: the slope between the
-        medians of the two halves.
+        the line. Default: the slope between the medians of the two halves.
+    refine : bool, keyword-only
+        Refine the first guess by least squares over the inliers. Without
+        (with ``lag``), the result is the step-free slope and the median
+        offset: noisier, but a line of several terraces keeps its terraces
+        level (least squares over a staircase tilts it whatever the
+        rejection, because a staircase has no outliers).
 
     Returns
     -------
@@ -190,28 +197,21 @@ def robust_line(
     if lag is not None and 0 < lag < n:
         b0 = step_free_slope(v, lag=lag, reject=reject)
         a0 = _upper_median(v - b0 * x)
+        if not refine:
+            return float(a0), float(b0)
     else:
         h = n // 2
         ml, mr = _upper_median(v[:h]), _upper_median(v[h:])
         xl, xr = _upper_median(x[:h]), _upper_median(x[h:])
         b0 = (mr - ml) / (xr - xl)
         a0 = 0.5 * (ml + mr) - b0 * 0.5 * (xl + xr)
-    # Noise level from neighbouring pixels: a staircase of terraces or a
-    # broad island inflates the residuals' own spread but not this, so the
-    # refinement below seeks the dominant level instead of averaging levels.
     a, b = a0, b0
-    r = v - (a + b * x)
     rounding = rounding_level(v)
-    local = MAD_TO_SIGMA * _upper_median(np.abs(np.diff(r))) / np.sqrt(2.0)
-    for i in range(2):
+    for _ in range(2):
         # Refine on residuals from the current fit (small numbers, no cancellation).
-        if i:
-            r = v - (a + b * x)
+        r = v - (a + b * x)
         dev = np.abs(r)
-        scale = max(min(MAD_TO_SIGMA * _upper_median(dev), local), rounding)
-        keep = dev <= reject * scale
-        if keep.sum() < 3:
-            break
+        keep = dev <= reject * max(MAD_TO_SIGMA * _upper_median(dev), rounding)
         w = keep.astype(np.float64)
         s0 = w.sum()
         xm = float(w @ x) / s0
@@ -285,7 +285,18 @@ def row_background(coef: np.ndarray, cols: int) -> np.ndarray:
     numpy.ndarray
         ``(rows, cols)`` in the dtype of ``coef``.
     """
-    return coef @ _legendre_basis(cols, coef.shape[1] - 1).T.astype(coef.dtype)
+    return evaluate_rows(coef, _legendre_basis(cols, coef.shape[1] - 1).astype(coef.dtype))
+
+
+def evaluate_rows(coef: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``coef @ basis.T`` for ``(rows, terms)`` coefficients and a ``(cols, terms)`` basis."""
+    # As a few multiply-adds: a matrix product with 2-6 inner
+    # terms goes to a multi-threaded BLAS, which stalls badly when other
+    # processes keep the cores busy.
+    out = np.multiply.outer(coef[:, 0], basis[:, 0])
+    for t in range(1, coef.shape[1]):
+        out += np.multiply.outer(coef[:, t], basis[:, t])
+    return out
 
 
 def fit_rows(
@@ -310,10 +321,8 @@ def fit_rows(
         and slopes from medians of differences 1/16 of a row apart, which a
         step edge barely moves), pixels further than ``reject`` noise
         standard deviations from the current fit are left out,
-        ``iterations`` times. The noise level is the smaller of the
-        residuals' robust spread and the pixel-to-pixel noise, both over the
-        whole image, so that rows fit their dominant level rather than a
-        staircase. None: plain least squares.
+        ``iterations`` times (the noise level being the robust spread of
+        all residuals). None: plain least squares.
     valid : numpy.ndarray, optional, keyword-only
         ``(rows, cols)`` bool mask of usable pixels (default: all).
     iterations : int, keyword-only
@@ -351,16 +360,12 @@ def fit_rows(
     coef[:, 0] = masked_row_median(z - np.outer(coef[:, 1], basis[:, 1]) if degree >= 1 else z, valid)
     # Scales come from every `step`-th row: plenty of pixels, a fraction of the work.
     step = max(1, rows * cols // 65536)
-    pairs = valid[::step, 1:] & valid[::step, :-1]
-    local = np.inf
-    if pairs.any():
-        local = MAD_TO_SIGMA * _upper_median(np.abs(np.diff(z[::step], axis=1))[pairs]) / np.sqrt(2.0)
     any_valid = bool(valid.any())
     rounding = rounding_level(z[::step])
     for _ in range(iterations):
-        res = z - coef @ basis.T
+        res = z - evaluate_rows(coef, basis)
         np.abs(res, out=res)
-        scale = min(MAD_TO_SIGMA * _upper_median(res[::step][valid[::step]]), local) if any_valid else 0.0
+        scale = MAD_TO_SIGMA * _upper_median(res[::step][valid[::step]]) if any_valid else 0.0
         scale = max(scale, rounding)
         keep = res <= reject * scale
         keep &= valid
@@ -372,11 +377,14 @@ def _weighted_row_poly(z: np.ndarray, keep: np.ndarray, basis: np.ndarray) -> np
     rows = z.shape[0]
     n_terms = basis.shape[1]
     w = keep.astype(z.dtype)
-    # Normal equations of every row at once: G[r] = B^T diag(w_r) B, h[r] = B^T (w_r z_r).
-    products = (basis[:, :, None] * basis[:, None, :]).reshape(basis.shape[0], -1)
-    gram = (w @ products).reshape(rows, n_terms, n_terms).astype(np.float64)
+    # Normal equations of every row at once: G[r] = B^T diag(w_r) B, h[r] = B^T (w_r z_r),
+    # with einsum's own loops rather than BLAS (see evaluate_rows).
+    gram = np.empty((rows, n_terms, n_terms))
+    for i in range(n_terms):
+        for j in range(i, n_terms):
+            gram[:, i, j] = gram[:, j, i] = np.einsum("rc,c->r", w, basis[:, i] * basis[:, j])
     w *= z
-    rhs = (w @ basis).astype(np.float64)
+    rhs = np.einsum("rc,ck->rk", w, basis).astype(np.float64)
     terms = np.minimum(keep.sum(axis=1), n_terms)
     coef = np.zeros((rows, n_terms))
     for t in range(1, n_terms + 1):

@@ -157,7 +157,6 @@ class LineLeveller:
         self._tmp = np.empty(n)
         self._w = np.empty(n)
         self._pairs = np.empty(self._half)
-        self._steps = np.empty(max(n - 1, 1))
         self._own = np.zeros(n, dtype=bool)
         self._rej = np.zeros(n, dtype=bool)
         self.reset()
@@ -208,7 +207,7 @@ class LineLeveller:
         x, raw, lev = self._x, self._raw, self._lev
         np.copyto(raw, v, casting="unsafe")
         if self._lines == 0:
-            a, b = robust_line(x, raw, reject=self._reject, slope=self._slope, lag=self._lag)
+            a, b = robust_line(x, raw, reject=self._reject, slope=self._slope, lag=self._lag, refine=False)
         else:
             np.subtract(raw, self._ref, out=self._tmp)
             a, b = self._fit_difference(self._tmp)
@@ -237,16 +236,9 @@ class LineLeveller:
         dev.partition(n // 2)
         a = float(dev[n // 2])
         r -= a
-        local = math.inf
-        if n > 2:
-            steps = self._steps
-            np.subtract(r[1:], r[:-1], out=steps)
-            np.abs(steps, out=steps)
-            steps.partition((n - 1) // 2)
-            local = MAD_TO_SIGMA * float(steps[(n - 1) // 2]) / math.sqrt(2.0)
         np.abs(r, out=dev)
         spread = MAD_TO_SIGMA * float(np.partition(dev, n // 2)[n // 2])
-        thr = self._reject * max(min(spread, local), self._rounding * float(np.abs(d).max()))
+        thr = self._reject * max(spread, self._rounding * abs(a))
         own, rej = self._own, self._rej
         for i in range(2):
             if i:
@@ -301,7 +293,7 @@ class LineLeveller:
             ref[finite] += weight * (lev[finite] - ref[finite])
         self._lines += 1
         if (self._restore_slope or self._restore_offset) and self._lines % self._restore_every == 0:
-            a, b = robust_line(self._x, ref, reject=self._reject, slope=self._slope, lag=self._lag)
+            a, b = robust_line(self._x, ref, reject=self._reject, slope=self._slope, lag=self._lag, refine=False)
             k = self._restore_every
             ref -= min(1.0, k * self._restore_offset) * a + min(1.0, k * self._restore_slope) * b * self._x
 
@@ -342,6 +334,7 @@ def level_stream(
     reject: float = 3.0,
     margin: int | None = None,
     slope: bool = True,
+    restore_every: int = 8,
 ) -> np.ndarray:
     """Level a whole image the way the daemon does while scanning: one line at a time.
 
@@ -353,7 +346,7 @@ def level_stream(
     scan_direction : {"down", "up"}, keyword-only
         Slow-scan direction: ``"down"`` feeds row 0 first, ``"up"`` the last
         row first, as the microscope acquired them.
-    reference_lines, restore_slope_lines, restore_offset_lines, reject, margin, slope
+    reference_lines, restore_slope_lines, restore_offset_lines, reject, margin, slope, restore_every
         As for :class:`LineLeveller`.
 
     Returns
@@ -379,6 +372,7 @@ def level_stream(
         reject=reject,
         margin=margin,
         slope=slope,
+        restore_every=restore_every,
     )
     out = np.empty(image.shape, dtype=np.float32)
     order = range(image.shape[0]) if scan_direction == "down" else range(image.shape[0] - 1, -1, -1)

@@ -36,13 +36,22 @@ row methods work in float32 after subtracting each row's median in float64
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, signal
 
 from .checks import LevelError, as_image, check_positive
-from .linefit import MAD_TO_SIGMA, fit_rows, masked_row_median, rounding_level, row_background
+from .linefit import (
+    MAD_TO_SIGMA,
+    evaluate_rows,
+    fit_rows,
+    masked_row_median,
+    robust_line,
+    rounding_level,
+    row_background,
+)
 from .scars import remove_scars_inplace
 
 __all__ = ["FRAME_METHODS", "fit_surface", "level_frame"]
@@ -108,16 +117,17 @@ def fit_surface(z: np.ndarray, valid: np.ndarray, degree: int) -> np.ndarray:
     xp = np.vander(_coords(cols), 2 * dx + 1, increasing=True)
     yp = np.vander(_coords(rows), 2 * dy + 1, increasing=True)
     w = valid.astype(np.float64)
-    moments = yp.T @ (w @ xp)  # moments[j, i] = sum of w y^j x^i
+    # einsum's own loops rather than a multi-threaded BLAS (see linefit.evaluate_rows).
+    moments = yp.T @ np.einsum("rc,ci->ri", w, xp)  # moments[j, i] = sum of w y^j x^i
     w *= z
-    proj = yp[:, : dy + 1].T @ (w @ xp[:, : dx + 1])
+    proj = yp[:, : dy + 1].T @ np.einsum("rc,ci->ri", w, xp[:, : dx + 1])
     gram = np.array([[moments[j + jj, i + ii] for (ii, jj) in terms] for (i, j) in terms])
     rhs = np.array([proj[j, i] for (i, j) in terms])
     coef, *_ = np.linalg.lstsq(gram, rhs, rcond=None)
     c = np.zeros((dy + 1, dx + 1))
     for (i, j), value in zip(terms, coef, strict=True):
         c[j, i] = value
-    return (yp[:, : dy + 1] @ c) @ xp[:, : dx + 1].T
+    return evaluate_rows(yp[:, : dy + 1] @ c, xp[:, : dx + 1])
 
 
 def _flatten(z: np.ndarray, valid: np.ndarray, degree: int, reject: float, iterations: int = 5) -> np.ndarray:
@@ -197,42 +207,58 @@ def _chained_rows(z: np.ndarray, valid: np.ndarray, degree: int, reject: float) 
     coef = np.cumsum(fit_rows(diff, degree=degree, reject=reject, valid=ok), axis=0)
     # The first row with data keeps its own shape so far: remove its own robust fit.
     first = int(np.argmax(valid.any(axis=1)))
-    coef += fit_rows(z[first : first + 1], degree=degree, reject=reject, valid=valid[first : first + 1])
+    ok = valid[first]
+    x = np.flatnonzero(ok).astype(np.float64)
+    if x.size:
+        a, b = robust_line(x, z[first, ok].astype(np.float64), reject=reject, lag=max(1, x.size // 16), refine=False)
+        # a + b * pixel in the basis of t = linspace(-1, 1, cols).
+        half = 0.5 * (z.shape[1] - 1)
+        coef[:, 0] += a + b * half
+        if coef.shape[1] > 1:
+            coef[:, 1] += b * half
     return coef
 
 
-def _height_levels(values: np.ndarray, sigma: float, min_fraction: float) -> np.ndarray:
-    """Heights of the well-populated, well-separated peaks of the height histogram."""
+def _height_splits(values: np.ndarray, sigma: float, min_fraction: float) -> np.ndarray:
+    """Heights that separate the levels of a terraced image: the deep valleys of its height histogram.
+
+    A level is a peak of the smoothed histogram holding at least
+    ``min_fraction`` of the pixels whose *prominence* is at least 70 % of its
+    height: the histogram falls to under a third of the peak on both sides
+    before rising to anything higher. Terraces separated by a step leave
+    an almost empty gap between their peaks; the two maxima of a corrugated
+    surface's histogram (a sinusoid sits near its extremes) do not.
+
+    Returns
+    -------
+    numpy.ndarray
+        Ascending split heights, one fewer than the levels (empty: one level).
+    """
     if values.size == 0 or not sigma > 0:
-        return np.zeros(1)
+        return np.zeros(0)
     # The histogram's range from a subsample: percentiles of every pixel cost more than the rest.
     sub = np.sort(values[:: max(1, values.size // 20000)])
     lo, hi = sub[int(0.005 * (sub.size - 1))], sub[int(0.995 * (sub.size - 1))]
-    width = 0.5 * sigma
-    nbins = int(min(4000, max(1, np.ceil((hi - lo) / width))))
-    if nbins < 3:
-        return np.array([float(sub[sub.size // 2])])
+    width = max(0.5 * sigma, (hi - lo) / 1000)
+    nbins = int(max(1, np.ceil((hi - lo) / width)))
+    if nbins < 8:
+        return np.zeros(0)
     counts, edges = np.histogram(values, bins=nbins, range=(lo, hi))
-    smooth = ndimage.gaussian_filter1d(counts.astype(np.float64), 2.0, mode="constant")
-    peak = (smooth >= np.roll(smooth, 1)) & (smooth > np.roll(smooth, -1))
-    peak[0] = smooth[0] > smooth[1]
-    peak[-1] = smooth[-1] >= smooth[-2]
+    # Smooth over the noise and over fine structure of a level (a hundredth of the range).
+    blur = max(2.0 * sigma, (hi - lo) / 100) / width
+    smooth = ndimage.gaussian_filter1d(counts.astype(np.float64), blur, mode="constant")
+    peaks, props = signal.find_peaks(smooth, prominence=0.0)
+    if peaks.size < 2:
+        return np.zeros(0)
     centres = 0.5 * (edges[:-1] + edges[1:])
-    # Population of a peak: the pixels within 3 sigma of it.
     cum = np.concatenate([[0.0], np.cumsum(counts)])
-    idx = np.flatnonzero(peak)
-    reach = int(np.ceil(3 * sigma / width))
-    pop = cum[np.minimum(idx + reach + 1, nbins)] - cum[np.maximum(idx - reach, 0)]
-    idx = idx[pop >= min_fraction * values.size]
-    if idx.size == 0:
-        return np.array([float(sub[sub.size // 2])])
-    # Of peaks closer than 4 sigma keep the taller.
-    order = idx[np.argsort(-smooth[idx])]
-    kept: list[int] = []
-    for i in order:
-        if all(abs(centres[i] - centres[j]) >= 4 * sigma for j in kept):
-            kept.append(int(i))
-    return np.sort(centres[kept])
+    lefts, rights = props["left_bases"], props["right_bases"]
+    # Population of a peak: the pixels between its bases.
+    pop = cum[rights + 1] - cum[lefts]
+    good = (props["prominences"] >= 0.7 * smooth[peaks]) & (pop >= min_fraction * values.size)
+    peaks = peaks[good]
+    splits = [float(centres[a + int(np.argmin(smooth[a : b + 1]))]) for a, b in itertools.pairwise(peaks)]
+    return np.array(splits)
 
 
 def _box_gradient(z: np.ndarray) -> np.ndarray:
@@ -260,15 +286,21 @@ def _grow(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _terraces(lev: np.ndarray, valid: np.ndarray, *, edge: float, min_fraction: float) -> np.ndarray:
+def _terraces(
+    lev: np.ndarray, valid: np.ndarray, *, edge: float, min_fraction: float, smooth: int | None = None
+) -> np.ndarray:
     """Label terraces: regions bounded by steep edges, split by height level (0: none).
 
     Edges alone miss a step where an adsorbate sits on it, and heights alone
     confuse two terraces at one height; a terrace is a connected region
-    between edges whose pixels are within a few noise levels of one peak of
-    the height histogram, and big enough.
+    between edges within one level of the height histogram
+    (:func:`_height_splits`), and big enough.
     """
     rows, cols = lev.shape
+    # Averaging over about a lattice period hides the atomic corrugation,
+    # which can be as steep as a step edge, and leaves the steps.
+    size = smooth if smooth is not None else max(3, (min(rows, cols) // 20) | 1)
+    lev = ndimage.uniform_filter(lev, size=min(size, rows, cols), mode="nearest") if size > 1 else lev
     grad = _box_gradient(lev)
     # Gradients next to missing data are meaningless.
     inner = valid if valid.all() else valid & ndimage.binary_erosion(valid, iterations=2, border_value=1)
@@ -293,13 +325,12 @@ def _terraces(lev: np.ndarray, valid: np.ndarray, *, edge: float, min_fraction: 
     dv = np.abs(np.diff(lev[::step], axis=1))[pairs]
     sigma = MAD_TO_SIGMA * float(np.partition(dv, dv.size // 2)[dv.size // 2]) / np.sqrt(2.0) if dv.size else 0.0
     sigma = max(sigma, rounding)
-    levels = _height_levels(lev[::step][flat[::step]], sigma, min_fraction)
-    if levels.size > 1:
+    splits = _height_splits(lev[::step][flat[::step]], sigma, min_fraction)
+    if splits.size:
         level = np.zeros(lev.shape, dtype=np.int64)
-        for bound in 0.5 * (levels[1:] + levels[:-1]):
-            level += lev > bound
-        near = np.abs(lev - levels.astype(lev.dtype)[level]) <= 4 * sigma
-        code = np.where(flat & near, regions.astype(np.int64) * (levels.size + 1) + level + 1, 0)
+        for split in splits:
+            level += lev > split
+        code = np.where(flat, regions.astype(np.int64) * (splits.size + 1) + level + 1, 0)
     else:
         code = regions.astype(np.int64)
     counts = np.bincount(code.ravel())
@@ -329,21 +360,93 @@ def _terrace_heights(values: np.ndarray, labels: np.ndarray, n: int, reject: flo
     return out
 
 
+def feature_mask(
+    residual: np.ndarray, valid: np.ndarray, *, reject: float = 3.0, flank: float = 1.5, grow: int = 4
+) -> np.ndarray:
+    """Pixels of features on a levelled image: cores beyond ``reject`` noise levels, grown over their flanks.
+
+    Hysteresis thresholding: a pixel further than ``flank`` robust standard
+    deviations from 0, on the same side, belongs to a feature when it is
+    connected, within ``grow`` pixels, to one further than ``reject``; the
+    result is grown by one more pixel. Faint flanks of broad features bias
+    a least-squares background as much as their tops; a single threshold
+    misses them.
+
+    Parameters
+    ----------
+    residual : numpy.ndarray
+        ``(rows, cols)`` levelled image (background near 0), finite.
+    valid : numpy.ndarray
+        ``(rows, cols)`` bool, pixels to consider (and to take the noise level from).
+    reject, flank : float, keyword-only
+        Core and flank thresholds in robust standard deviations.
+    grow : int, keyword-only
+        How far (pixels) flanks may extend from a core.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(rows, cols)`` bool.
+
+    Examples
+    --------
+    >>> y, x = np.mgrid[0:40, 0:40]
+    >>> bump = 10.0 * np.exp(-((x - 20) ** 2 + (y - 20) ** 2) / 50.0)
+    >>> noise = np.random.default_rng(0).normal(size=bump.shape)
+    >>> mask = feature_mask(bump + noise, np.ones(bump.shape, bool))
+    >>> bool(mask[20, 20]), bool(mask[0, 0]), int(mask.sum()) > 100
+    (True, False, True)
+    """
+    step = _row_step(residual.shape)
+    sample = np.abs(residual[::step][valid[::step]])
+    if sample.size == 0:
+        return np.zeros(residual.shape, dtype=bool)
+    sigma = max(MAD_TO_SIGMA * float(np.partition(sample, sample.size // 2)[sample.size // 2]),
+                rounding_level(residual[::step]))
+    out = np.zeros(residual.shape, dtype=bool)
+    for sign in (1.0, -1.0):
+        r = sign * residual
+        low = valid & (r > flank * sigma)
+        grown = valid & (r > reject * sigma)
+        # Geodesic growth, a few pixels only: flanks, not every corrugation
+        # ridge that happens to touch a feature.
+        for _ in range(grow):
+            grown = _grow(grown) & low | grown
+        out |= grown
+    return _grow(out)
+
+
 def _step_aware(
-    z: np.ndarray, valid: np.ndarray, *, degree: int, reject: float, edge: float, min_terrace: float
+    z: np.ndarray,
+    valid: np.ndarray,
+    *,
+    degree: int,
+    reject: float,
+    edge: float,
+    min_terrace: float,
+    smooth: int | None,
 ) -> np.ndarray:
     rows, cols = z.shape
     chained = row_background(_chained_rows(z, valid, degree, reject), cols)
     if rows < 2:
         return chained
     lev0 = z - chained
-    labels = _terraces(lev0, valid, edge=edge, min_fraction=min_terrace)
+    labels = _terraces(lev0, valid, edge=edge, min_fraction=min_terrace, smooth=smooth)
     n = int(labels.max())
     if n == 0:
         return chained
     heights = _terrace_heights(lev0, labels, n, reject).astype(z.dtype)
     usable = labels > 0
-    coef = fit_rows(z - heights[labels], degree=degree, reject=reject, valid=usable, iterations=2)
+    flat = z - heights[labels]
+    coef = fit_rows(flat, degree=degree, reject=reject, valid=usable, iterations=1)
+    # Features and their faint flanks bias row fits; mask them on the
+    # levelled image (cores beyond `reject`, grown over their flanks) and fit again.
+    features = feature_mask(flat - row_background(coef, cols), usable, reject=reject)
+    # A row that would lose most of its pixels is better fitted by its own
+    # outlier rejection than from the few left.
+    keep_rows = (usable & ~features).sum(axis=1) >= usable.sum(axis=1) // 2
+    usable &= ~(features & keep_rows[:, None])
+    coef = fit_rows(flat, degree=degree, reject=reject, valid=usable, iterations=1)
     background = row_background(coef, cols)
     # Rows with too few terrace pixels keep the chained alignment, shifted to
     # agree with their neighbours' absolute fits.
@@ -368,6 +471,7 @@ def level_frame(
     scars: bool = False,
     edge: float = 6.0,
     min_terrace: float = 0.01,
+    smooth: int | None = None,
 ) -> np.ndarray:
     """Level a complete frame.
 
@@ -399,6 +503,11 @@ def level_frame(
     min_terrace : float, keyword-only
         ``step-aware``: regions between edges smaller than this fraction of
         the frame are features, not terraces (left out of the fits).
+    smooth : int, optional, keyword-only
+        ``step-aware``: width (pixels) of the box average applied before
+        looking for step edges and terrace heights, so that atomic rows as
+        steep as a step edge are averaged away; default ``min(rows, cols) // 20``
+        (odd, at least 3). Wider than the lattice period works best.
 
     Returns
     -------
@@ -466,6 +575,7 @@ def level_frame(
                 reject=reject,
                 edge=check_positive(edge, "edge"),
                 min_terrace=float(min_terrace),
+                smooth=None if smooth is None else max(1, int(smooth)),
             )
         else:
             z64 = z.astype(np.float64)
