@@ -66,7 +66,7 @@ def _tiny_settings(tmp_path: Path, **changes: object) -> TrainSettings:
         SurfaceSettings(name="tio2-110", nm_per_px=0.1, frames=2, val_frames=1, size_nm=(6.0, 7.0),
                         input_nm_per_px=(0.05, 0.1)),
     ]
-    values = dict(run_dir=tmp_path / "run", out_dir=tmp_path / "models", surfaces=surfaces, ssl_steps=3, steps=6,
+    values = dict(run_dir=tmp_path / "run", out_dir=tmp_path / "models", surfaces=surfaces, ssl_steps=3, steps=106,
                   batch=4, crop=32, widths=(4, 8, 8), dim=4, threads=1, checkpoint_every=3)
     values.update(changes)
     return TrainSettings(**values)
@@ -84,11 +84,20 @@ def test_training_is_reproducible_and_resumable(tmp_path: Path) -> None:
     state_b = fit(b, build_sets(b, progress=False)[0], progress=False)
     for (k, va), vb in zip(state_a.encoder.state_dict().items(), state_b.encoder.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
-    # Stop half way (as if killed after the step-3 checkpoint), then resume: same weights as straight through.
-    c = _tiny_settings(tmp_path / "c", steps=0)
-    fit(c, train, progress=False)
-    resumed = fit(_tiny_settings(tmp_path / "c"), train, progress=False)
-    assert resumed.step == 9
+    # Killed at step 106, after the step-105 checkpoint (past the warm-up), then resumed:
+    # the same weights as straight through.
+    class Killed(Exception):
+        pass
+
+    def kill_at_106(step: int, losses: dict[str, float]) -> None:
+        if step == 106:
+            raise Killed
+
+    c = _tiny_settings(tmp_path / "c")
+    with pytest.raises(Killed):
+        fit(c, train, progress=False, on_step=kill_at_106)
+    resumed = fit(c, train, progress=False)
+    assert resumed.step == 109
     for va, vc in zip(state_a.encoder.state_dict().values(), resumed.encoder.state_dict().values(), strict=True):
         assert torch.allclose(va.float(), vc.float(), atol=1e-6)
 

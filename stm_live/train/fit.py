@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -194,7 +195,8 @@ def _lr_at(step: int, total: int, base: float, warmup: int = 100) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
+    # A Python float: numpy scalars in the optimiser state would not load with weights_only=True.
+    return float(base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def fit(
