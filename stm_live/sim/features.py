@@ -19,11 +19,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .lattice import row_frame_axes
 from .steps import StepEdge, terrace_at
 from .surfaces import FeatureKind, SurfaceModel
 
-__all__ = ["Placed", "SampleGrid", "TerraceLattice", "place_features", "render_features", "render_mask"]
+__all__ = [
+    "Placed",
+    "SampleGrid",
+    "TerraceLattice",
+    "blob_table",
+    "place_features",
+    "render_features",
+    "render_mask",
+]
 
 @dataclass(frozen=True)
 class SampleGrid:
@@ -152,29 +159,50 @@ def place_features(
     new_label, edge_dist = terrace_at(edges, fx, fy)
     ok = (new_label == label) & (edge_dist > radius[:, None] + 0.4)
 
-    acc_x = np.empty(n)
-    acc_y = np.empty(n)
-    acc_r = np.empty(n)
+    # Greedy, in order: the first candidate far enough from everything placed
+    # so far wins. Placed features are hashed into cells as large as the
+    # largest labelled reach, so a candidate is compared with its 3 x 3
+    # neighbourhood only; the few big clutter blobs are checked one by one.
+    labelled_r = [r for r, k in zip(radius, order, strict=True) if kinds[k].class_name is not None]
+    cell = 2.0 * max(labelled_r, default=1.0) + gap_nm
+    cells: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
+    big: list[tuple[float, float, float]] = []
     keep = np.zeros(n, dtype=bool)
     chosen = np.zeros(n, dtype=int)
-    m = 0
+    fx_l, fy_l, ok_l = fx.tolist(), fy.tolist(), ok.tolist()
     for i in range(n):
-        cand = np.flatnonzero(ok[i])
-        if cand.size == 0:
-            continue
-        if m:
-            dx = fx[i, cand][:, None] - acc_x[None, :m]
-            dy = fy[i, cand][:, None] - acc_y[None, :m]
-            need = radius[i] + acc_r[None, :m] + gap_nm
-            free = np.all(dx * dx + dy * dy >= need * need, axis=1)
-            cand = cand[free]
-            if cand.size == 0:
+        r_i = float(radius[i])
+        for j in range(attempts):
+            if not ok_l[i][j]:
                 continue
-        j = int(cand[0])
-        acc_x[m], acc_y[m], acc_r[m] = fx[i, j], fy[i, j], radius[i]
-        m += 1
-        keep[i] = True
-        chosen[i] = j
+            x, y = fx_l[i][j], fy_l[i][j]
+            gx, gy = math.floor(x / cell), math.floor(y / cell)
+            free = True
+            for cx_, cy_, cr in big:
+                need = r_i + cr + gap_nm
+                if (x - cx_) ** 2 + (y - cy_) ** 2 < need * need:
+                    free = False
+                    break
+            if free:
+                for ix in (gx - 1, gx, gx + 1):
+                    for iy in (gy - 1, gy, gy + 1):
+                        for cx_, cy_, cr in cells.get((ix, iy), ()):
+                            need = r_i + cr + gap_nm
+                            if (x - cx_) ** 2 + (y - cy_) ** 2 < need * need:
+                                free = False
+                                break
+                        if not free:
+                            break
+                    if not free:
+                        break
+            if free:
+                if kinds[order[i]].class_name is None or r_i > 0.5 * cell:
+                    big.append((x, y, r_i))
+                else:
+                    cells.setdefault((gx, gy), []).append((x, y, r_i))
+                keep[i] = True
+                chosen[i] = j
+                break
     sel = np.flatnonzero(keep)
     js = chosen[sel]
     return Placed(
@@ -190,35 +218,50 @@ def place_features(
 _BLOB_FIELDS = ("x", "y", "theta", "height", "flatten", "phase", "su", "sv", "pu", "pv")
 
 
-def _blob_table(
-    model: SurfaceModel, placed: Placed, *, height_scale: float, size_scale: float
+def blob_table(
+    model: SurfaceModel, placed: Placed, *, height_scale: float = 1.0, size_scale: float = 1.0
 ) -> dict[str, np.ndarray]:
-    rows: list[tuple[float, ...]] = []
-    for i in range(len(placed)):
-        kind = model.kinds[int(placed.kind[i])]
-        th = float(placed.theta_rad[i])
-        (eux, euy), (evx, evy) = row_frame_axes(th)
-        mir = float(placed.mirror[i])
-        for b in kind.blobs:
-            du = b.du * mir * size_scale
-            dv = b.dv * size_scale
-            rows.append((
-                placed.x_nm[i] + du * eux + dv * evx,
-                placed.y_nm[i] + du * euy + dv * evy,
-                th, b.height * height_scale, b.flatten, b.phase,
-                b.sigma_u * size_scale, b.sigma_v * size_scale, b.power_u, b.power_v,
-            ))
-    if not rows:
+    """Every blob of every placed feature, as columns: centre (nm, sample coordinates), row angle,
+    amplitudes, widths (nm), powers."""
+    parts: list[dict[str, np.ndarray]] = []
+    for k, kind in enumerate(model.kinds):
+        sel = np.flatnonzero(placed.kind == k)
+        if sel.size == 0 or not kind.blobs:
+            continue
+        th = placed.theta_rad[sel][:, None]
+        mir = placed.mirror[sel][:, None]
+        b = np.array([(x.du, x.dv, x.height, x.flatten, x.phase, x.sigma_u, x.sigma_v, x.power_u, x.power_v)
+                      for x in kind.blobs], dtype=np.float64)
+        du = b[None, :, 0] * mir * size_scale
+        dv = np.broadcast_to(b[None, :, 1] * size_scale, du.shape)
+        shape = du.shape
+        parts.append({
+            "x": (placed.x_nm[sel][:, None] - du * np.sin(th) + dv * np.cos(th)).ravel(),
+            "y": (placed.y_nm[sel][:, None] + du * np.cos(th) + dv * np.sin(th)).ravel(),
+            "theta": np.broadcast_to(th, shape).ravel(),
+            "height": np.broadcast_to(b[None, :, 2] * height_scale, shape).ravel(),
+            "flatten": np.broadcast_to(b[None, :, 3], shape).ravel(),
+            "phase": np.broadcast_to(b[None, :, 4], shape).ravel(),
+            "su": np.broadcast_to(b[None, :, 5] * size_scale, shape).ravel(),
+            "sv": np.broadcast_to(b[None, :, 6] * size_scale, shape).ravel(),
+            "pu": np.broadcast_to(b[None, :, 7], shape).ravel(),
+            "pv": np.broadcast_to(b[None, :, 8], shape).ravel(),
+        })
+    if not parts:
         return {k: np.zeros(0) for k in _BLOB_FIELDS}
-    table = np.array(rows, dtype=np.float64)
-    return {k: table[:, j] for j, k in enumerate(_BLOB_FIELDS)}
+    return {k: np.concatenate([p[k] for p in parts]) for k in _BLOB_FIELDS}
 
 
-def _patches(grid: SampleGrid, x: np.ndarray, y: np.ndarray, half: int) -> tuple[np.ndarray, ...]:
+def _patches(
+    grid: SampleGrid, x: np.ndarray, y: np.ndarray, half: int, *, pad: int = 0
+) -> tuple[np.ndarray, ...]:
     """Pixel indices of square patches ``(2 half + 1)^2`` around points, validity, sample offsets.
 
-    Returns ``(rows, cols, valid, dx, dy)``: ``(n, (2 half + 1)^2)`` arrays, the
-    sample position of each patch pixel relative to its point in float32 nm.
+    Returns ``(flat_index, valid, dx, dy)``: ``(n, (2 half + 1)^2)`` arrays; the
+    flat index is into the image padded by ``pad`` pixels on every side, and
+    ``dx, dy`` are the sample positions of the patch pixels relative to their
+    point (float32 nm). Rows and columns outside the grid are extrapolated
+    linearly.
     """
     rows, cols = grid.shape
     col_f, row_f = grid.to_pixels(x, y)
@@ -227,77 +270,99 @@ def _patches(grid: SampleGrid, x: np.ndarray, y: np.ndarray, half: int) -> tuple
     off = np.arange(-half, half + 1)
     pr = rc[:, None] + off[None, :]  # (n, k)
     pc = cc[:, None] + off[None, :]
-    vr = (pr >= 0) & (pr < rows)
-    vc = (pc >= 0) & (pc < cols)
-    pr = np.clip(pr, 0, rows - 1)
-    pc = np.clip(pc, 0, cols - 1)
+    vr = (pr >= -pad) & (pr < rows + pad)
+    vc = (pc >= -pad) & (pc < cols + pad)
     k = off.size
-    # Separable: x = x_cols[c] + x_rows[r], y = y_rows[r].
-    dx_c = (grid.x_cols[pc] - x[:, None]).astype(np.float32)
-    dx_r = grid.x_rows[pr].astype(np.float32)
-    dy_r = (grid.y_rows[pr] - y[:, None]).astype(np.float32)
-    dx = (dx_r[:, :, None] + dx_c[:, None, :]).reshape(x.size, k * k)
+    # Separable: x = x_cols[c] + x_rows[r], y = y_rows[r] (extended linearly beyond the grid).
+    r_idx = np.arange(rows, dtype=np.float64)
+    c_idx = np.arange(cols, dtype=np.float64)
+    xc = _extend(grid.x_cols, c_idx, pc)
+    xr = _extend(grid.x_rows, r_idx, pr)
+    yr = _extend(grid.y_rows, r_idx, pr)
+    dx_c = (xc - x[:, None]).astype(np.float32)
+    dy_r = (yr - y[:, None]).astype(np.float32)
+    dx = (xr.astype(np.float32)[:, :, None] + dx_c[:, None, :]).reshape(x.size, k * k)
     dy = np.broadcast_to(dy_r[:, :, None], (x.size, k, k)).reshape(x.size, k * k)
     valid = (vr[:, :, None] & vc[:, None, :]).reshape(x.size, k * k)
-    prr = np.broadcast_to(pr[:, :, None], (x.size, k, k)).reshape(x.size, k * k)
-    pcc = np.broadcast_to(pc[:, None, :], (x.size, k, k)).reshape(x.size, k * k)
-    return prr, pcc, valid, dx, dy
+    flat = ((pr + pad)[:, :, None] * (cols + 2 * pad) + (pc + pad)[:, None, :]).reshape(x.size, k * k)
+    return flat, valid, dx, dy
+
+
+def _extend(values: np.ndarray, index: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``values`` (one per index) at integer positions ``at``, linearly extrapolated beyond the ends."""
+    n = values.size
+    inside = values[np.clip(at, 0, n - 1)]
+    if n < 2:
+        return inside
+    lo = values[0] + (at - 0) * (values[1] - values[0])
+    hi = values[-1] + (at - (n - 1)) * (values[-1] - values[-2])
+    return np.where(at < 0, lo, np.where(at > n - 1, hi, inside))
 
 
 def render_features(
-    model: SurfaceModel,
-    placed: Placed,
+    blobs: dict[str, np.ndarray],
     *,
     grid: SampleGrid,
     tip_sigma_rows: np.ndarray,
+    nominal_sigma_nm: float,
     gain_rows: np.ndarray,
-    height_scale: float = 1.0,
-    size_scale: float = 1.0,
-) -> dict[str, np.ndarray]:
-    """Stamp every feature's blobs onto ``grid``.
+) -> dict[str, np.ndarray | None]:
+    """Stamp the blobs of :func:`blob_table` onto ``grid``.
+
+    Blob widths are apparent widths with the nominal tip; rows imaged with a
+    blunter tip (``tip_sigma_rows``) see them wider and lower (same volume),
+    and ``gain_rows`` scales their height.
 
     Returns
     -------
     dict
         ``"height"`` (nm added), ``"flatten"`` (fraction of lattice removed,
         0..1) and ``"phase"`` (weight of the phase-shifted lattice, 0..1),
-        each ``(rows, cols)`` float32; a map no feature touches is ``None``.
+        each ``(rows, cols)`` float32, or None where no blob contributes.
     """
     rows, cols = grid.shape
-    blobs = _blob_table(model, placed, height_scale=height_scale, size_scale=size_scale)
     flat: dict[str, np.ndarray | None] = {"height": None, "flatten": None, "phase": None}
     if blobs["x"].size == 0:
-        return flat  # type: ignore[return-value]
-    sigma0 = model.tip_sigma_nm
-    tip_extra = np.asarray(tip_sigma_rows, dtype=np.float64) ** 2 - sigma0**2
+        return flat
+    tip_extra = np.asarray(tip_sigma_rows, dtype=np.float64) ** 2 - nominal_sigma_nm**2
     blurred = bool(np.any(tip_extra != 0))
     extra2 = float(max(tip_extra.max(), 0.0))
     reach = np.maximum(blobs["su"] * np.where(blobs["pu"] == 2, 1.4, 3.0) / 3.0,
                        blobs["sv"] * np.where(blobs["pv"] == 2, 1.4, 3.0) / 3.0)
     halfs = np.ceil(3.0 * np.sqrt(reach**2 + extra2) / grid.pixel_nm).astype(int) + 1
-    gain = np.asarray(gain_rows, dtype=np.float32)
-    tip_extra32 = tip_extra.astype(np.float32)
     col_f, row_f = grid.to_pixels(blobs["x"], blobs["y"])
     seen = (col_f > -halfs - 1) & (col_f < cols + halfs) & (row_f > -halfs - 1) & (row_f < rows + halfs)
+    if not seen.any():
+        return flat
+    # Accumulate on a padded canvas so that patches never need clipping.
+    pad = 2 * int(halfs[seen].max()) + 2  # a seen blob centre lies within half + 1 px of the grid
+    prow, pcol = rows + 2 * pad, cols + 2 * pad
+    gain_p = np.pad(np.asarray(gain_rows, dtype=np.float32), pad, mode="edge")
+    extra_p = np.pad(tip_extra.astype(np.float32), pad, mode="edge")
+    any_gain = bool(np.any(gain_p != 1))
     for half in np.unique(halfs[seen]):
         sel = np.flatnonzero((halfs == half) & seen)
         b = {k: v[sel] for k, v in blobs.items()}
-        pr, pc, valid, dx, dy = _patches(grid, b["x"], b["y"], int(half))
+        idx, valid, dx, dy = _patches(grid, b["x"], b["y"], int(half), pad=pad)
         c = np.cos(b["theta"]).astype(np.float32)[:, None]
         s = np.sin(b["theta"]).astype(np.float32)[:, None]
         u = c * dy - s * dx
         v = c * dx + s * dy
         su2 = (b["su"] ** 2).astype(np.float32)[:, None]
         sv2 = (b["sv"] ** 2).astype(np.float32)[:, None]
+        scale = None
+        if blurred or any_gain:
+            prow_idx = idx // pcol
         if blurred:
             # A wider tip widens each blob and keeps its volume.
-            d2 = tip_extra32[pr]
+            d2 = extra_p[prow_idx]
             su2_t = np.maximum(su2 + d2, 0.2 * su2)
             sv2_t = np.maximum(sv2 + d2, 0.2 * sv2)
-            scale = np.sqrt(su2 * sv2 / (su2_t * sv2_t)) * gain[pr]
+            scale = np.sqrt(su2 * sv2 / (su2_t * sv2_t)) * gain_p[prow_idx]
         else:
             su2_t, sv2_t = su2, sv2
-            scale = gain[pr] if np.any(gain != 1) else None
+            if any_gain:
+                scale = gain_p[prow_idx]
         qu = u * u / su2_t
         qv = v * v / sv2_t
         if np.any(b["pu"] == 2):
@@ -305,7 +370,9 @@ def render_features(
         if np.any(b["pv"] == 2):
             qv = np.where((b["pv"] == 2)[:, None], qv * qv, qv)
         g = np.exp(np.float32(-0.5) * (qu + qv))
-        idx = (pr * cols + pc)[valid]
+        if not valid.all():
+            g = np.where(valid, g, np.float32(0))
+            idx = np.where(valid, idx, 0)
         for target in ("height", "flatten", "phase"):
             amp = b[target]
             if not np.any(amp != 0):
@@ -315,15 +382,16 @@ def render_features(
                 # Flatten / phase windows describe the lattice, which the
                 # lattice renderer blurs itself.
                 val = val * scale
-            acc = np.bincount(idx, weights=val[valid], minlength=rows * cols)
+            acc = np.bincount(idx.ravel(), weights=val.ravel(), minlength=prow * pcol)
             flat[target] = acc if flat[target] is None else flat[target] + acc
     out: dict[str, np.ndarray | None] = {}
     for target, acc in flat.items():
-        out[target] = None if acc is None else acc.reshape(rows, cols).astype(np.float32)
+        out[target] = None if acc is None else np.ascontiguousarray(
+            acc.reshape(prow, pcol)[pad:pad + rows, pad:pad + cols], dtype=np.float32)
     for target in ("flatten", "phase"):
         if out[target] is not None:
             np.clip(out[target], 0.0, 1.0, out=out[target])
-    return out  # type: ignore[return-value]
+    return out
 
 
 def render_mask(
@@ -361,13 +429,13 @@ def render_mask(
     lab = np.flatnonzero(cls_id)
     if lab.size:
         half = math.ceil(max(fu[lab].max(), fv[lab].max()) / grid.pixel_nm) + 2
-        pr, pc, valid, dx, dy = _patches(grid, placed.x_nm[lab], placed.y_nm[lab], half)
+        idx, valid, dx, dy = _patches(grid, placed.x_nm[lab], placed.y_nm[lab], half)
         c, s = np.cos(placed.theta_rad[lab])[:, None], np.sin(placed.theta_rad[lab])[:, None]
         u = (-s * dx + c * dy) / fu[lab][:, None]
         v = (c * dx + s * dy) / fv[lab][:, None]
         inside = valid & (u * u + v * v <= 1.0)
         ids = np.broadcast_to(cls_id[lab][:, None], inside.shape)
-        mask[(pr * cols + pc)[inside]] = ids[inside]
+        mask[idx[inside]] = ids[inside]
         # The pixel holding the centre always belongs to the feature, however
         # coarse the pixels.
         rc = np.rint(row_f[lab]).astype(int)

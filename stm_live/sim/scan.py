@@ -30,7 +30,7 @@ from .artefacts import (
     signal_artefacts,
     tip_history,
 )
-from .features import Placed, SampleGrid, TerraceLattice, place_features, render_features, render_mask
+from .features import Placed, SampleGrid, TerraceLattice, blob_table, place_features, render_features, render_mask
 from .lattice import LatticeTerms, lattice_terms, render_lattice, row_frame_axes
 from .steps import StepEdge, make_steps, terrace_fields
 from .surfaces import SURFACES, SurfaceModel, surface_model
@@ -176,8 +176,7 @@ class _Surface:
     terraces: tuple[TerraceLattice, ...]
     edges: tuple[StepEdge, ...]
     placed: Placed
-    height_scale: float
-    size_scale: float
+    blobs: dict[str, np.ndarray]
 
 
 def _image(surface: _Surface, grid: SampleGrid, tip_sigma: np.ndarray, gain: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -188,8 +187,7 @@ def _image(surface: _Surface, grid: SampleGrid, tip_sigma: np.ndarray, gain: np.
         width_nm=max(model.tip_sigma_nm, 0.5 * grid.pixel_nm), near_nm=STEP_MASK_NM,
     )
     feats = render_features(
-        model, surface.placed, grid=grid, tip_sigma_rows=tip_sigma, gain_rows=gain,
-        height_scale=surface.height_scale, size_scale=surface.size_scale,
+        surface.blobs, grid=grid, tip_sigma_rows=tip_sigma, nominal_sigma_nm=model.tip_sigma_nm, gain_rows=gain,
     )
     common = {"x_cols": grid.x_cols, "x_rows": grid.x_rows, "y_rows": grid.y_rows,
               "tip_sigma_rows": tip_sigma, "gain_rows": gain, "pixel_nm": grid.pixel_nm}
@@ -406,8 +404,8 @@ def simulate_scan(
     gap = max(MIN_GAP_NM, 2.5 * px)
     placed = place_features(rng, model, counts=counts, region_nm=region, terraces=tuple(terraces), edges=edges,
                             gap_nm=gap)
-    built = _Surface(model, terms, tuple(terraces), edges, placed, float(feature_height_scale),
-                     float(feature_size_scale))
+    blobs = blob_table(model, placed, height_scale=float(feature_height_scale), size_scale=float(feature_size_scale))
+    built = _Surface(model, terms, tuple(terraces), edges, placed, blobs)
 
     # Imaging.
     nominal_sigma = np.full(n, model.tip_sigma_nm)

@@ -340,7 +340,7 @@ def _tio2_110(bias_v: float) -> SurfaceModel:
         bias_v=bias_v,
         setpoint_a=100e-12,
         cell=cell,
-        corrugation_nm=0.10 if empty else 0.06,
+        corrugation_nm=0.14 if empty else 0.08,
         row_period_nm=0.65,
         site_period_nm=0.296,
         step_height_nm=0.325,
