@@ -290,6 +290,7 @@ def test_frames_are_si_units_display_orientation() -> None:
         ({"pixels": 4}, "pixels=4"),
         ({"size_nm": -1.0}, "size_nm=-1.0"),
         ({"seed": -3}, "seed=-3"),
+        ({"bias_v": 0.0}, "bias_v must be a non-zero number of volts"),
         ({"density_per_nm2": {"adatom": 0.1}}, "class names of si001-ash3"),
         ({"artefacts": Artefacts(creep_nm=10.0), "size_nm": 5.0, "pixels": 64}, "run backwards|beyond the 5 nm"),
         ({"artefacts": Artefacts(drift_nm=20.0), "size_nm": 40.0, "pixels": 64}, "beyond the 40 nm frame"),

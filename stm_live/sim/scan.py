@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -468,6 +468,4 @@ def simulate_scan(
 
 
 def _replace_tip(model: SurfaceModel, sigma: float) -> SurfaceModel:
-    from dataclasses import replace
-
     return replace(model, tip_sigma_nm=sigma)

@@ -64,6 +64,7 @@ bias is not modelled.
 
 from __future__ import annotations
 
+import math
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -370,6 +371,6 @@ def surface_model(surface: str, *, bias_v: float | None = None) -> SurfaceModel:
     """
     _check_surface(surface)
     bias = _DEFAULT_BIAS_V[surface] if bias_v is None else float(bias_v)
-    if not abs(bias) > 0 or bias != bias:
+    if not (math.isfinite(bias) and bias != 0):
         raise ValueError(f"bias_v must be a non-zero number of volts, got {bias_v!r}")
     return {"si001-ash3": _si001_ash3, "ge001": _ge001, "tio2-110": _tio2_110}[surface](bias)
