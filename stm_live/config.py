@@ -70,6 +70,20 @@ class InputSection(_Section):
     height_nm: PositiveFloat | None = None
 
 
+class LevelSection(_Section):
+    """How images are levelled before segmentation (:mod:`stm_live.level`)."""
+
+    frame_method: Literal[
+        "step-aware", "plane", "plane2", "flatten", "median", "median_diff", "poly", "matching"
+    ] = "step-aware"
+    remove_scars: bool = False
+    reject: PositiveFloat = 3.0
+    stream_reference_lines: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 4.0
+    stream_reject: PositiveFloat = 2.5
+    stream_restore_slope_lines: PositiveFloat | None = 8.0
+    stream_restore_offset_lines: PositiveFloat | None = None
+
+
 class ModelSection(_Section):
     """The segmentation model and how onnxruntime runs it."""
 
@@ -144,6 +158,7 @@ class Config(_Section):
     """The whole configuration; see ``config.yaml`` for every key explained."""
 
     input: InputSection = InputSection()
+    level: LevelSection = LevelSection()
     model: ModelSection = ModelSection()
     watch: WatchSection = WatchSection()
     ingest: IngestSection = IngestSection()

@@ -29,6 +29,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, str] = {
     "info": "info",
     "config": "config",
+    "level": "level",
     "simulate": "simulate",
     "segment": "segment",
     "adapt": "adapt",

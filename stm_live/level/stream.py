@@ -113,13 +113,13 @@ class LineLeveller:
         cols: int,
         *,
         reference_lines: float = 4.0,
-        restore_slope_lines: float | None = 64.0,
+        restore_slope_lines: float | None = 8.0,
         restore_offset_lines: float | None = None,
-        reject: float = 3.0,
+        reject: float = 2.5,
         margin: int | None = None,
         slope: bool = True,
         min_valid: float = 0.25,
-        restore_every: int = 8,
+        restore_every: int = 4,
     ) -> None:
         if isinstance(cols, bool) or not isinstance(cols, int | np.integer) or cols < 1:
             raise LevelError(f"cols must be a positive integer (pixels per line), got {cols!r}")
@@ -138,7 +138,9 @@ class LineLeveller:
             margin = max(1, n // 48)
         if isinstance(margin, bool) or int(margin) != margin or margin < 0:
             raise LevelError(f"margin must be a number of pixels >= 0, got {margin!r}")
-        self._kernel = np.ones(2 * int(margin) + 1) if margin else None
+        # (np.convolve's "same" output is as long as the longer input.)
+        margin = min(int(margin), (n - 1) // 2)
+        self._kernel = np.ones(2 * margin + 1) if margin else None
         self._slope = bool(slope) and n >= 3
         if not 0 <= float(min_valid) <= 1:
             raise LevelError(f"min_valid must be a fraction within 0..1, got {min_valid!r}")
@@ -329,12 +331,12 @@ def level_stream(
     *,
     scan_direction: Literal["down", "up"] = "down",
     reference_lines: float = 4.0,
-    restore_slope_lines: float | None = 64.0,
+    restore_slope_lines: float | None = 8.0,
     restore_offset_lines: float | None = None,
-    reject: float = 3.0,
+    reject: float = 2.5,
     margin: int | None = None,
     slope: bool = True,
-    restore_every: int = 8,
+    restore_every: int = 4,
 ) -> np.ndarray:
     """Level a whole image the way the daemon does while scanning: one line at a time.
 
