@@ -264,7 +264,8 @@ class Publisher:
     def poll_subscriptions(self, timeout_s: float = 0.0) -> int:
         """Read pending (un)subscriptions, waiting up to ``timeout_s`` for the first; return the active count.
 
-        Each subscriber's ``SUBSCRIBE`` counts once per topic prefix.
+        What is counted are distinct topic prefixes: an XPUB socket reports
+        a prefix once however many subscribers share it.
         """
         wait_ms = int(timeout_s * 1000)
         with self._lock:
