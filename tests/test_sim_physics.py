@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage
 
 from stm_live.sim import SURFACES, Artefacts, simulate_scan, surface_classes
@@ -292,10 +294,36 @@ def test_frames_are_si_units_display_orientation() -> None:
         ({"seed": -3}, "seed=-3"),
         ({"bias_v": 0.0}, "bias_v must be a non-zero number of volts"),
         ({"density_per_nm2": {"adatom": 0.1}}, "class names of si001-ash3"),
-        ({"artefacts": Artefacts(creep_nm=10.0), "size_nm": 5.0, "pixels": 64}, "run backwards|beyond the 5 nm"),
+        ({"artefacts": Artefacts(drift_nm=30.0), "size_nm": 5.0, "pixels": 64}, "run backwards|beyond the 5 nm"),
         ({"artefacts": Artefacts(drift_nm=20.0), "size_nm": 40.0, "pixels": 64}, "beyond the 40 nm frame"),
     ],
 )
 def test_bad_arguments_say_what_is_wrong(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         simulate_scan(**kwargs)  # type: ignore[arg-type]
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    surface=st.sampled_from(SURFACES),
+    seed=st.integers(0, 2**32 - 1),
+    size_nm=st.floats(5.0, 40.0),
+    pixels=st.integers(32, 160),
+    density_scale=st.floats(0.0, 3.0),
+    steps=st.integers(0, 3),
+)
+def test_ground_truth_invariants_hold_for_any_scan(
+    surface: str, seed: int, size_nm: float, pixels: int, density_scale: float, steps: int
+) -> None:
+    """Whatever the parameters: one mask blob per instance, centres inside and labelled, nothing on a step."""
+    scan = simulate_scan(surface, size_nm=size_nm, pixels=pixels, seed=seed, density_scale=density_scale,
+                         steps=steps, artefacts=Artefacts.realistic() if seed % 2 else NONE)
+    _, n = ndimage.label(scan.mask > 0, structure=np.ones((3, 3)))
+    assert n == len(scan.instances)
+    px = scan.nm_per_px
+    for inst in scan.instances:
+        assert 0 <= inst.x_nm < size_nm and 0 <= inst.y_nm < size_nm
+        r, c = min(int(inst.y_nm / px), pixels - 1), min(int(inst.x_nm / px), pixels - 1)
+        assert scan.classes[scan.mask[r, c] - 1] == inst.class_name
+    assert not (scan.mask[scan.step_mask] > 0).any()
+    assert all(np.isfinite(f.data).all() for f in scan.frames)

@@ -52,7 +52,9 @@ class Artefacts:
         the tilt angle), in a random direction.
     creep_nm : float
         Lateral piezo creep at the first scanned line, nm, decaying
-        exponentially over ~10 % of the frame (random direction).
+        exponentially over ~10 % of the frame (random direction). Against the
+        slow scan it is capped at 80 % of the scan speed (small frames), so
+        the image never folds over; ``events["creep"]["nm"]`` is the amount applied.
     drift_nm : float
         Thermal drift accumulated over the whole frame, nm (random
         direction): a sheared and stretched image.
@@ -188,8 +190,8 @@ def lateral_geometry(
     Raises
     ------
     ValueError
-        Creep or drift so strong for this frame that the slow-scan position
-        would run backwards.
+        Drift so strong for this frame that the slow-scan position would run
+        backwards.
     """
     width, height = size_nm
     px_x, px_y = width / cols, height / rows
@@ -206,12 +208,24 @@ def lateral_geometry(
         x_rows = x_rows + skew * (y_rows - height / 2)
         events["scale_error"] = {"x": float(ex), "y": float(ey), "skew_rad": float(skew)}
     angle = streams["creep"].uniform(0, 2 * math.pi)
+    drift_angle = streams["drift"].uniform(0, 2 * math.pi)
     if artefacts.creep_nm > 0:
+        # Creep against the slow scan is capped at 80 % of the scan speed that
+        # drift leaves, so that a small frame is strongly distorted but never
+        # folds over.
+        amount = artefacts.creep_nm
+        sign = 1.0 if scan_direction == "down" else -1.0
+        left = height + min(sign * artefacts.drift_nm * math.sin(drift_angle), 0.0)
+        # y = ... + amount sin(angle) exp(-t / tau): at the start it moves by
+        # -amount sin(angle) / tau per frame, against the scan when sign * sin > 0.
+        backwards = max(sign * math.sin(angle), 0.0) * amount / CREEP_TAU  # nm per frame, at the start
+        if backwards > 0.8 * left:
+            amount *= max(0.8 * left, 0.0) / backwards
         decay = np.exp(-t / CREEP_TAU)
-        x_rows = x_rows + artefacts.creep_nm * math.cos(angle) * decay
-        y_rows = y_rows + artefacts.creep_nm * math.sin(angle) * decay
-        events["creep"] = {"nm": artefacts.creep_nm, "angle_deg": math.degrees(angle), "tau_frames": CREEP_TAU}
-    angle = streams["drift"].uniform(0, 2 * math.pi)
+        x_rows = x_rows + amount * math.cos(angle) * decay
+        y_rows = y_rows + amount * math.sin(angle) * decay
+        events["creep"] = {"nm": amount, "angle_deg": math.degrees(angle), "tau_frames": CREEP_TAU}
+    angle = drift_angle
     if artefacts.drift_nm > 0:
         x_rows = x_rows + artefacts.drift_nm * math.cos(angle) * t
         y_rows = y_rows + artefacts.drift_nm * math.sin(angle) * t

@@ -35,6 +35,12 @@ class StepEdge:
     meander_nm: np.ndarray
     rough: bool
 
+    def points(self) -> np.ndarray:
+        """The edge as a polyline, ``(n, 2)`` image coordinates (x, y), nm."""
+        along = self.offset_nm + self.meander_nm
+        return np.stack([self.grid_s * self.tangent[0] + along * self.normal[0],
+                         self.grid_s * self.tangent[1] + along * self.normal[1]], axis=1)
+
     def signed_distance(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Distance from the edge along its normal, nm; positive on the lower (downhill) side."""
         s = self.tangent[0] * x + self.tangent[1] * y
@@ -96,14 +102,24 @@ def make_steps(
 
 
 def terrace_at(edges: tuple[StepEdge, ...], x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Terrace index and distance to the nearest edge (nm) at points ``(x, y)``."""
+    """Terrace index and true (Euclidean) distance to the nearest edge (nm) at points ``(x, y)``.
+
+    The distance is measured to the edge polylines (points every ~0.1 nm), so
+    it is never larger than the along-normal distance that
+    :func:`terrace_fields` uses for its near-edge mask.
+    """
+    from scipy.spatial import cKDTree
+
     label = np.zeros(np.shape(x), dtype=np.int32)
     nearest = np.full(np.shape(x), np.inf)
+    if not edges:
+        return label, nearest
     for edge in edges:
-        d = edge.signed_distance(x, y)
-        label += d > 0
-        nearest = np.minimum(nearest, np.abs(d))
-    return label, nearest
+        label += edge.signed_distance(x, y) > 0
+    points = np.concatenate([edge.points() for edge in edges])
+    dist, _ = cKDTree(points).query(np.stack([np.ravel(x), np.ravel(y)], axis=1))
+    step = max(float(e.grid_s[1] - e.grid_s[0]) for e in edges)
+    return label, np.maximum(dist.reshape(np.shape(x)) - 0.5 * step, 0.0)
 
 
 def terrace_fields(
