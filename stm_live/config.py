@@ -120,6 +120,7 @@ class IngestSection(_Section):
     endpoint: str | None = "tcp://127.0.0.1:5555"
     max_open_scans: PositiveInt = 4
     scan_timeout_s: PositiveFloat = 600.0
+    rcv_hwm: PositiveInt = 10000
 
     @field_validator("endpoint")
     @classmethod

@@ -394,7 +394,7 @@ class LineAssembler:
             self._check_geometry(scan, info, "stm.frame")
             del self._open[key]
             scan.data = data
-        has_data = np.isfinite(data).any(axis=1)
+        has_data = np.asarray(np.isfinite(data).any(axis=1))
         scan.received = has_data
         scan.n_received = int(has_data.sum())
         filled = np.flatnonzero(has_data)
@@ -413,8 +413,8 @@ class LineAssembler:
             ended = [why for k, (_, why) in self._finished.items() if k[0] == msg.scan_id]
             if ended and all(why in ("all rows", "frame") for why in ended):
                 return []  # the usual end of a scan whose every row (or whole frame) already arrived
-            reason = "the scan has already finished" if ended else "no open scan has this id (no line arrived)"
-            return self._ignore(None, msg.scan_id, f"stm.end: {reason}", now)
+            why_ignored = "the scan has already finished" if ended else "no open scan has this id (no line arrived)"
+            return self._ignore(None, msg.scan_id, f"stm.end: {why_ignored}", now)
         reason: FinishReason = "end" if msg.complete else "aborted"
         return [self._finish(k, reason, now) for k in keys]
 
