@@ -89,9 +89,9 @@ class LineSource:
         """
         if not self.socket.poll(int(timeout_s * 1000), zmq.POLLIN):
             return None
-        parts = self.socket.recv_multipart(copy=False)
+        parts = [frame.buffer for frame in self.socket.recv_multipart(copy=False)]  # zero-copy views
         arrived = self._clock()
-        n_bytes = sum(len(p) for p in parts)
+        n_bytes = sum(p.nbytes for p in parts)
         try:
             return Received(arrived, decode_ingest(parts), None, n_bytes)
         except WireError as exc:
