@@ -271,6 +271,7 @@ BAD_HEADERS: list[tuple[str, dict[str, Any]]] = [
     ("dtype", {"dtype": "|O"}),
     ("direction", {"direction": "up"}),
     ("channel", {"channel": ""}),
+    ("unit", {"unit": "m\u0007"}),
     ("offset_m", {"offset_m": [1.0]}),
     ("offset_m", {"offset_m": "0 0"}),
     ("bias_v", {"bias_v": "1 V"}),
