@@ -329,7 +329,8 @@ def render_features(
     extra2 = float(max(tip_extra.max(), 0.0))
     reach = np.maximum(blobs["su"] * np.where(blobs["pu"] == 2, 1.4, 3.0) / 3.0,
                        blobs["sv"] * np.where(blobs["pv"] == 2, 1.4, 3.0) / 3.0)
-    halfs = np.ceil(3.0 * np.sqrt(reach**2 + extra2) / grid.pixel_nm).astype(int) + 1
+    # 3 sigma from the centre, which may sit half a pixel off the patch centre.
+    halfs = np.ceil(3.0 * np.sqrt(reach**2 + extra2) / grid.pixel_nm + 0.5).astype(int)
     col_f, row_f = grid.to_pixels(blobs["x"], blobs["y"])
     seen = (col_f > -halfs - 1) & (col_f < cols + halfs) & (row_f > -halfs - 1) & (row_f < rows + halfs)
     if not seen.any():
@@ -340,6 +341,7 @@ def render_features(
     gain_p = np.pad(np.asarray(gain_rows, dtype=np.float32), pad, mode="edge")
     extra_p = np.pad(tip_extra.astype(np.float32), pad, mode="edge")
     any_gain = bool(np.any(gain_p != 1))
+    pieces: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"height": [], "flatten": [], "phase": []}
     for half in np.unique(halfs[seen]):
         sel = np.flatnonzero((halfs == half) & seen)
         b = {k: v[sel] for k, v in blobs.items()}
@@ -375,19 +377,25 @@ def render_features(
             idx = np.where(valid, idx, 0)
         for target in ("height", "flatten", "phase"):
             amp = b[target]
-            if not np.any(amp != 0):
+            nz = np.flatnonzero(amp)
+            if nz.size == 0:
                 continue
-            val = amp.astype(np.float32)[:, None] * g
+            every = nz.size == amp.size
+            val = amp[nz].astype(np.float32)[:, None] * (g if every else g[nz])
             if target == "height" and scale is not None:
                 # Flatten / phase windows describe the lattice, which the
                 # lattice renderer blurs itself.
-                val = val * scale
-            acc = np.bincount(idx.ravel(), weights=val.ravel(), minlength=prow * pcol)
-            flat[target] = acc if flat[target] is None else flat[target] + acc
+                val = val * (scale if every else np.broadcast_to(scale, g.shape)[nz])
+            pieces[target].append(((idx if every else idx[nz]).ravel(), val.ravel()))
+    # One bincount per map: summing per-group canvases would cost more than the stamping.
     out: dict[str, np.ndarray | None] = {}
-    for target, acc in flat.items():
-        out[target] = None if acc is None else np.ascontiguousarray(
-            acc.reshape(prow, pcol)[pad:pad + rows, pad:pad + cols], dtype=np.float32)
+    for target, parts in pieces.items():
+        if not parts:
+            out[target] = None
+            continue
+        acc = np.bincount(np.concatenate([i for i, _ in parts]), weights=np.concatenate([v for _, v in parts]),
+                          minlength=prow * pcol)
+        out[target] = np.ascontiguousarray(acc.reshape(prow, pcol)[pad:pad + rows, pad:pad + cols], dtype=np.float32)
     for target in ("flatten", "phase"):
         if out[target] is not None:
             np.clip(out[target], 0.0, 1.0, out=out[target])
