@@ -21,7 +21,13 @@ from stm_live.model.format import (
     read_info,
     strip_head,
 )
-from stm_live.model.prototypes import LabelledImage, Point, labels_from_points, prototypes_from_labels
+from stm_live.model.prototypes import (
+    LabelledImage,
+    Point,
+    labels_from_points,
+    prototypes_from_labels,
+    refine_prototypes,
+)
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -159,3 +165,23 @@ def test_prototypes_need_an_example_of_every_class() -> None:
     labels[0, 0] = 1
     with pytest.raises(AdaptError, match="class 2 has no labelled pixel"):
         prototypes_from_labels([LabelledImage(emb, labels)], 2)
+
+
+def test_refining_prototypes_lowers_the_error_on_confusable_classes() -> None:
+    # Class 1 is a skewed cloud: its mean is a poor prototype next to the background.
+    rng = np.random.default_rng(3)
+    bg = rng.normal(0, 0.5, size=(3000, 4))
+    cls = np.concatenate([rng.normal([1.2, 0, 0, 0], 0.3, size=(400, 4)), rng.normal([4, 0, 0, 0], 0.3, size=(100, 4))])
+    emb = np.concatenate([bg, cls]).T.reshape(4, 1, -1).astype(np.float32)
+    labels = np.concatenate([np.zeros(3000, int), np.ones(500, int)]).reshape(1, -1)
+    image = LabelledImage(emb, labels)
+    base = prototypes_from_labels([image], 1, n_background=1, exclude_lookalikes=False)
+    refined = refine_prototypes(base, [image], steps=150)
+
+    def balanced_error(p: Prototypes) -> float:
+        e = emb.reshape(4, -1).T
+        pred = np.asarray(p.labels)[((e[:, None] - p.vectors[None]) ** 2).sum(2).argmin(1)]
+        y = labels.reshape(-1)
+        return 0.5 * ((pred[y == 0] != 0).mean() + (pred[y == 1] != 1).mean())
+
+    assert balanced_error(refined) < balanced_error(base)
