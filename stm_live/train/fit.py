@@ -277,6 +277,9 @@ def fit(
         losses["loss"] = loss.item()
         if state.step % 50 == 0 or state.step == total:
             state.history.append({"step": state.step, **losses, "elapsed_s": time.perf_counter() - t_start})
+            if not progress:  # no bar: a log line now and then says how far it is
+                log.info("step %d/%d %s (%.0f s)", state.step, total,
+                         " ".join(f"{k} {v:.3f}" for k, v in losses.items()), time.perf_counter() - t_start)
         if on_step is not None:
             on_step(state.step, losses)
         bar.update(1)
