@@ -120,6 +120,8 @@ def test_beyond_max_open_scans_the_idlest_scan_is_evicted() -> None:
     asm.feed(line(0, other("b", channel="B")))
     clock.now += 1
     asm.feed(line(1, other("a", channel="A")))  # "a" active again: "b" is now the idlest
+    (done,) = asm.feed(FrameMessage(other("f", channel="F"), IMAGE))  # a whole frame needs no room
+    assert isinstance(done, ScanFinished) and done.reason == "frame" and len(asm) == 2
     events = asm.feed(line(0, other("c", channel="C")))
     (evicted,) = only(events, ScanFinished)
     assert evicted.key[0] == "b" and evicted.reason == "evicted" and not evicted.complete

@@ -323,12 +323,12 @@ class LineAssembler:
         self.counts["ignored"] += 1
         return [MessageIgnored(key=key, scan_id=scan_id, reason=reason, arrived=now)]
 
-    def _make_room(self, key: ScanKey, now: float) -> list[AssemblerEvent]:
-        """End scans a new ``key`` supersedes, then the idlest beyond the limit."""
+    def _make_room(self, key: ScanKey, now: float, *, slot: bool = True) -> list[AssemblerEvent]:
+        """End scans a new ``key`` supersedes, then (if it needs a ``slot``) the idlest beyond the limit."""
         events: list[AssemblerEvent] = [
             self._finish(k, "superseded", now) for k in list(self._open) if k[1:] == key[1:] and k[0] != key[0]
         ]
-        while len(self._open) >= self.max_open_scans:
+        while slot and len(self._open) >= self.max_open_scans:
             events.append(self._finish(next(iter(self._open)), "evicted", now))
         return events
 
@@ -386,7 +386,7 @@ class LineAssembler:
         if scan is None:
             if self._is_late(key, now):
                 return self._ignore(key, info.scan_id, "late frame: the scan has already finished", now)
-            events = self._make_room(key, now)
+            events = self._make_room(key, now, slot=False)
             # Never registered as open: a whole frame finishes at once.
             scan = _Scan(key, info, 0, now, msg.t, data)
             self.counts["scans_started"] += 1

@@ -606,6 +606,7 @@ class FolderWatcher:
                 try:
                     self._check(path)
                 except Exception:  # one bad file or callback never stops the watcher
+                    self._tracker.forget(path)  # and is not retried in a tight loop
                     log.exception("%s: unexpected error while checking it; it is skipped", path)
 
     def _check(self, path: Path) -> None:
