@@ -79,7 +79,7 @@ class LevelSection(_Section):
     remove_scars: bool = False
     reject: PositiveFloat = 3.0
     stream_reference_lines: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 4.0
-    stream_reject: PositiveFloat = 2.5
+    stream_reject: PositiveFloat = 3.0
     stream_restore_slope_lines: PositiveFloat | None = 8.0
     stream_restore_offset_lines: PositiveFloat | None = None
 

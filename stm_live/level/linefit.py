@@ -306,6 +306,7 @@ def fit_rows(
     reject: float | None = 3.0,
     valid: np.ndarray | None = None,
     iterations: int = 2,
+    start: np.ndarray | None = None,
 ) -> np.ndarray:
     """Fit a polynomial in x to every row at once.
 
@@ -327,6 +328,9 @@ def fit_rows(
         ``(rows, cols)`` bool mask of usable pixels (default: all).
     iterations : int, keyword-only
         Reweighting passes when ``reject`` is set.
+    start : numpy.ndarray, optional, keyword-only
+        ``(rows, degree + 1)`` coefficients to start from instead of the
+        median-based first guess (a previous fit of a similar image).
 
     Returns
     -------
@@ -351,13 +355,17 @@ def fit_rows(
     if reject is None:
         return _weighted_row_poly(z, valid, basis)
     coef = np.zeros((rows, degree + 1), dtype=z.dtype)
-    lag = max(1, cols // 16)
-    t_step = 2.0 / (cols - 1) if cols > 1 else 1.0
-    if degree >= 1 and cols > lag:
-        diff = z[:, lag:] - z[:, :-lag]
-        # Median slope per pixel, converted to per unit of t.
-        coef[:, 1] = masked_row_median(diff, valid[:, lag:] & valid[:, :-lag]) / (lag * t_step)
-    coef[:, 0] = masked_row_median(z - np.outer(coef[:, 1], basis[:, 1]) if degree >= 1 else z, valid)
+    if start is not None:
+        terms = min(start.shape[1], degree + 1)
+        coef[:, :terms] = start[:, :terms]
+    else:
+        lag = max(1, cols // 16)
+        t_step = 2.0 / (cols - 1) if cols > 1 else 1.0
+        if degree >= 1 and cols > lag:
+            diff = z[:, lag:] - z[:, :-lag]
+            # Median slope per pixel, converted to per unit of t.
+            coef[:, 1] = masked_row_median(diff, valid[:, lag:] & valid[:, :-lag]) / (lag * t_step)
+        coef[:, 0] = masked_row_median(z - np.outer(coef[:, 1], basis[:, 1]) if degree >= 1 else z, valid)
     # Scales come from every `step`-th row: plenty of pixels, a fraction of the work.
     step = max(1, rows * cols // 65536)
     any_valid = bool(valid.any())
@@ -379,10 +387,11 @@ def _weighted_row_poly(z: np.ndarray, keep: np.ndarray, basis: np.ndarray) -> np
     w = keep.astype(z.dtype)
     # Normal equations of every row at once: G[r] = B^T diag(w_r) B, h[r] = B^T (w_r z_r),
     # with einsum's own loops rather than BLAS (see evaluate_rows).
-    gram = np.empty((rows, n_terms, n_terms))
-    for i in range(n_terms):
-        for j in range(i, n_terms):
-            gram[:, i, j] = gram[:, j, i] = np.einsum("rc,c->r", w, basis[:, i] * basis[:, j])
+    # The basis holds powers of t, so the Gram matrix holds sums of t^0 .. t^(2 d).
+    powers = basis[:, 1:2] ** np.arange(2 * n_terms - 1) if n_terms > 1 else np.ones((basis.shape[0], 1), w.dtype)
+    sums = np.einsum("rc,ck->rk", w, powers.astype(w.dtype)).astype(np.float64)
+    index = np.add.outer(np.arange(n_terms), np.arange(n_terms))
+    gram = sums[:, index]
     w *= z
     rhs = np.einsum("rc,ck->rk", w, basis).astype(np.float64)
     terms = np.minimum(keep.sum(axis=1), n_terms)

@@ -8,22 +8,26 @@ difference ``line - reference`` are fitted robustly and subtracted:
    line apart), offset from the median of what is left. Medians of
    differences shift exactly with any added straight line, so a tilt of the
    raw data cannot change which pixels count as outliers;
-2. outliers are pixels further than ``reject`` noise levels from the guess
-   (the noise level being the smaller of the residuals' robust spread and the
-   pixel-to-pixel noise), plus those that were outliers in the previous line
-   (features span several lines), plus ``margin`` pixels either side (the
-   faint flanks of a feature bias a fit as much as its top);
+2. outliers are pixels further than ``reject`` robust standard deviations
+   from the guess, plus those that were outliers in the previous line
+   (features span several lines), all widened by ``margin`` pixels (the
+   faint flanks of a feature bias a fit as much as its top), plus the
+   columns where the reference itself shows a feature (below);
 3. least squares over the remaining pixels, twice.
 
 Differences of neighbouring lines cancel what the lines share, terraces and
 step edges included, so a step edge crossing the frame is not bent into a
 plane, and adsorbates and scars that the new line has and the reference lacks
-are outliers. Chaining lines lets errors add up along the frame; averaging
-``reference_lines`` lines in the reference damps that, and every
-``restore_every`` lines the reference's own robust slope (and optionally its
-offset) is pulled a little towards zero, which bounds the drift that remains.
+are outliers. Chaining lines lets errors add up along the frame, so every
+``restore_every`` lines the reference's own slope (median of differences
+``cols / 16`` apart that straddle no step, which terraces do not bias) is
+pulled towards zero at ``1 / restore_slope_lines`` per line, and half-way
+between those lines the reference's own features (cores beyond ``reject``
+noise levels of its own line fit, grown over their flanks) are marked, so
+that a broad feature growing and shrinking from line to line does not drag
+the fits along.
 
-Work per line is O(columns) with a fixed number of NumPy calls on
+Work per line is O(columns) with a bounded number of NumPy calls on
 preallocated buffers, and no line after the current one is ever needed.
 """
 
@@ -38,6 +42,9 @@ from .checks import LevelError, as_image, check_positive
 from .linefit import MAD_TO_SIGMA, robust_line
 
 __all__ = ["LineLeveller", "level_stream"]
+
+#: Flanks of a feature in the reference: beyond this fraction of the outlier threshold.
+_FLANK = 0.4
 
 
 def _optional_rate(lines: float | None, name: str) -> float:
@@ -115,11 +122,11 @@ class LineLeveller:
         reference_lines: float = 4.0,
         restore_slope_lines: float | None = 8.0,
         restore_offset_lines: float | None = None,
-        reject: float = 2.5,
+        reject: float = 3.0,
         margin: int | None = None,
         slope: bool = True,
         min_valid: float = 0.25,
-        restore_every: int = 4,
+        restore_every: int = 2,
     ) -> None:
         if isinstance(cols, bool) or not isinstance(cols, int | np.integer) or cols < 1:
             raise LevelError(f"cols must be a positive integer (pixels per line), got {cols!r}")
@@ -138,9 +145,7 @@ class LineLeveller:
             margin = max(1, n // 48)
         if isinstance(margin, bool) or int(margin) != margin or margin < 0:
             raise LevelError(f"margin must be a number of pixels >= 0, got {margin!r}")
-        # (np.convolve's "same" output is as long as the longer input.)
-        margin = min(int(margin), (n - 1) // 2)
-        self._kernel = np.ones(2 * margin + 1) if margin else None
+        margin = min(int(margin), n)
         self._slope = bool(slope) and n >= 3
         if not 0 <= float(min_valid) <= 1:
             raise LevelError(f"min_valid must be a fraction within 0..1, got {min_valid!r}")
@@ -161,6 +166,14 @@ class LineLeveller:
         self._pairs = np.empty(self._half)
         self._own = np.zeros(n, dtype=bool)
         self._rej = np.zeros(n, dtype=bool)
+        self._keep = np.zeros(n, dtype=bool)
+        # Dilation by a running count: cumulative sums padded by margin + 1 on both sides.
+        self._margin = margin
+        self._counts = np.zeros(n + 2 * margin + 1, dtype=np.int32)
+        self._window = np.zeros(n, dtype=np.int32)
+        self._diffs = np.empty(max(n - 1, 1))
+        self._jumps = np.zeros(max(n - 1, 1), dtype=bool)
+        self._crossed = np.zeros(n, dtype=np.int32)
         self.reset()
 
     @property
@@ -177,6 +190,8 @@ class LineLeveller:
         """Forget every line seen: the next line starts a new frame."""
         self._ref = np.zeros(self._cols)
         self._prev = np.zeros(self._cols, dtype=bool)
+        self._features = np.zeros(self._cols, dtype=bool)
+        self._own_line = (0.0, 0.0)
         self._lines = 0
         self._last = (0.0, 0.0)
 
@@ -241,22 +256,26 @@ class LineLeveller:
         np.abs(r, out=dev)
         spread = MAD_TO_SIGMA * float(np.partition(dev, n // 2)[n // 2])
         thr = self._reject * max(spread, self._rounding * abs(a))
-        own, rej = self._own, self._rej
+        own, rej, keep = self._own, self._rej, self._keep
+        np.greater(dev, thr, out=own)
+        np.logical_or(own, self._prev, out=rej)
+        # Widen the outliers by `margin` pixels to drop the faint flanks of
+        # features, and leave out where the reference shows features.
+        self._dilate(rej)
+        rej |= self._features
         for i in range(2):
             if i:
+                # The refined fit may find a few more outliers (not widened).
                 np.abs(r, out=dev)
-            np.greater(dev, thr, out=own)
-            np.logical_or(own, self._prev, out=rej)
-            if self._kernel is not None:
-                # Widen every outlier by `margin` pixels to drop the flanks of features.
-                np.greater(np.convolve(rej, self._kernel, mode="same"), 0.5, out=rej)
-            np.logical_not(rej, out=rej)
-            np.copyto(w, rej)
+                np.greater(dev, thr, out=own)
+                rej |= own
+            np.logical_not(rej, out=keep)
+            np.copyto(w, keep)
             s0 = float(w.sum())
             if s0 < 3:
                 # Everything looks like a feature: fall back to this line's own inliers.
-                np.logical_not(own, out=rej)
-                np.copyto(w, rej)
+                np.logical_not(own, out=keep)
+                np.copyto(w, keep)
                 s0 = float(w.sum())
             sx = float(w @ x)
             sr = float(w @ r)
@@ -271,7 +290,7 @@ class LineLeveller:
             da = (sr - db * sx) / s0 if s0 > 0 else 0.0
             a += da
             b += db
-            if i == 0:
+            if i + 1 < 2:
                 np.multiply(x, db, out=tmp)
                 tmp += da
                 r -= tmp
@@ -294,10 +313,93 @@ class LineLeveller:
         else:
             ref[finite] += weight * (lev[finite] - ref[finite])
         self._lines += 1
-        if (self._restore_slope or self._restore_offset) and self._lines % self._restore_every == 0:
-            a, b = robust_line(self._x, ref, reject=self._reject, slope=self._slope, lag=self._lag, refine=False)
-            k = self._restore_every
-            ref -= min(1.0, k * self._restore_offset) * a + min(1.0, k * self._restore_slope) * b * self._x
+        # The restoring pull and the feature columns are both drawn from the
+        # reference's own fit, on alternate halves of the cadence so that no
+        # single line pays for both.
+        k = self._restore_every
+        phase = self._lines % k
+        if phase == 0:
+            a, b = self._own_fit()
+            self._own_line = (a, b)
+            if self._restore_slope or self._restore_offset:
+                fa, fb = min(1.0, k * self._restore_offset), min(1.0, k * self._restore_slope)
+                ref -= fa * a + fb * b * self._x
+                self._own_line = ((1.0 - fa) * a, (1.0 - fb) * b)
+        if phase == k // 2:
+            self._update_features(*self._own_line)
+
+    def _dilate(self, mask: np.ndarray) -> None:
+        """Grow ``mask`` in place by ``margin`` pixels either side (running count of set pixels)."""
+        m = self._margin
+        if not m:
+            return
+        n = self._cols
+        counts = self._counts
+        np.cumsum(mask, out=counts[m + 1 : m + 1 + n])
+        counts[m + 1 + n :] = counts[m + n]
+        np.subtract(counts[2 * m + 1 :], counts[:n], out=self._window)
+        np.greater(self._window, 0, out=mask)
+
+    def _own_fit(self) -> tuple[float, float]:
+        """The reference's own offset (median) and slope (median of step-free differences ``lag`` apart)."""
+        ref, n, lag = self._ref, self._cols, self._lag
+        b = 0.0
+        if self._slope and n > lag:
+            d1 = self._diffs
+            np.subtract(ref[1:], ref[:-1], out=d1)
+            centre = float(np.partition(d1, (n - 1) // 2)[(n - 1) // 2])
+            d1 -= centre
+            np.abs(d1, out=d1)
+            spread = float(np.partition(d1, (n - 1) // 2)[(n - 1) // 2])
+            # A step: a jump between neighbours far beyond the pixel noise.
+            np.greater(d1, self._reject * MAD_TO_SIGMA * spread, out=self._jumps)
+            crossed = self._crossed
+            np.cumsum(self._jumps, out=crossed[1:])
+            ok = crossed[lag:] == crossed[:-lag]
+            pairs = (ref[lag:] - ref[:-lag])[ok]
+            if pairs.size:
+                b = float(np.partition(pairs, pairs.size // 2)[pairs.size // 2]) / lag
+        res = self._tmp
+        np.multiply(self._x, b, out=res)
+        np.subtract(ref, res, out=res)
+        a = float(np.partition(res, n // 2)[n // 2])
+        return a, b
+
+    def _update_features(self, a: float, b: float) -> None:
+        """Columns where the reference shows a feature: left out of the next lines' fits.
+
+        A broad feature grows and shrinks from line to line; the difference
+        to the reference then has faint, same-signed flanks that no
+        per-line threshold catches, and a fit that includes them drifts.
+        Cores beyond ``reject`` noise levels of the reference's own fit
+        ``a + b x`` (from the last restoring step) are grown over their flanks
+        (beyond ``0.4 reject``) and by ``margin``.
+        """
+        dev = self._dev
+        np.multiply(self._x, b, out=dev)
+        dev += a
+        np.subtract(self._ref, dev, out=dev)
+        np.abs(dev, out=dev)
+        n = self._cols
+        sigma = MAD_TO_SIGMA * float(np.partition(dev, n // 2)[n // 2])
+        feats = self._features
+        np.greater(dev, self._reject * sigma, out=feats)
+        if not feats.any():
+            return
+        # Hysteresis: runs above the flank level that contain a core.
+        low = dev > _FLANK * self._reject * sigma
+        starts = low.copy()
+        starts[1:] &= ~low[:-1]
+        ids = np.cumsum(starts)
+        ids[~low] = 0
+        hit = np.zeros(int(ids.max()) + 1, dtype=bool)
+        hit[ids[feats]] = True
+        hit[0] = False
+        np.take(hit, ids, out=feats)
+        self._dilate(feats)
+        # A reference that is mostly "features" (terraces, a rough surface) says nothing.
+        if np.count_nonzero(feats) > n // 2:
+            feats[:] = False
 
     def _background(self) -> float:
         return float(np.median(self._ref)) if self._lines else 0.0
@@ -333,10 +435,10 @@ def level_stream(
     reference_lines: float = 4.0,
     restore_slope_lines: float | None = 8.0,
     restore_offset_lines: float | None = None,
-    reject: float = 2.5,
+    reject: float = 3.0,
     margin: int | None = None,
     slope: bool = True,
-    restore_every: int = 4,
+    restore_every: int = 2,
 ) -> np.ndarray:
     """Level a whole image the way the daemon does while scanning: one line at a time.
 
