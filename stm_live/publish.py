@@ -212,6 +212,12 @@ class Publisher:
         A bound ``XPUB`` socket (see :meth:`bind`); a plain ``PUB`` socket
         works too but never reports drops.
 
+    Notes
+    -----
+    An XPUB socket queues the subscriptions it receives; call
+    :meth:`poll_subscriptions` now and then (with each heartbeat) to read
+    them. Thread-safe: sends are serialised by a lock.
+
     Attributes
     ----------
     sent, dropped : int

@@ -309,6 +309,19 @@ def test_polling_works_without_file_events(tmp_path: Path, sink: Sink, watch: An
     assert sink.files.get(timeout=WAIT_S).sha256 == sha(blob)
 
 
+def test_a_failing_callback_does_not_stop_the_watcher(tmp_path: Path, sink: Sink) -> None:
+    def on_file(ready: ReadyFile) -> None:
+        if ready.path.name == "first.sxm":
+            raise RuntimeError("the daemon choked on it")
+        sink.files.put(ready)
+
+    with FolderWatcher([tmp_path], on_file=on_file, on_bad=print, retry_initial_s=0.02) as watcher:
+        (tmp_path / "first.sxm").write_bytes(scan_bytes(9))
+        (tmp_path / "second.sxm").write_bytes(scan_bytes(10))
+        assert sink.files.get(timeout=WAIT_S).path.name == "second.sxm"
+        assert watcher.pending == 0
+
+
 def test_patterns_hidden_files_and_excluded_folders(tmp_path: Path) -> None:
     w = FolderWatcher([tmp_path], on_file=print, on_bad=print, patterns=["*.SXM"], exclude=[tmp_path / "results"])
     assert w.matches(tmp_path / "a.sxm") and w.matches(tmp_path / "B.Sxm")
