@@ -267,17 +267,15 @@ def _bin2(a: np.ndarray) -> np.ndarray:
     return 0.25 * (a[:r:2, :c:2] + a[1:r:2, :c:2] + a[:r:2, 1:c:2] + a[1:r:2, 1:c:2])
 
 
-def _box_gradient(z: np.ndarray) -> np.ndarray:
-    """Largest absolute difference between neighbouring 2 x 2 box means, per pixel (0 on the first row/column)."""
-    box = z[:-1, :-1] + z[1:, :-1]
-    box += z[:-1, 1:]
-    box += z[1:, 1:]
-    box *= 0.25
+def _lag_gradient(z: np.ndarray, lag: int) -> np.ndarray:
+    """Largest absolute difference of ``z`` between pixels ``lag`` apart along x or y, centred."""
+    rows, cols = z.shape
     grad = np.zeros(z.shape, dtype=z.dtype)
-    if box.shape[0] and box.shape[1] > 1:
-        grad[1:, 2:] = np.abs(np.diff(box, axis=1))
-    if box.shape[1] and box.shape[0] > 1:
-        np.maximum(grad[2:, 1:], np.abs(np.diff(box, axis=0)), out=grad[2:, 1:])
+    h = lag // 2
+    if cols > lag:
+        grad[:, h : h + cols - lag] = np.abs(z[:, lag:] - z[:, :-lag])
+    if rows > lag:
+        np.maximum(grad[h : h + rows - lag], np.abs(z[lag:] - z[:-lag]), out=grad[h : h + rows - lag])
     return grad
 
 
@@ -307,7 +305,9 @@ def _terraces(
     # which can be as steep as a step edge, and leaves the steps.
     size = smooth if smooth is not None else max(3, (min(rows, cols) // 20) | 1)
     lev = ndimage.uniform_filter(lev, size=min(size, rows, cols), mode="nearest") if size > 1 else lev
-    grad = _box_gradient(lev)
+    # Differences a box width apart: the whole step height, where neighbouring
+    # pixels of the smoothed image would see only 1 / size of it.
+    grad = _lag_gradient(lev, max(1, min(size, rows - 1, cols - 1)))
     # Gradients next to missing data are meaningless.
     inner = valid if valid.all() else valid & ndimage.binary_erosion(valid, iterations=2, border_value=1)
     step = max(1, rows * cols // 65536)
