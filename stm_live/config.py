@@ -142,6 +142,14 @@ class PublishSection(_Section):
         return _endpoint(value)
 
 
+class LiveSection(_Section):
+    """Line-by-line segmentation of scans streamed over ZeroMQ (the daemon's live path)."""
+
+    cadence_lines: PositiveInt = 1
+    freeze_rows: PositiveInt = 32
+    queue_messages: PositiveInt = 10000
+
+
 class ResultsSection(_Section):
     """Where results, the event log and quarantined files are kept."""
 
@@ -164,6 +172,7 @@ class Config(_Section):
     watch: WatchSection = WatchSection()
     ingest: IngestSection = IngestSection()
     publish: PublishSection = PublishSection()
+    live: LiveSection = LiveSection()
     results: ResultsSection = ResultsSection()
     log: LogSection = LogSection()
 
