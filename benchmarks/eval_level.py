@@ -114,6 +114,7 @@ def evaluate(
     surfaces: tuple[str, ...],
     scale: float = 1.0,
     stream_options: dict | None = None,
+    steps: int | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """RMS errors (pm) per artefact type and method, and mean run time (ms) per method."""
     fns = methods(stream_options)
@@ -125,7 +126,8 @@ def evaluate(
         for surface in surfaces:
             for seed in range(seeds):
                 # 0, 1 and 2 step edges in turn: terraces are what row levelling gets wrong.
-                scan = simulate_scan(surface, size_nm=size_nm, pixels=pixels, seed=seed, artefacts=art, steps=seed % 3)
+                n_steps = seed % 3 if steps is None else steps
+                scan = simulate_scan(surface, size_nm=size_nm, pixels=pixels, seed=seed, artefacts=art, steps=n_steps)
                 frame = scan.frame("Z", "forward")
                 raw = np.asarray(frame.data)
                 clean = scan.clean.astype(np.float64)
@@ -157,10 +159,11 @@ def main() -> None:
     parser.add_argument("--surfaces", nargs="*", default=list(SURFACES))
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every artefact strength (noise excepted)")
     parser.add_argument("--stream", default="{}", help="LineLeveller options as a Python dict literal")
+    parser.add_argument("--steps", type=int, help="step edges in every scan (default: seed % 3)")
     args = parser.parse_args()
     print(f"# {platform.node()} {platform.machine()} python {platform.python_version()} numpy {np.__version__}")
     print(f"# {len(args.surfaces)} surfaces x {args.seeds} seeds, {args.pixels} px, {args.size_nm} nm, "
-          f"scale {args.scale}")
+          f"scale {args.scale}, steps {'seed % 3' if args.steps is None else args.steps}")
     results, times = evaluate(
         pixels=args.pixels,
         size_nm=args.size_nm,
@@ -168,6 +171,7 @@ def main() -> None:
         surfaces=tuple(args.surfaces),
         scale=args.scale,
         stream_options=ast.literal_eval(args.stream),
+        steps=args.steps,
     )
     columns = ["stream", "frame", "plane", "median", "median_diff", "matching", "poly", "plane2", "flatten",
                "frame+scars", "oracle"]

@@ -41,7 +41,7 @@ def panels(raw: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 def figure(name: str, raw: np.ndarray, out: Path) -> Path:
     items = panels(raw)
-    fig, axes = plt.subplots(1, len(items), figsize=(4.0 * len(items), 4.4), dpi=72)
+    fig, axes = plt.subplots(1, len(items), figsize=(3.2 * len(items), 3.6), dpi=64)
     for ax, (title, img) in zip(axes, items, strict=True):
         lo, hi = np.percentile(img[np.isfinite(img)], [0.5, 99.5])
         ax.imshow(img, cmap="afmhot", vmin=lo, vmax=hi, interpolation="nearest")
