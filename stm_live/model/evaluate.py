@@ -285,12 +285,15 @@ def evaluate_model(
     shots: Sequence[int] = (1, 3),
     queries: int = 15,
     episodes: int = 100,
+    nm_per_px: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on files with truth sidecars (``data``) or fresh simulated frames.
 
     Returns the report: per-class object counts/precision/recall/F1
-    (``objects``), ``pixel_iou``, and ``episodes`` (K-shot accuracy) when
-    ``episodes`` > 0.
+    (``objects``) and ``pixel_iou`` when the model has a head, and
+    ``episodes`` (K-shot accuracy of nearest-prototype classification of
+    instance embeddings) when ``episodes`` > 0. A bare encoder gives episodes
+    only; ``nm_per_px`` overrides the pitch its embeddings are computed at.
     """
     items = (
         _simulated_items(simulate, count, seed, size_nm, pixels)
@@ -306,27 +309,28 @@ def evaluate_model(
     for source, scan, mask, truth, classes in items:
         truth_classes = tuple(classes)
         frame = scan.frame(channel, "forward")
-        seg = model.segment(frame, min_score=min_score)
-        for name, score in object_scores(seg.detections, truth, model.classes, max_dist_nm=max_dist_nm).items():
-            totals[name].add(score)
-        # Pixel IoU by class name (the truth's class order may differ from the model's).
-        remap = np.zeros(len(classes) + 1, np.uint8)
-        for k, name in enumerate(classes, start=1):
-            if name in model.classes:
-                remap[k] = model.classes.index(name) + 1
-        true_map = remap[mask]
-        for k, (i, u) in pixel_iou(seg.class_map, true_map, len(model.classes)).items():
-            inter[model.classes[k - 1]] += i
-            union[model.classes[k - 1]] += u
+        if model.has_head:
+            seg = model.segment(frame, min_score=min_score)
+            scores = object_scores(seg.detections, truth, model.classes, max_dist_nm=max_dist_nm)
+            for name, score in scores.items():
+                totals[name].add(score)
+            # Pixel IoU by class name (the truth's class order may differ from the model's).
+            remap = np.zeros(len(classes) + 1, np.uint8)
+            for k, name in enumerate(classes, start=1):
+                if name in model.classes:
+                    remap[k] = model.classes.index(name) + 1
+            for k, (i, u) in pixel_iou(seg.class_map, remap[mask], len(model.classes)).items():
+                inter[model.classes[k - 1]] += i
+                union[model.classes[k - 1]] += u
+            log.info("%s: %d detections", source, len(seg.detections))
         if episodes:
-            embedding, prepared = model.embed(frame)
-            h, w = prepared.shape
-            small = to_model_grid(mask, (h, w), nm_per_px=frame.nm_per_px, target_nm_per_px=model.info.nm_per_px)
+            pitch = nm_per_px or model.info.nm_per_px
+            embedding, prepared = model.embed(frame, nm_per_px=pitch)
+            small = to_model_grid(mask, prepared.shape, nm_per_px=frame.nm_per_px, target_nm_per_px=pitch)
             v, c = instance_embeddings(embedding, small)
             vectors.append(v)
             labels.append(c)
         n_images += 1
-        log.info("%s: %d detections", source, len(seg.detections))
     missing = [c for c in model.classes if c not in truth_classes]
     report: dict[str, Any] = {
         "model": {"id": model.id, "name": model.name, "path": str(model.path)},

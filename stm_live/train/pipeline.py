@@ -32,7 +32,7 @@ from .data import PreparedSet, build_sets
 from .export import export_model
 from .fit import TrainState, fit, summarise
 from .net import Encoder, receptive_field_px
-from .settings import TrainSettings
+from .settings import SurfaceSettings, TrainSettings
 
 __all__ = ["train_models"]
 
@@ -121,7 +121,7 @@ def train_models(settings: TrainSettings, *, progress: bool = True, evaluate_fra
                           training=training, **common)
     saved = export_model(encoder, base_info, out_dir / "base-encoder.onnx")
     exported["base-encoder"] = {"path": str(out_dir / "base-encoder.onnx"), "id": saved.id}
-    metrics = _evaluate_exports(exported, train.surfaces, evaluate_frames, settings.seed) if evaluate_frames else {}
+    metrics = _evaluate_exports(exported, settings, train.surfaces, evaluate_frames) if evaluate_frames else {}
     if metrics:
         # Put the held-out metrics into each model's metadata too.
         from ..model.format import load_onnx, read_info, save_model
@@ -148,16 +148,36 @@ def train_models(settings: TrainSettings, *, progress: bool = True, evaluate_fra
     return report
 
 
-def _evaluate_exports(exported: dict[str, Any], surfaces: tuple[str, ...], frames: int, seed: int) -> dict[str, Any]:
+def held_out_geometry(surface: SurfaceSettings) -> tuple[float, int]:
+    """Frame size (nm) and pixels for held-out evaluation.
+
+    The simulator's default frame (50 nm, 512 px) when the surface was
+    trained on such frames, else the middle of its training ranges.
+    """
+    lo, hi = surface.size_nm
+    p_lo, p_hi = surface.input_nm_per_px
+    if lo <= 50.0 <= hi and p_lo <= 50.0 / 512 <= p_hi:
+        return 50.0, 512
+    size = (lo + hi) / 2
+    return size, round(size / ((p_lo + p_hi) / 2))
+
+
+def _evaluate_exports(
+    exported: dict[str, Any], settings: TrainSettings, surfaces: tuple[str, ...], frames: int
+) -> dict[str, Any]:
     """Object F1 per class of each exported model on fresh held-out simulated frames."""
     from ..model.evaluate import evaluate_model
     from ..model.runtime import SegmentationModel
 
+    geometry = {s.name: held_out_geometry(s) for s in settings.surfaces}
     out = {}
     for name in surfaces:
         model = SegmentationModel(exported[name]["path"], provider="cpu")
-        report = evaluate_model(model, simulate=name, count=frames, seed=10_000 + seed, episodes=0)
-        out[name] = {"objects": report["objects"], "pixel_iou": report["pixel_iou"], "frames": frames}
+        size_nm, pixels = geometry[name]
+        report = evaluate_model(model, simulate=name, count=frames, seed=10_000 + settings.seed, episodes=0,
+                                size_nm=size_nm, pixels=pixels)
+        out[name] = {"objects": report["objects"], "pixel_iou": report["pixel_iou"], "frames": frames,
+                     "size_nm": size_nm, "pixels": pixels}
         log.info("%s: held-out F1 %s", name, {c: s["f1"] for c, s in report["objects"].items()})
     return out
 

@@ -1,0 +1,142 @@
+"""Accuracy of the bundled models and the few-shot episode protocol, on simulated surfaces.
+
+Two measurements, both on fresh held-out simulator frames (seeds never used
+in training) at the simulator's realistic artefact levels:
+
+1. ``accuracy``: each bundled ``models/<surface>.onnx`` segments N frames;
+   object precision/recall/F1 per class (a detection matches a true feature
+   of its class within 0.5 nm, one to one) and pixel IoU.
+2. ``episodes``: the paper's protocol. N-way K-shot (K = 1 and 3), 15
+   queries per class, 100 episodes, nearest prototype on instance embeddings.
+   *Leave-one-surface-out*: the encoder used for surface S was trained
+   without S (``runs/loso-<S>/models/base-encoder.onnx``, made by
+   ``--train-loso``); the in-domain figure with the full encoder is given
+   for reference.
+
+These are our simulated surfaces, not the paper's real data sets; the numbers
+are not directly comparable with the paper's.
+
+Usage:
+    python benchmarks/eval_model.py accuracy [--frames 10]
+    python benchmarks/eval_model.py episodes [--train-loso] [--loso-steps 2000]
+Writes docs/accuracy.json / docs/episodes.json and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stm_live.model.evaluate import evaluate_model
+from stm_live.model.runtime import SegmentationModel
+from stm_live.train.settings import TrainSettings
+
+REPO = Path(__file__).resolve().parents[1]
+SURFACES = ("si001-ash3", "ge001", "tio2-110")
+
+
+def _geometry() -> dict[str, tuple[float, int, float]]:
+    from stm_live.train.pipeline import held_out_geometry
+
+    out = {}
+    for s in TrainSettings().surfaces:
+        size, pixels = held_out_geometry(s)
+        out[s.name] = (size, pixels, s.nm_per_px)
+    return out
+
+
+def accuracy(frames: int, seed: int) -> dict:
+    geometry = _geometry()
+    results = {}
+    for name in SURFACES:
+        model = SegmentationModel(REPO / "models" / f"{name}.onnx", provider="cpu")
+        size, pixels, _ = geometry[name]
+        t0 = time.perf_counter()
+        report = evaluate_model(model, simulate=name, count=frames, seed=seed, size_nm=size, pixels=pixels, episodes=0)
+        report["seconds"] = round(time.perf_counter() - t0, 1)
+        report["frame"] = {"size_nm": size, "pixels": pixels}
+        results[name] = report
+    print(f"| surface | class | TP | FP | FN | precision | recall | F1 | pixel IoU |  ({frames} frames each)")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, report in results.items():
+        for cls, s in report["objects"].items():
+            iou = report["pixel_iou"][cls]
+            print(f"| {name} | {cls} | {s['tp']} | {s['fp']} | {s['fn']} | {s['precision']:.3f} | "
+                  f"{s['recall']:.3f} | {s['f1']:.3f} | {iou:.3f} |")
+    return results
+
+
+def _train_loso(surface: str, steps: int, runs: Path) -> Path:
+    out = runs / f"loso-{surface}"
+    encoder = out / "models" / "base-encoder.onnx"
+    if encoder.is_file():
+        return encoder
+    cmd = [sys.executable, "-m", "stm_live", "train", "--run-dir", str(out), "--out-dir", str(out / "models"),
+           "--exclude-surface", surface, "--steps", str(steps), "--evaluate-frames", "0", "--no-progress"]
+    print("training:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return encoder
+
+
+def episodes(seed: int, frames: int, train_loso: bool, loso_steps: int, runs: Path) -> dict:
+    geometry = _geometry()
+    results: dict[str, dict] = {}
+    for name in SURFACES:
+        size, pixels, pitch = geometry[name]
+        row: dict[str, dict] = {}
+        encoders = {"in-domain": REPO / "models" / "base-encoder.onnx"}
+        loso = runs / f"loso-{name}" / "models" / "base-encoder.onnx"
+        if train_loso:
+            loso = _train_loso(name, loso_steps, runs)
+        if loso.is_file():
+            encoders["leave-one-surface-out"] = loso
+        for label, path in encoders.items():
+            model = SegmentationModel(path, provider="cpu")
+            report = evaluate_model(model, simulate=name, count=frames, seed=seed, size_nm=size, pixels=pixels,
+                                    episodes=100, shots=(1, 3), queries=15, nm_per_px=pitch)
+            row[label] = {"encoder": str(path), "id": model.id, **report.get("episodes", {})}
+        results[name] = row
+    print("| surface | encoder | ways | 1-shot accuracy | 3-shot accuracy |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for name, row in results.items():
+        for label, r in row.items():
+            one, three = r.get("1-shot", {}), r.get("3-shot", {})
+            if "accuracy_mean" not in one:
+                print(f"| {name} | {label} | - | {one.get('error', '-')} | |")
+                continue
+            print(f"| {name} | {label} | {one['ways']} | {100 * one['accuracy_mean']:.1f} +- "
+                  f"{100 * one['accuracy_std']:.1f} % | {100 * three['accuracy_mean']:.1f} +- "
+                  f"{100 * three['accuracy_std']:.1f} % |")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("accuracy")
+    a.add_argument("--frames", type=int, default=10)
+    a.add_argument("--seed", type=int, default=20_000)
+    e = sub.add_parser("episodes")
+    e.add_argument("--frames", type=int, default=6)
+    e.add_argument("--seed", type=int, default=30_000)
+    e.add_argument("--train-loso", action="store_true", help="train missing leave-one-surface-out encoders")
+    e.add_argument("--loso-steps", type=int, default=2000)
+    e.add_argument("--runs", type=Path, default=REPO / "runs")
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
+    if args.what == "accuracy":
+        out = accuracy(args.frames, args.seed)
+        (REPO / "docs" / "accuracy.json").write_text(json.dumps(out, indent=2))
+    else:
+        out = episodes(args.seed, args.frames, args.train_loso, args.loso_steps, args.runs)
+        (REPO / "docs" / "episodes.json").write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
