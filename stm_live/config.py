@@ -90,8 +90,8 @@ class ModelSection(_Section):
     path: Path | None = None
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Annotated[int, Field(ge=0)] = 0
-    min_score: Fraction = 0.5
-    min_area_nm2: Annotated[float, Field(ge=0)] = 0.0
+    min_score: Fraction | None = None
+    min_area_nm2: Annotated[float, Field(ge=0)] | None = None
 
 
 class WatchSection(_Section):

@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixels", type=int, default=512, help="simulated frame pixels per side")
     parser.add_argument("--channel", default="Z")
     parser.add_argument("--max-dist-nm", type=float, default=0.5, help="matching distance (nm)")
-    parser.add_argument("--min-score", type=float, default=0.5, help="detection score threshold (0..1)")
+    parser.add_argument("--min-score", type=float,
+                        help="detection score threshold (0..1; default: the model's calibrated thresholds)")
     parser.add_argument("--shots", type=int, nargs="*", default=[1, 3], help="K of the K-shot episodes")
     parser.add_argument("--queries", type=int, default=15, help="queries per class per episode")
     parser.add_argument("--episodes", type=int, default=100, help="episodes per K (0 = skip)")

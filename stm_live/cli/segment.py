@@ -26,8 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="save the class map (uint8, 0 = background, k = classes[k-1]) as .npy; with several inputs PATH "
         "must be a folder or contain {stem}",
     )
-    parser.add_argument("--min-score", type=float, default=0.5, help="drop detections less certain than this (0..1)")
-    parser.add_argument("--min-area-nm2", type=float, default=0.0, help="drop detections smaller than this (nm^2)")
+    parser.add_argument("--min-score", type=float,
+                        help="drop detections less certain than this (0..1; default: the model's calibrated "
+                        "per-class thresholds)")
+    parser.add_argument("--min-area-nm2", type=float,
+                        help="drop detections smaller than this (nm^2; default: the model's calibrated thresholds)")
     parser.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"], help="onnxruntime provider")
 
 

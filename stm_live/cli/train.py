@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unlabelled-width-nm", type=float, help="physical width of unlabelled array files")
     parser.add_argument("--evaluate-frames", type=int, default=4,
                         help="held-out simulated frames per surface to measure F1 on after training (0 = skip)")
+    parser.add_argument("--calibrate-frames", type=int, default=8,
+                        help="validation frames per surface for the per-class detection thresholds (0 = skip)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         unlabelled=args.unlabelled,
         unlabelled_width_nm=args.unlabelled_width_nm,
     )
-    report = train_models(settings, progress=not args.no_progress, evaluate_frames=args.evaluate_frames)
+    report = train_models(settings, progress=not args.no_progress, evaluate_frames=args.evaluate_frames,
+                          calibrate_frames=args.calibrate_frames)
     print(f"trained in {report['timings_s']['total']:.0f} s "
           f"(data {report['timings_s']['data']:.0f} s, fit {report['timings_s']['fit']:.0f} s)")
     for name, model in report["models"].items():

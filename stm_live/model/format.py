@@ -136,6 +136,9 @@ class ModelInfo:
         Training data hash, seed, steps, and metrics.
     surface : str or None
         The surface the head was made for.
+    detection : Mapping
+        Per-class detection thresholds calibrated on validation frames:
+        ``{"min_score": {class: p}, "min_area_nm2": {class: a}}``.
     id : str
         Hash of graph and weights (filled by :func:`save_model`).
     version : str
@@ -153,6 +156,7 @@ class ModelInfo:
     provenance: Mapping[str, Any] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
     surface: str | None = None
+    detection: Mapping[str, Any] = field(default_factory=dict)
     id: str = ""
     version: str = __version__
 
@@ -170,6 +174,7 @@ class ModelInfo:
             "provenance": dict(self.provenance),
             "training": dict(self.training),
             "surface": self.surface,
+            "detection": dict(self.detection),
             "id": self.id,
             "version": self.version,
         }
@@ -221,6 +226,7 @@ def read_info(model: onnx.ModelProto, *, source: str = "model") -> ModelInfo:
             provenance=values.get("provenance") or {},
             training=values.get("training") or {},
             surface=values.get("surface"),
+            detection=values.get("detection") or {},
             id=str(values.get("id", "")),
             version=str(values.get("version", "")),
         )

@@ -9,7 +9,7 @@ probability over the region.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -27,8 +27,8 @@ def find_instances(
     classes: Sequence[str],
     *,
     nm_per_px: tuple[float, float],
-    min_area_nm2: float = 0.0,
-    min_score: float = 0.0,
+    min_area_nm2: float | Mapping[str, float] = 0.0,
+    min_score: float | Mapping[str, float] = 0.0,
     min_pixels: int = 2,
     row_offset: int = 0,
 ) -> list[Detection]:
@@ -44,10 +44,11 @@ def find_instances(
         Class names, without background.
     nm_per_px : tuple of float
         Pixel pitch ``(x, y)`` of the grid, nm.
-    min_area_nm2 : float
-        Regions smaller than this are dropped, nm^2.
-    min_score : float
-        Regions whose mean class probability is lower are dropped (0..1).
+    min_area_nm2 : float or Mapping[str, float]
+        Regions smaller than this are dropped, nm^2 (one value, or one per class).
+    min_score : float or Mapping[str, float]
+        Regions whose mean class probability is lower are dropped (0..1; one
+        value, or one per class).
     min_pixels : int
         Regions with fewer pixels are dropped (isolated noisy pixels).
     row_offset : int
@@ -73,6 +74,8 @@ def find_instances(
     found: list[tuple[float, float, str, float, float]] = []
     rows = cols = None
     for k, name in enumerate(classes, start=1):
+        area_floor = min_area_nm2.get(name, 0.0) if isinstance(min_area_nm2, Mapping) else min_area_nm2
+        score_floor = min_score.get(name, 0.0) if isinstance(min_score, Mapping) else min_score
         member = class_map == k
         if not member.any():
             continue
@@ -90,7 +93,7 @@ def find_instances(
         for i in range(n):
             area = counts[i] * px_area
             score = mass[i] / counts[i]
-            if counts[i] < min_pixels or area < min_area_nm2 or score < min_score:
+            if counts[i] < min_pixels or area < area_floor or score < score_floor:
                 continue
             x_nm = (cx[i] + 0.5) * px_x
             y_nm = (cy[i] + 0.5 + row_offset) * px_y

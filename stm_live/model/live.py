@@ -54,8 +54,9 @@ class LiveSegmenter:
         Input pitch ``(x, y)``, nm.
     scan_direction : {"down", "up"}
         Which edge acquisition starts from (rows are display rows either way).
-    min_score, min_area_nm2 : float
-        Detection filters, as for :meth:`SegmentationModel.segment`.
+    min_score, min_area_nm2 : float, optional
+        Detection filters, as for :meth:`SegmentationModel.segment` (None:
+        the model's calibrated per-class thresholds).
     freeze_rows : int
         Model rows after which normalisation statistics stop changing.
     """
@@ -68,8 +69,8 @@ class LiveSegmenter:
         cols: int,
         nm_per_px: tuple[float, float],
         scan_direction: str = "down",
-        min_score: float = 0.0,
-        min_area_nm2: float = 0.0,
+        min_score: float | None = None,
+        min_area_nm2: float | None = None,
         freeze_rows: int = 32,
     ) -> None:
         if scan_direction not in ("down", "up"):
@@ -78,7 +79,7 @@ class LiveSegmenter:
         self.rows, self.cols = rows, cols
         self.nm_per_px = (float(nm_per_px[0]), float(nm_per_px[1]))
         self.up = scan_direction == "up"
-        self.min_score, self.min_area_nm2 = min_score, min_area_nm2
+        self.min_score, self.min_area_nm2 = model.thresholds(min_score, min_area_nm2)
         pitch = model.info.nm_per_px
         self.h = max(1, round(rows * self.nm_per_px[1] / pitch))
         self.w = max(1, round(cols * self.nm_per_px[0] / pitch))

@@ -139,6 +139,22 @@ class SegmentationModel:
     def name(self) -> str:
         return self.info.name
 
+    def thresholds(
+        self, min_score: float | None = None, min_area_nm2: float | None = None
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Per-class detection thresholds: the model's calibrated ones unless overridden.
+
+        A number given here applies to every class instead of the model's
+        calibrated value; None keeps the calibration (0 where there is none).
+        """
+        calibrated = self.info.detection
+        scores = calibrated.get("min_score", {})
+        areas = calibrated.get("min_area_nm2", {})
+        return (
+            {c: float(scores.get(c, 0.0)) if min_score is None else float(min_score) for c in self.classes},
+            {c: float(areas.get(c, 0.0)) if min_area_nm2 is None else float(min_area_nm2) for c in self.classes},
+        )
+
     def __repr__(self) -> str:
         return f"SegmentationModel({self.info.name!r}, id={self.info.id}, classes={self.info.classes})"
 
@@ -197,8 +213,8 @@ class SegmentationModel:
         frame: Frame,
         *,
         levelled: np.ndarray | None = None,
-        min_score: float = 0.0,
-        min_area_nm2: float = 0.0,
+        min_score: float | None = None,
+        min_area_nm2: float | None = None,
     ) -> Segmentation:
         """Segment a frame (complete or partial) at its own pixel grid.
 
@@ -208,8 +224,9 @@ class SegmentationModel:
             The image; only its acquired rows (``frame.valid_rows``) are used.
         levelled : numpy.ndarray, optional
             ``frame.data`` already levelled (same shape); default: level here.
-        min_score, min_area_nm2 : float
-            Detection filters (mean probability 0..1, area nm^2).
+        min_score, min_area_nm2 : float, optional
+            Detection filters (mean probability 0..1, area nm^2) for every
+            class; None uses the model's per-class calibrated thresholds.
 
         Returns
         -------
@@ -266,19 +283,20 @@ class SegmentationModel:
         frame: Frame,
         rows: slice,
         data_shape: tuple[int, ...],
-        min_score: float,
-        min_area_nm2: float,
+        min_score: float | None,
+        min_area_nm2: float | None,
     ) -> tuple[list[Detection], np.ndarray]:
         class_map = probs.argmax(axis=0).astype(np.uint8)
         # The model grid has exactly the model's pitch, from the image's top-left corner.
         px_x = px_y = self.info.nm_per_px
+        scores, areas = self.thresholds(min_score, min_area_nm2)
         detections = find_instances(
             class_map,
             probs,
             self.info.classes,
             nm_per_px=(px_x, px_y),
-            min_score=min_score,
-            min_area_nm2=min_area_nm2,
+            min_score=scores,
+            min_area_nm2=areas,
         )
         if rows.start:
             shift = rows.start * frame.nm_per_px[1]

@@ -69,9 +69,14 @@ def _surface_prototypes(state: TrainState, val: PreparedSet, name: str) -> Proto
     return Prototypes(vectors, labels, temperature)
 
 
-def train_models(settings: TrainSettings, *, progress: bool = True, evaluate_frames: int = 4) -> dict[str, Any]:
+def train_models(
+    settings: TrainSettings, *, progress: bool = True, evaluate_frames: int = 4, calibrate_frames: int = 8
+) -> dict[str, Any]:
     """Train the encoder and export one model per surface plus the bare encoder.
 
+    After export, each surface model's per-class detection thresholds are
+    calibrated on ``calibrate_frames`` fresh validation frames, then its
+    object F1 is measured on ``evaluate_frames`` other held-out frames.
     Returns the report (also written to ``run_dir/report.json``).
     """
     t0 = time.perf_counter()
@@ -121,17 +126,14 @@ def train_models(settings: TrainSettings, *, progress: bool = True, evaluate_fra
                           training=training, **common)
     saved = export_model(encoder, base_info, out_dir / "base-encoder.onnx")
     exported["base-encoder"] = {"path": str(out_dir / "base-encoder.onnx"), "id": saved.id}
+    if calibrate_frames:
+        _calibrate_exports(exported, settings, train.surfaces, calibrate_frames)
     metrics = _evaluate_exports(exported, settings, train.surfaces, evaluate_frames) if evaluate_frames else {}
     if metrics:
         # Put the held-out metrics into each model's metadata too.
-        from ..model.format import load_onnx, read_info, save_model
-
         for name in train.surfaces:
-            path = Path(exported[name]["path"])
-            model = load_onnx(path)
-            info = read_info(model)
-            info = replace(info, training={**info.training, "metrics": metrics[name]})
-            exported[name]["id"] = save_model(model, info, path).id
+            _update_info(exported[name], lambda info, n=name: replace(
+                info, training={**info.training, "metrics": metrics[n]}))
     report = {
         "stm_live": __version__,
         "torch": torch.__version__,
@@ -160,6 +162,33 @@ def held_out_geometry(surface: SurfaceSettings) -> tuple[float, int]:
         return 50.0, 512
     size = (lo + hi) / 2
     return size, round(size / ((p_lo + p_hi) / 2))
+
+
+def _update_info(entry: dict[str, Any], change: Any) -> None:
+    """Rewrite one exported model's metadata with ``change(info)``; refresh its id."""
+    from ..model.format import load_onnx, read_info, save_model
+
+    path = Path(entry["path"])
+    model = load_onnx(path)
+    entry["id"] = save_model(model, change(read_info(model)), path).id
+
+
+def _calibrate_exports(
+    exported: dict[str, Any], settings: TrainSettings, surfaces: tuple[str, ...], frames: int
+) -> None:
+    """Calibrate per-class detection thresholds on validation frames (seeds apart from evaluation's)."""
+    from ..model.evaluate import calibrate_detection
+    from ..model.runtime import SegmentationModel
+
+    geometry = {s.name: held_out_geometry(s) for s in settings.surfaces}
+    for name in surfaces:
+        model = SegmentationModel(exported[name]["path"], provider="cpu")
+        size_nm, pixels = geometry[name]
+        detection = calibrate_detection(model, simulate=name, count=frames, seed=50_000 + settings.seed,
+                                        size_nm=size_nm, pixels=pixels)
+        exported[name]["detection"] = detection
+        _update_info(exported[name], lambda info, d=detection: replace(info, detection=d))
+        log.info("%s: calibrated thresholds %s", name, {k: detection[k] for k in ("min_score", "min_area_nm2")})
 
 
 def _evaluate_exports(

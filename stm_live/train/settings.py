@@ -43,7 +43,8 @@ class SurfaceSettings(_Frozen):
 def _default_surfaces() -> list[SurfaceSettings]:
     return [
         SurfaceSettings(name="si001-ash3", nm_per_px=0.2),
-        SurfaceSettings(name="ge001", nm_per_px=0.2),
+        # Ge phase defects are a one-dimer shift of the buckling: they need finer pixels.
+        SurfaceSettings(name="ge001", nm_per_px=0.1, size_nm=(15.0, 40.0), input_nm_per_px=(0.04, 0.1)),
         SurfaceSettings(name="tio2-110", nm_per_px=0.1, size_nm=(12.0, 30.0), input_nm_per_px=(0.03, 0.1)),
     ]
 
@@ -72,7 +73,7 @@ class TrainSettings(_Frozen):
     batch: Annotated[int, Field(ge=2)] = 16
     #: Optimiser steps: self-supervised pretraining, then supervised (prototype + episodic losses).
     ssl_steps: Count = 600
-    steps: Count = 4000
+    steps: Count = 5000
     lr: Positive = 2e-3
     #: Background prototypes per surface.
     n_background: Annotated[int, Field(ge=1, le=32)] = 4
