@@ -37,7 +37,7 @@ CASES = [
 COLOURS = [(255, 80, 80), (80, 200, 255), (120, 255, 120), (255, 200, 60)]
 
 
-def draw(frame, seg, points, classes, path: Path, scale: int) -> None:  # noqa: ANN001
+def draw(frame, seg, points, classes, path: Path, scale: int) -> None:
     z = level_frame(frame.data)
     lo, hi = np.percentile(z, [1, 99.5])
     grey = np.clip((z - lo) / max(hi - lo, 1e-30), 0, 1) * 255
