@@ -36,6 +36,9 @@ COMMANDS: dict[str, str] = {
     "discover": "discover",
     "evaluate": "evaluate",
     "train": "train",
+    "run": "run",
+    "status": "status",
+    "demo": "demo",
 }
 
 EXIT_USAGE = 2

@@ -7,7 +7,10 @@ added the same way: one more ``_run_*`` function and a branch in :func:`run`):
   ``.truth.json`` and ``.mask.npy``, written at once into ``--out``;
 * ``--paced``: the same scans appear in ``--out`` one per ``--frame-time``,
   each growing in ``--chunk-bytes`` chunks like a controller writes it; the
-  sidecars go to ``--truth-dir`` (default ``OUT/truth``).
+  sidecars go to ``--truth-dir`` (default ``OUT/truth``);
+* ``--zmq ENDPOINT``: the Z forward image of each scan is streamed line by
+  line to a daemon's ingest socket (protocol v1), one line per
+  ``--line-time``; with ``--out`` the sidecars are written there too.
 
 File ``k`` uses seed ``--seed + k``; same options, same bytes.
 """
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    from ..frame import Frame
     from ..sim.scan import SimulatedScan
 
 HELP = "simulate STM scans with ground truth (.sxm + sidecars), at once or at the pace of a microscope"
@@ -62,6 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     paced.add_argument("--chunk-interval", type=float, default=0.02, metavar="S",
                        help="pause between chunks, s (0.02)")
     paced.add_argument("--truth-dir", type=Path, metavar="DIR", help="sidecar folder in paced mode (OUT/truth)")
+    stream = parser.add_argument_group("stream mode (a stand-in microscope controller over ZeroMQ)")
+    stream.add_argument("--zmq", metavar="ENDPOINT", help="stream scan lines to this daemon ingest endpoint")
+    stream.add_argument("--line-time", type=float, default=0.05, metavar="S", help="seconds per line (0.05)")
+    stream.add_argument("--wait-s", type=float, default=30.0, metavar="S",
+                        help="how long to wait for the daemon to subscribe (30)")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -76,8 +85,10 @@ def _check(args: argparse.Namespace) -> None:
         problems.append(f"--seed must be >= 0, got {args.seed}")
     if args.paced and (args.frame_time < 0 or args.chunk_bytes < 1 or args.chunk_interval < 0):
         problems.append("--frame-time and --chunk-interval must be >= 0 and --chunk-bytes >= 1")
-    if args.out is None:
-        problems.append("--out DIR is required")
+    if args.zmq and not (args.line_time >= 0 and args.wait_s > 0):
+        problems.append("--line-time must be >= 0 and --wait-s > 0")
+    if args.out is None and not args.zmq:
+        problems.append("--out DIR is required (or --zmq ENDPOINT)")
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -120,8 +131,29 @@ def _run_paced(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_zmq(args: argparse.Namespace) -> int:
+    from ..sim.stream import LineStreamer
+    from ..sim.truth import write_truth
+
+    def frames() -> Iterator[tuple[str, Frame]]:
+        for stem, scan in _scans(args):
+            if args.out is not None:
+                write_truth(scan, args.out, stem)
+            yield stem, scan.frame("Z", "forward")
+
+    log.info("streaming %d %s scan(s) to %s, %.3g s per line", args.count, args.surface, args.zmq, args.line_time)
+    with LineStreamer(args.zmq, connect_timeout_s=args.wait_s) as streamer:
+        try:
+            streamer.stream(frames(), line_time_s=args.line_time)
+        except TimeoutError as exc:
+            raise ConfigError(str(exc)) from None
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     _check(args)
+    if args.zmq:
+        return _run_zmq(args)
     if args.paced:
         return _run_paced(args)
     return _run_files(args)
