@@ -83,7 +83,7 @@ def _counts(detections: tuple[Detection, ...], classes: tuple[str, ...]) -> str:
 class _Printer:
     """What the demo prints: a summary every ``every`` lines with the features new since the last one."""
 
-    def __init__(self, every: int, truth: dict[str, tuple[Instance, ...]], out: Any = sys.stdout) -> None:
+    def __init__(self, every: int, truth: dict[str, tuple[Instance, ...]], out: Any = None) -> None:
         self.every = every
         self.truth = truth
         self.out = out
@@ -92,7 +92,7 @@ class _Printer:
         self.finals: list[SegMessage] = []
 
     def say(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        print(text, file=self.out or sys.stdout, flush=True)
 
     def _new(self, scan_id: str, detections: tuple[Detection, ...]) -> list[Detection]:
         shown = self._shown.setdefault(scan_id, [])
