@@ -71,33 +71,38 @@ def find_instances(
         raise ValueError(f"class map {class_map.shape} and probabilities {probs.shape} do not match")
     px_x, px_y = nm_per_px
     px_area = px_x * px_y
-    found: list[tuple[float, float, str, float, float]] = []
-    rows = cols = None
-    for k, name in enumerate(classes, start=1):
-        area_floor = min_area_nm2.get(name, 0.0) if isinstance(min_area_nm2, Mapping) else min_area_nm2
-        score_floor = min_score.get(name, 0.0) if isinstance(min_score, Mapping) else min_score
+    # Label each class's regions, then number them all consecutively so that
+    # one bincount per statistic covers every region of every class.
+    combined = np.zeros(class_map.shape, np.int64)
+    region_class: list[int] = []
+    offset = 0
+    for k in range(1, len(classes) + 1):
         member = class_map == k
         if not member.any():
             continue
         labels, n = ndimage.label(member, structure=_EIGHT)
-        if n == 0:
-            continue
-        p = probs[k]
-        index = np.arange(1, n + 1)
-        counts = ndimage.sum_labels(np.ones_like(p), labels, index)
-        mass = ndimage.sum_labels(p, labels, index)
-        if rows is None:
-            rows, cols = np.indices(class_map.shape, dtype=np.float64)
-        cy = ndimage.sum_labels(p * rows, labels, index) / np.maximum(mass, 1e-12)
-        cx = ndimage.sum_labels(p * cols, labels, index) / np.maximum(mass, 1e-12)
-        for i in range(n):
+        if n:
+            combined[member] = labels[member] + offset
+            region_class.extend([k] * n)
+            offset += n
+    found: list[tuple[float, float, str, float, float]] = []
+    if offset:
+        rows, cols = np.nonzero(combined)  # feature pixels only: a few percent of the image
+        region = combined[rows, cols] - 1
+        own = probs[class_map[rows, cols].astype(np.intp), rows, cols].astype(np.float64)
+        counts = np.bincount(region, minlength=offset)
+        mass = np.bincount(region, weights=own, minlength=offset)
+        cy = np.bincount(region, weights=own * rows, minlength=offset) / np.maximum(mass, 1e-12)
+        cx = np.bincount(region, weights=own * cols, minlength=offset) / np.maximum(mass, 1e-12)
+        for i, k in enumerate(region_class):
+            name = classes[k - 1]
+            area_floor = min_area_nm2.get(name, 0.0) if isinstance(min_area_nm2, Mapping) else min_area_nm2
+            score_floor = min_score.get(name, 0.0) if isinstance(min_score, Mapping) else min_score
             area = counts[i] * px_area
             score = mass[i] / counts[i]
             if counts[i] < min_pixels or area < area_floor or score < score_floor:
                 continue
-            x_nm = (cx[i] + 0.5) * px_x
-            y_nm = (cy[i] + 0.5 + row_offset) * px_y
-            found.append((y_nm, x_nm, name, float(area), float(score)))
+            found.append(((cy[i] + 0.5 + row_offset) * px_y, (cx[i] + 0.5) * px_x, name, float(area), float(score)))
     found.sort(key=lambda t: (round(t[0], 6), t[1]))
     return [
         Detection(class_name=name, x_nm=float(x), y_nm=float(y), area_nm2=area, score=score, id=i)
