@@ -9,12 +9,14 @@ from pathlib import Path
 
 HELP = "cluster a model's embeddings of an unlabelled image to propose feature classes for a person to name"
 DESCRIPTION = """\
-The unsupervised half of the few-shot workflow: the encoder's per-pixel embeddings are
-clustered with k-means; small clusters made of compact blobs are candidate feature
-classes. Writes clusters.npy (uint8, cluster 1..K per pixel at the image's grid),
+The unsupervised half of the few-shot workflow. Features are rare (a few percent of the
+pixels), so clustering every pixel would spend the clusters on the background's texture:
+instead the pixels whose embeddings lie farthest from the image's typical embedding (the
+--outliers fraction) are clustered with k-means, and everything else is background.
+Writes clusters.npy (uint8: 0 = background, cluster 1..K, at the image's grid),
 clusters.png (overlay) and proposals.csv (x_nm,y_nm,class with class = cluster_<k>, one
-row per blob of the small clusters). Rename the classes you recognise, delete the rest,
-and pass the file to `stm-live adapt --points`.
+row per blob). Rename the classes you recognise, delete the rest, and pass the file to
+`stm-live adapt --points`.
 """
 log = logging.getLogger(__name__)
 
@@ -22,9 +24,10 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", metavar="IMAGE", help=".sxm, .npy or .npz scan")
     parser.add_argument("--model", default="base-encoder", help="model or encoder whose embeddings are clustered")
-    parser.add_argument("--clusters", type=int, default=6, help="number of k-means clusters")
-    parser.add_argument("--max-fraction", type=float, default=0.15,
-                        help="clusters covering more of the image than this are taken as background")
+    parser.add_argument("--clusters", type=int, default=6, help="number of k-means clusters of unusual pixels")
+    parser.add_argument("--outliers", type=float, default=0.08,
+                        help="fraction of pixels, farthest from the typical embedding, that are clustered")
+    parser.add_argument("--min-pixels", type=int, default=3, help="smaller blobs are not proposed (model px)")
     parser.add_argument("--out", default="discover", help="output folder (default: ./discover)")
     parser.add_argument("--channel", default="Z")
     parser.add_argument("--width-nm", type=float, help="physical width of array images")
@@ -53,15 +56,24 @@ def run(args: argparse.Namespace) -> int:
     embedding, prepared = model.embed(frame, nm_per_px=args.nm_per_px)
     d, h, w = embedding.shape
     x = embedding.reshape(d, -1).T.astype(np.float64)
+    if not 0 < args.outliers < 1:
+        raise StmLiveError(f"--outliers {args.outliers}: expected a fraction between 0 and 1")
+    distance = np.sqrt(((x - np.median(x, axis=0)) ** 2).sum(axis=1))
+    unusual = distance > np.quantile(distance, 1 - args.outliers)
     rng = np.random.default_rng(args.seed)
-    sample = x if len(x) <= 50_000 else x[rng.choice(len(x), 50_000, replace=False)]
+    pool = x[unusual]
+    sample = pool if len(pool) <= 50_000 else pool[rng.choice(len(pool), 50_000, replace=False)]
+    if len(sample) < args.clusters:
+        raise StmLiveError(f"{args.image}: too few unusual pixels ({len(sample)}) for {args.clusters} clusters")
     centres, _ = kmeans2(sample, args.clusters, minit="++", seed=rng)
-    assign = ((x[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1).reshape(h, w)
-    # Number clusters by area, largest first: cluster 1 is the most common texture.
-    order = np.argsort(-np.bincount(assign.reshape(-1), minlength=args.clusters))
+    nearest = ((pool[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+    # Number clusters by how far they are from the typical pixel, most unusual first.
+    order = np.argsort(-np.sqrt(((centres - np.median(x, axis=0)) ** 2).sum(axis=1)))
     rank = np.empty_like(order)
     rank[order] = np.arange(1, args.clusters + 1)
-    clusters = rank[assign].astype(np.uint8)
+    flat = np.zeros(h * w, np.uint8)
+    flat[unusual] = rank[nearest]
+    clusters = flat.reshape(h, w)
 
     rows = frame.valid_rows
     full = np.zeros(frame.data.shape, np.uint8)
@@ -82,21 +94,18 @@ def run(args: argparse.Namespace) -> int:
             member = clusters == k
             fraction = float(member.mean())
             labels, n = ndimage.label(member)
+            sizes = ndimage.sum_labels(member, labels, range(1, n + 1)) if n else np.zeros(0)
+            centres_px = ndimage.center_of_mass(member, labels, range(1, n + 1)) if n else []
+            kept = [(cy, cx) for (cy, cx), size in zip(centres_px, sizes, strict=True) if size >= args.min_pixels]
             mean_height = float(prepared[member].mean()) if member.any() else 0.0
-            summary.append((k, fraction, n, mean_height))
-            if fraction > args.max_fraction or n == 0:
-                continue
-            centres_px = ndimage.center_of_mass(member, labels, range(1, n + 1))
-            sizes = ndimage.sum_labels(member, labels, range(1, n + 1))
-            for (cy, cx), size in zip(centres_px, sizes, strict=True):
-                if size >= 2:
-                    writer.writerow([f"{(cx + 0.5) * pitch[0]:.3f}",
-                                     f"{(cy + 0.5) * pitch[1] + rows.start * frame.nm_per_px[1]:.3f}",
-                                     f"cluster_{k}"])
+            summary.append((k, fraction, len(kept), mean_height))
+            for cy, cx in kept:
+                writer.writerow([f"{(cx + 0.5) * pitch[0]:.3f}",
+                                 f"{(cy + 0.5) * pitch[1] + rows.start * frame.nm_per_px[1]:.3f}",
+                                 f"cluster_{k}"])
     print(f"{args.image}: {args.clusters} clusters of {model.name} embeddings ({w} x {h} model px)")
     print(f"  {'cluster':>8s} {'area %':>7s} {'blobs':>6s} {'mean height (norm.)':>20s}")
     for k, fraction, n, height in summary:
-        tag = "background?" if fraction > args.max_fraction else "candidate feature class"
-        print(f"  {k:8d} {100 * fraction:7.2f} {n:6d} {height:20.2f}   {tag}")
+        print(f"  {k:8d} {100 * fraction:7.2f} {n:6d} {height:20.2f}")
     print(f"wrote {out / 'clusters.npy'}, {out / 'clusters.png'}, {out / 'proposals.csv'}")
     return 0
