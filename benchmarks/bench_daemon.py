@@ -4,8 +4,8 @@ Each measurement starts ``python -m stm_live run`` as a subprocess (its own
 process and GIL, as in production) on random 127.0.0.1 ports, and talks to it
 like a controller bridge and a subscriber would:
 
-* ``latency``: simulated Si(001)+AsH3 scans (512 x 512 px, 50 nm) streamed line
-  by line at ``--line-time`` with every-line cadence. Per line: *client* latency
+* ``latency``: ``--runs`` simulated Si(001)+AsH3 scans (512 x 512 px, 50 nm)
+  streamed back to back, line by line at ``--line-time``, with every-line cadence. Per line: *client* latency
   from sending the line to receiving the first ``seg.partial`` that covers it
   (transport, queues, coalescing included), and the *daemon* latency, the
   ``latency_ms`` it reports (arrival to publication). Per scan: last line sent
@@ -150,54 +150,62 @@ def _pct(values: list[float], q: float) -> float:
 # --------------------------------------------------------------------------
 
 
-def _stream_and_listen(streamer: LineStreamer, sub: zmq.Socket[Any], scan_id: str, frame: Frame,
-                       line_time: float) -> dict[str, Any]:
-    """Send one scan paced, receive meanwhile; per-line latencies from the client's view."""
-    sent: dict[int, float] = {}
-    order: list[int] = []
-    partial_client: list[float] = []
-    partial_daemon: list[float] = []
-    covered = 0
-    final: tuple[float, SegMessage] | None = None
+def _stream_and_listen(streamer: LineStreamer, sub: zmq.Socket[Any], scans: list[tuple[str, Frame]],
+                       line_time: float) -> list[dict[str, Any]]:
+    """Send the scans back to back, paced, receiving meanwhile; per-line latencies from the client's view.
+
+    Like a microscope, the next scan starts right after the last line of the previous one,
+    so its first lines arrive while the previous frame goes through the whole-frame path.
+    """
+    sent: dict[str, dict[int, float]] = {sid: {} for sid, _ in scans}
+    order: dict[str, list[int]] = {sid: [] for sid, _ in scans}
+    client: dict[str, list[float]] = {sid: [] for sid, _ in scans}
+    daemon_side: dict[str, list[float]] = {sid: [] for sid, _ in scans}
+    covered = dict.fromkeys(sent, 0)
+    finals: dict[str, tuple[float, SegMessage]] = {}
     deadline = time.monotonic()
 
     def drain(wait_ms: int) -> None:
-        nonlocal covered, final
         while sub.poll(wait_ms):
             wait_ms = 0
             msg = decode(sub.recv_multipart())
             now = time.monotonic()
-            if not isinstance(msg, SegMessage) or msg.scan_id != scan_id:
+            if not isinstance(msg, SegMessage) or msg.scan_id not in sent:
                 continue
+            sid = msg.scan_id
             if msg.final:
-                final = (now, msg)
+                finals[sid] = (now, msg)
                 continue
-            partial_daemon.append(msg.latency_ms)
-            while covered < min(msg.rows_done, len(order)):
-                partial_client.append((now - sent[order[covered]]) * 1e3)
-                covered += 1
+            daemon_side[sid].append(msg.latency_ms)
+            while covered[sid] < min(msg.rows_done, len(order[sid])):
+                client[sid].append((now - sent[sid][order[sid][covered[sid]]]) * 1e3)
+                covered[sid] += 1
 
-    for msg in frame_messages(frame, scan_id):
-        if isinstance(msg, EndMessage):
-            streamer.send(encode_end(msg))
-            break
-        while (wait := deadline - time.monotonic()) > 0:
-            drain(max(1, int(wait * 1000)))
-        deadline += line_time
-        parts = encode_line(msg)
-        sent[msg.row] = time.monotonic()
-        order.append(msg.row)
-        streamer.send(parts)
-        drain(0)
-    last_sent = sent[order[-1]]
-    while final is None:
+    for scan_id, frame in scans:
+        for msg in frame_messages(frame, scan_id):
+            if isinstance(msg, EndMessage):
+                streamer.send(encode_end(msg))
+                break
+            while (wait := deadline - time.monotonic()) > 0:
+                drain(max(1, int(wait * 1000)))
+            deadline += line_time
+            parts = encode_line(msg)
+            sent[scan_id][msg.row] = time.monotonic()
+            order[scan_id].append(msg.row)
+            streamer.send(parts)
+            drain(0)
+    while len(finals) < len(scans):
         drain(1000)
-    now, seg = final
-    return {
-        "partial_client_ms": partial_client, "partial_daemon_ms": partial_daemon,
-        "final_client_ms": (now - last_sent) * 1e3, "final_daemon_ms": seg.latency_ms,
-        "partials": len(partial_daemon), "detections": len(seg.detections),
-    }
+    out = []
+    for scan_id, _ in scans:
+        now, seg = finals[scan_id]
+        last_sent = sent[scan_id][order[scan_id][-1]]
+        out.append({
+            "partial_client_ms": client[scan_id], "partial_daemon_ms": daemon_side[scan_id],
+            "final_client_ms": (now - last_sent) * 1e3, "final_daemon_ms": seg.latency_ms,
+            "partials": len(daemon_side[scan_id]), "detections": len(seg.detections),
+        })
+    return out
 
 
 def bench_latency(args: argparse.Namespace) -> dict[str, Any]:
@@ -210,12 +218,12 @@ def bench_latency(args: argparse.Namespace) -> dict[str, Any]:
         streamer = LineStreamer(state["endpoints"]["ingest"], context=ctx)
         streamer.wait_for_daemon()
         warm = simulate_scan("si001-ash3", size_nm=args.size_nm, pixels=args.pixels, seed=999).frame()
-        _stream_and_listen(streamer, sub, "warm-up", warm, 0.0)
-        for k in range(args.runs):
-            frame = simulate_scan("si001-ash3", size_nm=args.size_nm, pixels=args.pixels, seed=100 + k).frame()
-            run = _stream_and_listen(streamer, sub, f"latency-{k}", frame, args.line_time)
-            runs.append(run)
-            print(f"  run {k}: partials {run['partials']}, client p50 {_pct(run['partial_client_ms'], 50):.2f} "
+        _stream_and_listen(streamer, sub, [("warm-up", warm)], 0.0)
+        scans = [(f"latency-{k}", simulate_scan("si001-ash3", size_nm=args.size_nm, pixels=args.pixels,
+                                                seed=100 + k).frame()) for k in range(args.runs)]
+        runs = _stream_and_listen(streamer, sub, scans, args.line_time)
+        for k, run in enumerate(runs):
+            print(f"  scan {k}: partials {run['partials']}, client p50 {_pct(run['partial_client_ms'], 50):.2f} "
                   f"p99 {_pct(run['partial_client_ms'], 99):.2f} ms; daemon p50 "
                   f"{_pct(run['partial_daemon_ms'], 50):.2f} p99 {_pct(run['partial_daemon_ms'], 99):.2f} ms; "
                   f"seg.frame {run['final_client_ms']:.1f} ms (daemon {run['final_daemon_ms']:.1f}); "
@@ -226,12 +234,13 @@ def bench_latency(args: argparse.Namespace) -> dict[str, Any]:
     client = [v for r in runs for v in r["partial_client_ms"]]
     daemon_side = [v for r in runs for v in r["partial_daemon_ms"]]
     return {
-        "pixels": args.pixels, "line_time_s": args.line_time, "runs": args.runs,
+        "pixels": args.pixels, "line_time_s": args.line_time, "scans": args.runs,
         "partial_client_ms": {"p50": _pct(client, 50), "p99": _pct(client, 99), "max": max(client)},
         "partial_daemon_ms": {"p50": _pct(daemon_side, 50), "p99": _pct(daemon_side, 99), "max": max(daemon_side)},
-        "partial_client_p99_per_run_ms": [round(_pct(r["partial_client_ms"], 99), 2) for r in runs],
+        "partial_client_p99_per_scan_ms": [round(_pct(r["partial_client_ms"], 99), 2) for r in runs],
         "final_client_ms": {"median": _pct([r["final_client_ms"] for r in runs], 50),
                             "max": max(r["final_client_ms"] for r in runs)},
+        "final_client_ms_per_scan": [round(r["final_client_ms"], 1) for r in runs],
         "final_daemon_ms": {"median": _pct([r["final_daemon_ms"] for r in runs], 50)},
         "partials_per_scan": [r["partials"] for r in runs],
     }

@@ -460,7 +460,9 @@ class Daemon:
             self.results_dir.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
             if self.model is None:
-                self.model = SegmentationModel(cfg.model.path, provider=cfg.model.provider, threads=cfg.model.threads)
+                # No spinning: the live and whole-frame threads share the cores (see SegmentationModel).
+                self.model = SegmentationModel(cfg.model.path, provider=cfg.model.provider, threads=cfg.model.threads,
+                                               allow_spinning=False)
             if not self.model.has_head:
                 raise ModelError(
                     f"{self.model.path}: a bare encoder cannot segment; make a model from it with `stm-live adapt`"
