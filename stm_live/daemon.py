@@ -81,7 +81,7 @@ from .ingest.journal import JournalFile, ScanJournal, recover
 from .ingest.stream import LineSource, Received
 from .ingest.watch import FolderWatcher, ReadyFile
 from .io import read_frame
-from .level import LevelError, LineLeveller
+from .level import LevelError, LineLeveller, level_frame
 from .model.live import LiveSegmenter
 from .model.runtime import SegmentationModel, result_record
 from .publish import EventLog, Publisher, ResultStore, array_sha256, atomic_write, stored_record
@@ -457,8 +457,11 @@ class Daemon:
         """
         cfg = self.config
         try:
-            self.results_dir.mkdir(parents=True, exist_ok=True)
-            self._lock.acquire()
+            try:
+                self.results_dir.mkdir(parents=True, exist_ok=True)
+                self._lock.acquire()
+            except OSError as exc:
+                raise ConfigError(f"results.dir {self.results_dir}: cannot use it: {exc.strerror or exc}") from None
             if self.model is None:
                 # No spinning: the live and whole-frame threads share the cores (see SegmentationModel).
                 self.model = SegmentationModel(cfg.model.path, provider=cfg.model.provider, threads=cfg.model.threads,
@@ -1060,7 +1063,8 @@ class Daemon:
             self._event("duplicate", scan_id=record["scan_id"], source=record["source"], sha256=record["sha256"])
             return True
         try:
-            stored = self.store.store(record, seg.class_map, image=frame.data)
+            stored = self.store.store(record, seg.class_map, image=_display_image(frame) if self.store.overlay_png
+                                      else None)
         except OSError as exc:
             self.counters.add("errors")
             log.error("%s: cannot store the result in %s: %s", what, self.results_dir, exc)
@@ -1105,6 +1109,17 @@ class Daemon:
                 log.error("cannot encode a %s message: %s", type(msg).__name__, exc)
                 continue
             publisher.send(parts)
+
+
+def _display_image(frame: Frame) -> np.ndarray:
+    """The frame for the overlay PNG: each line's median removed (cheap, and shows the lattice); unscanned rows NaN."""
+    rows = frame.valid_rows
+    image = np.full(frame.data.shape, np.nan, np.float32)
+    try:
+        image[rows] = level_frame(frame.data[rows], method="median")
+    except (LevelError, ValueError):
+        image[rows] = frame.data[rows]
+    return image
 
 
 def _replay_finished(item: JournalFile) -> ScanFinished | None:

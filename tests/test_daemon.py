@@ -10,6 +10,7 @@ missing (``TEST_STM_LIVE_MODEL`` may point at a candidate model meanwhile).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -130,6 +131,18 @@ def frame_done(scan_id: str, source: str | None = None) -> Callable[[Any], bool]
                 and (source is None or str(m.source).endswith(source)))
 
     return match
+
+
+@pytest.fixture(autouse=True)
+def plain_logging() -> Iterator[None]:
+    """``main()`` points the stm_live logger at the sys.stderr of its moment (pytest's capture, closed later)."""
+    logger = logging.getLogger("stm_live")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    logger.handlers[:], logger.propagate = [], True
+    logger.setLevel(logging.NOTSET)
+    yield
+    logger.handlers[:], logger.propagate = saved[0], saved[2]
+    logger.setLevel(saved[1])
 
 
 @pytest.fixture(scope="module")
@@ -642,7 +655,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing_and_duplicates_nothing(
     assert len({e["sha256"] for e in entries}) == 6, entries
     sources = sorted(e["source"] for e in entries)
     assert sources == sorted(["zmq"] * 3 + [str(watch / f"file{k}.sxm") for k in range(3)])
-    assert not list((results / "journal").glob("*.journal"))
+    wait_until(lambda: not list((results / "journal").glob("*.journal")), what="every journal deleted once stored")
     assert second.terminate() == 0, second.log()
     assert len(processed(results)) == 6
 
