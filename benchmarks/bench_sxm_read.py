@@ -77,11 +77,12 @@ def _time_in_fresh_process(reader: str, path: Path, repeat: int, raw: bool) -> f
     first (glibc's malloc adapts its mmap threshold to earlier frees, so the
     second reader often gets pre-faulted memory); a fresh process each is fair.
     """
+    here = str(Path(__file__).parent)
     code = (
-        "import sys; sys.path.insert(0, {here!r}); import bench_sxm_read as b; from pathlib import Path; "
-        "fn = b._ours if {reader!r} == 'stm-live' else b._nanonispy2(not {raw!r}); "
-        "print(b._median_s(fn, Path({path!r}), {repeat}))"
-    ).format(here=str(Path(__file__).parent), reader=reader, raw=raw, path=str(path), repeat=repeat)
+        f"import sys; sys.path.insert(0, {here!r}); import bench_sxm_read as b; from pathlib import Path; "
+        f"fn = b._ours if {reader!r} == 'stm-live' else b._nanonispy2(not {raw!r}); "
+        f"print(b._median_s(fn, Path({str(path)!r}), {repeat}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return float(out.strip())
 
@@ -101,7 +102,7 @@ def main() -> None:
             for d in ("forward", "backward")
         ]
         write_sxm(synthetic, frames)
-        files = sorted(SHARED.glob("*.sxm")) + [synthetic]
+        files = [*sorted(SHARED.glob("*.sxm")), synthetic]
         print(f"machine: {platform.processor() or platform.machine()}, {platform.python_implementation()} "
               f"{platform.python_version()}, numpy {np.__version__}; median over {args.processes} processes "
               f"of the median of {args.repeat} reads")

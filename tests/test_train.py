@@ -111,7 +111,8 @@ def test_train_command_exports_models_the_runtime_loads(tmp_path: Path) -> None:
     import yaml
 
     cfg.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-    assert main(["train", "--config", str(cfg), "--no-progress", "--evaluate-frames", "1", "--calibrate-frames", "1"]) == 0
+    args = ["train", "--config", str(cfg), "--no-progress", "--evaluate-frames", "1", "--calibrate-frames", "1"]
+    assert main(args) == 0
     for name in ("si001-ash3", "tio2-110", "base-encoder"):
         model = SegmentationModel(tmp_path / "models" / f"{name}.onnx", provider="cpu")
         assert model.info.training["data_hash"]

@@ -386,7 +386,9 @@ def read_sxm(path: str | os.PathLike[str]) -> tuple[SxmHeader, tuple[Frame, ...]
     except OSError as exc:
         raise _open_error(p, exc) from exc
     if got != header.data_bytes:
-        raise ScanReadError(p, f"file is truncated: read {got} of {header.data_bytes} data bytes (still being written?)")
+        raise ScanReadError(
+            p, f"file is truncated: read {got} of {header.data_bytes} data bytes (still being written?)"
+        )
     # A row counts as acquired when any channel holds a finite value in it;
     # in-progress Nanonis files carry NaN (all channels) in unscanned lines.
     rows_valid = _rows_valid(stored)
