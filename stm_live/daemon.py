@@ -634,12 +634,17 @@ class Daemon:
         names = ["SIGTERM", "SIGINT", "SIGBREAK"]  # SIGBREAK: Ctrl+Break on Windows
         previous: dict[int, Any] = {}
 
+        first: list[float] = []
+
         def handler(signum: int, _frame: object) -> None:
-            if self._stop_requested.is_set():
+            now = time.monotonic()
+            if not first:
+                first.append(now)
+                self.stop()
+            elif now - first[0] > 1.0:  # a signal sent twice at once (to a process group) is one request
                 log.warning("second %s while stopping: exiting now (results stored so far are safe)",
                             signal.Signals(signum).name)
                 os._exit(1)
-            self.stop()
 
         for name in names:
             sig = getattr(signal, name, None)
