@@ -758,7 +758,14 @@ class Daemon:
         assert self.source is not None
         try:
             while not self._stop_ingest.is_set():
-                received = self.source.receive(0.1)
+                try:
+                    received = self.source.receive(0.1)
+                except Exception as exc:  # not a malformed message (those come back as errors): the socket
+                    self.counters.add("errors")
+                    log.exception("receiving from %s failed; retrying", self.ingest_endpoint)
+                    self._event("error", where="receiving", error=f"{type(exc).__name__}: {exc}")
+                    self._stop_ingest.wait(1.0)
+                    continue
                 if received is not None:
                     self._put_line(received)
         finally:
@@ -1113,7 +1120,11 @@ class Daemon:
                 self.counters.add("errors")
                 log.error("cannot encode a %s message: %s", type(msg).__name__, exc)
                 continue
-            publisher.send(parts)
+            try:
+                publisher.send(parts)
+            except zmq.ZMQError as exc:
+                self.counters.add("errors")
+                log.error("cannot publish a %s message: %s", type(msg).__name__, exc)
 
 
 def _display_image(frame: Frame) -> np.ndarray:
