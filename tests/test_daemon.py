@@ -103,6 +103,7 @@ class Subscriber:
         self.socket = make_socket(zmq.SUB, subscribe=b"")
         self.socket.connect(endpoint)
         self.messages: list[Any] = []
+        self.headers: list[tuple[str, dict[str, Any]]] = []  # (topic, raw header), to check against the schemas
 
     def wait_for(self, match: Callable[[Any], bool], timeout: float = 30.0, what: str = "a message") -> Any:
         for msg in self.messages:
@@ -111,7 +112,9 @@ class Subscriber:
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
             if self.socket.poll(int(remaining * 1000) + 1):
-                msg = decode(self.socket.recv_multipart())
+                parts = self.socket.recv_multipart()
+                msg = decode(parts)
+                self.headers.append((parts[0].decode(), json.loads(parts[1])))
                 self.messages.append(msg)
                 if match(msg):
                     return msg
@@ -305,6 +308,12 @@ def test_a_streamed_scan_gives_partials_then_the_frame_and_the_same_file_the_sam
     from_file = sub.wait_for(frame_done("bumps-1", "bumps-1.sxm"), what="seg.frame of the .sxm file")
     assert summary(from_file.detections) == summary(final.detections)
     assert from_file.complete and from_file.source == str(watch / "bumps-1.sxm")
+
+    for topic in ("seg.partial", "seg.frame", "status"):  # what the daemon sent matches the published schemas
+        headers = [h for t, h in sub.headers if t == topic]
+        assert headers, topic
+        for header in headers[:50]:
+            jsonschema.validate(header, load_schema(topic))
 
     wait_until(lambda: len(processed(results)) == 2, what="both results stored")
     schema = load_schema("result")
