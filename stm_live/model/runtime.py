@@ -48,10 +48,9 @@ def bundled_model_path(name: str = DEFAULT_MODEL) -> Path:
 
     filename = name if name.endswith(".onnx") else f"{name}.onnx"
     candidates: list[Path] = []
-    try:
-        packaged = resources.files("stm_live") / "bundled_models" / filename
-        candidates.append(Path(str(packaged)))
-    except (ModuleNotFoundError, TypeError):  # pragma: no cover - odd importers
+    try:  # installed: models/ is the package data stm_live.bundled_models (setup.py)
+        candidates.append(Path(str(resources.files("stm_live.bundled_models") / filename)))
+    except (ModuleNotFoundError, TypeError):  # a source tree that was never installed
         pass
     candidates.append(Path(__file__).resolve().parents[2] / "models" / filename)
     for path in candidates:

@@ -41,9 +41,11 @@ class SurfaceSettings(_Frozen):
 
 
 def _default_surfaces() -> list[SurfaceSettings]:
+    # 0.1 nm/px everywhere: AsH3 and dangling bonds differ in shape by a few tenths of
+    # a nm, and Ge phase defects are a one-dimer shift of the buckling; at 0.2 nm/px
+    # both were much harder to tell apart (docs/model.md).
     return [
-        SurfaceSettings(name="si001-ash3", nm_per_px=0.2),
-        # Ge phase defects are a one-dimer shift of the buckling: they need finer pixels.
+        SurfaceSettings(name="si001-ash3", nm_per_px=0.1, size_nm=(20.0, 50.0), input_nm_per_px=(0.05, 0.2)),
         SurfaceSettings(name="ge001", nm_per_px=0.1, size_nm=(15.0, 40.0), input_nm_per_px=(0.04, 0.1)),
         SurfaceSettings(name="tio2-110", nm_per_px=0.1, size_nm=(12.0, 30.0), input_nm_per_px=(0.03, 0.1)),
     ]
