@@ -32,7 +32,7 @@ REAL = REPO.parent / "shared" / "data" / "real-npy"
 # name, file, width (nm), model pitch (nm/px), points
 CASES = [
     ("tio2_110_m70", "tio2_110_m70.npy", 10.0, 0.1, "tio2_110_m70_points.csv"),
-    ("si001h_brockley", "si001h_brockley_23_2_0.npy", 100.0, 0.2, "si001h_brockley_points.csv"),
+    ("si001h_brockley", "si001h_brockley_23_2_0.npy", 100.0, 0.1, "si001h_brockley_points.csv"),
 ]
 COLOURS = [(255, 80, 80), (80, 200, 255), (120, 255, 120), (255, 200, 60)]
 

@@ -164,8 +164,17 @@ def run(args: argparse.Namespace) -> int:
     if args.fine_tune_steps:
         prototypes = refine_prototypes(prototypes, images, steps=args.fine_tune_steps, seed=args.seed)
     out = Path(args.out)
+    # Real features are often ragged: pieces of one class within a feature's diameter
+    # are one feature, and specks far smaller than a labelled disc are noise.
+    disc_nm2 = float(np.pi * args.radius_nm**2)
+    detection = (
+        {"merge_within_nm": 2 * args.radius_nm, "min_area_nm2": {c: round(0.15 * disc_nm2, 4) for c in classes}}
+        if args.points
+        else {}
+    )
     new_info = replace(
         info,
+        detection=detection,
         name=args.name or out.stem,
         classes=tuple(classes),
         surface=args.surface or info.surface,

@@ -137,8 +137,10 @@ class ModelInfo:
     surface : str or None
         The surface the head was made for.
     detection : Mapping
-        Per-class detection thresholds calibrated on validation frames:
-        ``{"min_score": {class: p}, "min_area_nm2": {class: a}}``.
+        Per-class detection settings: ``{"min_score": {class: p},
+        "min_area_nm2": {class: a}}`` calibrated on validation frames for
+        trained models, and ``"merge_within_nm"`` (pieces of one feature
+        closer than this are merged) for models adapted from points.
     id : str
         Hash of graph and weights (filled by :func:`save_model`).
     version : str

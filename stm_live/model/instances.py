@@ -31,6 +31,7 @@ def find_instances(
     min_score: float | Mapping[str, float] = 0.0,
     min_pixels: int = 2,
     row_offset: int = 0,
+    merge_within_nm: float | Mapping[str, float] = 0.0,
 ) -> list[Detection]:
     """Detections from a class map and the matching probabilities.
 
@@ -54,6 +55,10 @@ def find_instances(
     row_offset : int
         Grid row of ``class_map``'s first row, for strips of a larger image;
         ``y_nm`` is measured from the top of the larger image.
+    merge_within_nm : float or Mapping[str, float]
+        Regions of one class whose centres are closer than this are one
+        feature (ragged real features break into pieces); 0 merges nothing.
+        Filters apply to the merged feature.
 
     Returns
     -------
@@ -94,17 +99,55 @@ def find_instances(
         mass = np.bincount(region, weights=own, minlength=offset)
         cy = np.bincount(region, weights=own * rows, minlength=offset) / np.maximum(mass, 1e-12)
         cx = np.bincount(region, weights=own * cols, minlength=offset) / np.maximum(mass, 1e-12)
-        for i, k in enumerate(region_class):
+        y_nm = (cy + 0.5 + row_offset) * px_y
+        x_nm = (cx + 0.5) * px_x
+        kinds = np.asarray(region_class)
+        for k in range(1, len(classes) + 1):
             name = classes[k - 1]
-            area_floor = min_area_nm2.get(name, 0.0) if isinstance(min_area_nm2, Mapping) else min_area_nm2
-            score_floor = min_score.get(name, 0.0) if isinstance(min_score, Mapping) else min_score
-            area = counts[i] * px_area
-            score = mass[i] / counts[i]
-            if counts[i] < min_pixels or area < area_floor or score < score_floor:
+            idx = np.flatnonzero(kinds == k)
+            if not idx.size:
                 continue
-            found.append(((cy[i] + 0.5 + row_offset) * px_y, (cx[i] + 0.5) * px_x, name, float(area), float(score)))
+            merge = _per_class(merge_within_nm, name)
+            groups = _close_groups(x_nm[idx], y_nm[idx], merge) if merge > 0 else np.arange(idx.size)[:, None]
+            area_floor = _per_class(min_area_nm2, name)
+            score_floor = _per_class(min_score, name)
+            for members in groups:
+                sel = idx[members]
+                n_px = counts[sel].sum()
+                w = mass[sel]
+                area = n_px * px_area
+                score = w.sum() / n_px
+                if n_px < min_pixels or area < area_floor or score < score_floor:
+                    continue
+                total = max(w.sum(), 1e-12)
+                found.append((float((y_nm[sel] * w).sum() / total), float((x_nm[sel] * w).sum() / total), name,
+                              float(area), float(score)))
     found.sort(key=lambda t: (round(t[0], 6), t[1]))
     return [
         Detection(class_name=name, x_nm=float(x), y_nm=float(y), area_nm2=area, score=score, id=i)
         for i, (y, x, name, area, score) in enumerate(found)
     ]
+
+
+def _per_class(value: float | Mapping[str, float], name: str) -> float:
+    return float(value.get(name, 0.0)) if isinstance(value, Mapping) else float(value)
+
+
+def _close_groups(x: np.ndarray, y: np.ndarray, within: float) -> list[np.ndarray]:
+    """Indices grouped so that points closer than ``within`` (chains included) share a group."""
+    n = len(x)
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return int(i)
+
+    d2 = (x[:, None] - x[None]) ** 2 + (y[:, None] - y[None]) ** 2
+    for i, j in zip(*np.nonzero(np.triu(d2 < within**2, k=1)), strict=True):
+        ri, rj = root(int(i)), root(int(j))
+        if ri != rj:
+            parent[rj] = ri
+    roots = np.array([root(i) for i in range(n)])
+    return [np.flatnonzero(roots == r) for r in np.unique(roots)]

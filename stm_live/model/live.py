@@ -203,6 +203,7 @@ class LiveSegmenter:
             min_score=self.min_score,
             min_area_nm2=self.min_area_nm2,
             row_offset=lo_all,
+            merge_within_nm=self.model.info.detection.get("merge_within_nm", 0.0),
         )
         t4 = time.perf_counter()
         full_model = np.zeros((self.h, self.w), np.uint8)

@@ -13,7 +13,8 @@ Labels come from a person in one of two ways (see ``stm-live adapt``):
   point is labelled with its class. Pixels far from every point are
   background candidates; since a handful of points leaves most features
   unlabelled, candidates whose embedding lies as close to a labelled class as
-  that class's own pixels do are not used as background.
+  that class's own pixels do, or closer to a class than to the typical
+  background, are not used as background.
 """
 
 from __future__ import annotations
@@ -206,9 +207,13 @@ def prototypes_from_labels(
         radii.append(float(np.quantile(((pix - centre) ** 2).sum(axis=1), 0.95)) if len(pix) > 1 else 0.0)
     background = emb[lab == 0]
     if exclude_lookalikes and len(background) and vectors:
+        # A background candidate is an unlabelled feature when it lies as close to a
+        # class prototype as that class's own pixels do, or closer to a class
+        # prototype than to the typical background embedding (the median).
         centres = np.stack(vectors)
         d2 = ((background[:, None, :] - centres[None]) ** 2).sum(axis=2)
-        lookalike = (d2 <= np.maximum(np.asarray(radii), 1e-9)[None]).any(axis=1)
+        typical = ((background - np.median(background, axis=0)) ** 2).sum(axis=1)
+        lookalike = (d2 <= np.maximum(np.asarray(radii), 1e-9)[None]).any(axis=1) | (d2.min(axis=1) < typical)
         if lookalike.mean() < 0.5:  # never throw away most of the background
             log.info("adapt: %d of %d background pixels look like a labelled class; not used as background",
                      int(lookalike.sum()), len(background))

@@ -13,6 +13,7 @@ frame's own pixel grid, with per-stage timings:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -48,10 +49,10 @@ def bundled_model_path(name: str = DEFAULT_MODEL) -> Path:
 
     filename = name if name.endswith(".onnx") else f"{name}.onnx"
     candidates: list[Path] = []
-    try:  # installed: models/ is the package data stm_live.bundled_models (setup.py)
+    # Installed: models/ is the package data stm_live.bundled_models (setup.py);
+    # a source tree that was never installed has only the folder.
+    with contextlib.suppress(ModuleNotFoundError, TypeError):
         candidates.append(Path(str(resources.files("stm_live.bundled_models") / filename)))
-    except (ModuleNotFoundError, TypeError):  # a source tree that was never installed
-        pass
     candidates.append(Path(__file__).resolve().parents[2] / "models" / filename)
     for path in candidates:
         if path.is_file():
@@ -312,6 +313,7 @@ class SegmentationModel:
             nm_per_px=(px_x, px_y),
             min_score=scores,
             min_area_nm2=areas,
+            merge_within_nm=self.info.detection.get("merge_within_nm", 0.0),
         )
         if rows.start:
             shift = rows.start * frame.nm_per_px[1]
