@@ -279,7 +279,7 @@ def parse_sxm_header(path: str | os.PathLike[str], head: bytes) -> SxmHeader:
         width_m=width_m,
         height_m=height_m,
         channels=_parse_channels(spath, fields),
-        data_format=_FORMATS[scan_type],  # type: ignore[index]
+        data_format=_FORMATS[scan_type],
         data_offset=marker + len(DATA_MARKER),
         scan_direction=scan_dir,
         angle_deg=_optional_float(fields, "SCAN_ANGLE"),
@@ -382,7 +382,7 @@ def read_sxm(path: str | os.PathLike[str]) -> tuple[SxmHeader, tuple[Frame, ...]
                 )
             fh.seek(header.data_offset)
             stored = np.empty((header.n_images, header.rows, header.cols), dtype=header.data_format)
-            got = fh.readinto(stored.view(np.uint8).reshape(-1))
+            got = fh.readinto(stored.view(np.uint8).reshape(-1).data)
     except OSError as exc:
         raise _open_error(p, exc) from exc
     if got != header.data_bytes:

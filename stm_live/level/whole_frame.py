@@ -160,7 +160,7 @@ def _row_differences(z: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.n
 
     Rows without data are skipped, so a missing line does not cut the chain.
     """
-    prev = _previous_valid_row(valid.any(axis=1))
+    prev = _previous_valid_row(np.any(valid, axis=1))
     has_prev = prev >= 0
     src = np.where(has_prev, prev, 0)
     diff = z - z[src]

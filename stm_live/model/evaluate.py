@@ -30,6 +30,7 @@ from ..frame import Detection
 from .prepare import to_model_grid
 
 if TYPE_CHECKING:
+    from ..io import ScanFile
     from .runtime import SegmentationModel
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class ClassScore:
         self.fn += other.fn
         self.distances_nm.extend(other.distances_nm)
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | None]:
         return {
             "tp": self.tp,
             "fp": self.fp,
@@ -242,7 +243,7 @@ def run_episodes(
     return EpisodeResult(float(np.mean(accuracies)), float(np.std(accuracies)), episodes, n_way, shots, queries)
 
 
-def _sidecar_items(paths: list[str]) -> Iterator[tuple[str, Any, Any, list]]:
+def _sidecar_items(paths: list[str]) -> Iterator[tuple[str, ScanFile, np.ndarray, list[Truth], tuple[str, ...]]]:
     import numpy as np
 
     from ..io import read_scan
@@ -260,7 +261,9 @@ def _sidecar_items(paths: list[str]) -> Iterator[tuple[str, Any, Any, list]]:
         yield str(path), scan, mask, [Truth(i.class_name, i.x_nm, i.y_nm) for i in truth.instances], truth.classes
 
 
-def _simulated_items(surface: str, count: int, seed: int, size_nm: float, pixels: int) -> Iterator:
+def _simulated_items(
+    surface: str, count: int, seed: int, size_nm: float, pixels: int
+) -> Iterator[tuple[str, ScanFile, np.ndarray, list[Truth], tuple[str, ...]]]:
     from ..io import ScanFile
     from ..sim import simulate_scan
 
@@ -389,7 +392,9 @@ def calibrate_detection(
                 rows, cols = linear_sum_assignment(np.where(d2 <= max_dist_nm, d2, 1e6))
                 matched[rows[d2[rows, cols] <= max_dist_nm]] = True
             candidates[name].extend((d.score, d.area_nm2, bool(m)) for d, m in zip(dets, matched, strict=True))
-    min_score, min_area, best_f1 = {}, {}, {}
+    min_score: dict[str, float] = {}
+    min_area: dict[str, float] = {}
+    best_f1: dict[str, float | None] = {}
     for name, cands in candidates.items():
         if not cands or n_true[name] == 0:
             min_score[name], min_area[name], best_f1[name] = 0.5, 0.0, None

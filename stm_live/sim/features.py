@@ -397,8 +397,9 @@ def render_features(
                           minlength=prow * pcol)
         out[target] = np.ascontiguousarray(acc.reshape(prow, pcol)[pad:pad + rows, pad:pad + cols], dtype=np.float32)
     for target in ("flatten", "phase"):
-        if out[target] is not None:
-            np.clip(out[target], 0.0, 1.0, out=out[target])
+        window = out[target]
+        if window is not None:
+            np.clip(window, 0.0, 1.0, out=window)
     return out
 
 

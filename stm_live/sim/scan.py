@@ -189,7 +189,7 @@ def _image(surface: _Surface, grid: SampleGrid, tip_sigma: np.ndarray, gain: np.
     feats = render_features(
         surface.blobs, grid=grid, tip_sigma_rows=tip_sigma, nominal_sigma_nm=model.tip_sigma_nm, gain_rows=gain,
     )
-    common = {"x_cols": grid.x_cols, "x_rows": grid.x_rows, "y_rows": grid.y_rows,
+    common: dict[str, Any] = {"x_cols": grid.x_cols, "x_rows": grid.x_rows, "y_rows": grid.y_rows,
               "tip_sigma_rows": tip_sigma, "gain_rows": gain, "pixel_nm": grid.pixel_nm}
     lattice: np.ndarray | None = None
     present = np.unique(label) if surface.edges else np.array([0])
@@ -428,7 +428,7 @@ def simulate_scan(
     )
 
     rng = streams["current"]
-    meta = {"width_m": size * 1e-9, "height_m": size * 1e-9, "scan_direction": scan_direction,
+    meta: dict[str, Any] = {"width_m": size * 1e-9, "height_m": size * 1e-9, "scan_direction": scan_direction,
             "bias_v": model.bias_v, "setpoint_a": setpoint, "offset_m": (0.0, 0.0), "angle_deg": 0.0,
             "source": f"simulated {surface} seed {int(seed)}"}
     frames = (

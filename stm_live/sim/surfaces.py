@@ -192,6 +192,7 @@ def _clutter(scale: float) -> tuple[FeatureKind, ...]:
 
 def _si001_ash3(bias_v: float) -> SurfaceModel:
     filled = bias_v < 0
+    atoms: tuple[Atom, ...]
     if filled:
         # The Si-H bonds and the dimer bond between them: rows look like
         # chains of beans.
@@ -203,6 +204,7 @@ def _si001_ash3(bias_v: float) -> SurfaceModel:
         corrugation = 0.045
     cell = Cell(0.768, 0.384, atoms)
     a = 0.384
+    db_single: tuple[Blob, ...]
     if filled:
         db_single = (Blob(0.0, 0.0, 0.20, 0.26, 0.26),)
         db_double = (Blob(0.0, 0.0, 0.14, 0.36, 0.25),)

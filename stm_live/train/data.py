@@ -17,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from ..model.prepare import (
     to_model_grid,
 )
 from .settings import SurfaceSettings, TrainSettings
+
+if TYPE_CHECKING:
+    from ..sim import Artefacts
 
 __all__ = ["Crops", "PreparedSet", "build_sets", "sample_batch", "simulate_prepared"]
 
@@ -58,14 +62,14 @@ class PreparedSet:
         return [i for i, s in enumerate(self.surface) if s == k]
 
 
-def _scaled_artefacts(base: object, factor: float) -> object:
+def _scaled_artefacts(base: Artefacts, factor: float) -> Artefacts:
     """The artefact settings with every numeric strength multiplied by ``factor``."""
-    changes = {}
-    for f in dataclasses.fields(base):  # type: ignore[arg-type]
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(base):
         value = getattr(base, f.name)
         if isinstance(value, float | int) and not isinstance(value, bool):
             changes[f.name] = type(value)(value * factor) if isinstance(value, float) else value
-    return dataclasses.replace(base, **changes)  # type: ignore[type-var]
+    return dataclasses.replace(base, **changes)
 
 
 def simulate_prepared(
@@ -126,7 +130,8 @@ def _load_cache(path: Path) -> PreparedSet | None:
 
 
 def _save_cache(path: Path, data: PreparedSet) -> None:
-    arrays: dict[str, np.ndarray] = {"surface": data.surface}
+    # Any, not ndarray: mypy matches ``**arrays`` against savez's ``allow_pickle: bool`` too.
+    arrays: dict[str, Any] = {"surface": data.surface}
     for i, (im, m) in enumerate(zip(data.images, data.masks, strict=True)):
         arrays[f"image_{i}"] = im
         arrays[f"mask_{i}"] = m

@@ -48,6 +48,7 @@ def encoder_to_onnx(encoder: Encoder) -> onnx.ModelProto:
             verbose=False,
         )
     torch_log.setLevel(previous)
+    assert program is not None  # None only from the legacy (dynamo=False) exporter
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "encoder.onnx")
         program.save(path)

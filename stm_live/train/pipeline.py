@@ -98,7 +98,7 @@ def train_models(
         "losses": summarise(state),
     }
     encoder = state.encoder.eval()
-    common = {
+    common: dict[str, Any] = {
         "embedding_dim": settings.dim,
         "context_px": receptive_field_px(),
         "normalisation": DEFAULT_NORMALISATION,
