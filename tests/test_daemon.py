@@ -766,7 +766,10 @@ def test_simulate_streams_to_the_daemon(make_daemon: Callable[..., Daemon]) -> N
             "--count", "2", "--artefacts", "none", "--wait-s", "10"]
     assert main(args) == 0
     wait_until(lambda: len(processed(daemon.results_dir)) == 2, what="two simulated scans stored")
-    assert {e["scan_id"] for e in events(daemon.results_dir, "frame")} == {"si001-ash3_0000", "si001-ash3_0001"}
+    # The event is logged just after the result is stored: give the second one its moment.
+    wanted = {"si001-ash3_0000", "si001-ash3_0001"}
+    wait_until(lambda: {e["scan_id"] for e in events(daemon.results_dir, "frame")} == wanted,
+               what="both frame events logged")
 
 
 def test_demo_runs_the_main_job_and_says_where_the_results_are(
