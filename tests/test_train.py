@@ -132,3 +132,17 @@ def test_train_settings_errors_name_the_file(tmp_path: Path) -> None:
     cfg.write_text("stepz: 4\n")
     with pytest.raises(ConfigError, match="stepz"):
         load_train_settings(cfg)
+
+
+@pytest.mark.slow
+def test_unlabelled_real_frames_join_self_supervised_pretraining(tmp_path: Path) -> None:
+    from stm_live.io import write_sxm
+    from stm_live.sim import simulate_scan
+    from stm_live.train.pipeline import train_models
+
+    frame = simulate_scan("si001-ash3", size_nm=10, pixels=100, seed=5).frame("Z")
+    unlabelled = write_sxm(tmp_path / "unlabelled.sxm", [frame])
+    settings = _tiny_settings(tmp_path, unlabelled=[unlabelled], steps=3, ssl_steps=4)
+    report = train_models(settings, progress=False, evaluate_frames=0, calibrate_frames=0)
+    assert report["training"]["unlabelled_frames"] == 1
+    assert report["history"][-1]["step"] == 7

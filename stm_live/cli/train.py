@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave a surface out entirely (leave-one-surface-out evaluation)")
     parser.add_argument("--unlabelled", nargs="+", metavar="FILE", help="unlabelled real frames for pretraining")
     parser.add_argument("--unlabelled-width-nm", type=float, help="physical width of unlabelled array files")
+    parser.add_argument("--unlabelled-nm-per-px", type=float,
+                        help="pitch the unlabelled frames are prepared at (default 0.1 nm/px)")
     parser.add_argument("--evaluate-frames", type=int, default=4,
                         help="held-out simulated frames per surface to measure F1 on after training (0 = skip)")
     parser.add_argument("--calibrate-frames", type=int, default=8,
@@ -60,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         exclude_surfaces=args.exclude_surface,
         unlabelled=args.unlabelled,
         unlabelled_width_nm=args.unlabelled_width_nm,
+        unlabelled_nm_per_px=args.unlabelled_nm_per_px,
     )
     report = train_models(settings, progress=not args.no_progress, evaluate_frames=args.evaluate_frames,
                           calibrate_frames=args.calibrate_frames)

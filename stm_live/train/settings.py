@@ -65,7 +65,7 @@ class TrainSettings(_Frozen):
     unlabelled: list[Path] = []
     #: Physical width of unlabelled array files (nm) and their model pitch (nm/px).
     unlabelled_width_nm: Positive | None = None
-    unlabelled_nm_per_px: Positive = 0.2
+    unlabelled_nm_per_px: Positive = 0.1
     seed: int = 0
     #: Encoder widths per level and embedding size.
     widths: tuple[int, int, int] = (16, 32, 64)
