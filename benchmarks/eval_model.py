@@ -41,13 +41,22 @@ REPO = Path(__file__).resolve().parents[1]
 SURFACES = ("si001-ash3", "ge001", "tio2-110")
 
 
-def _geometry() -> dict[str, tuple[float, int, float]]:
+def _geometry(*, own_runs: bool = True) -> dict[str, tuple[float, int, float]]:
+    """Held-out frame size, pixels and model pitch per surface, from the settings that trained it.
+
+    A surface whose bundled model comes from its own run has its settings in
+    ``models/<surface>.train.yaml`` (used when ``own_runs``); the others, and
+    the shared encoders of the episode protocol, follow the defaults.
+    """
     from stm_live.train.pipeline import held_out_geometry
+    from stm_live.train.settings import load_train_settings
 
     out = {}
     for s in TrainSettings().surfaces:
-        size, pixels = held_out_geometry(s)
-        out[s.name] = (size, pixels, s.nm_per_px)
+        own = REPO / "models" / f"{s.name}.train.yaml"
+        surface = load_train_settings(own).surfaces[0] if own_runs and own.is_file() else s
+        size, pixels = held_out_geometry(surface)
+        out[s.name] = (size, pixels, surface.nm_per_px)
     return out
 
 
@@ -85,7 +94,7 @@ def _train_loso(surface: str, steps: int, runs: Path) -> Path:
 
 
 def episodes(seed: int, frames: int, train_loso: bool, loso_steps: int, runs: Path) -> dict:
-    geometry = _geometry()
+    geometry = _geometry(own_runs=False)  # the shared encoders' frames and pitch
     results: dict[str, dict] = {}
     for name in SURFACES:
         size, pixels, pitch = geometry[name]

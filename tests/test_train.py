@@ -146,3 +146,16 @@ def test_unlabelled_real_frames_join_self_supervised_pretraining(tmp_path: Path)
     report = train_models(settings, progress=False, evaluate_frames=0, calibrate_frames=0)
     assert report["training"]["unlabelled_frames"] == 1
     assert report["history"][-1]["step"] == 7
+
+
+@pytest.mark.slow
+def test_surfaces_can_train_the_encoder_without_being_exported(tmp_path: Path) -> None:
+    from stm_live.train.pipeline import train_models
+
+    base = _tiny_settings(tmp_path, steps=2, ssl_steps=1)
+    surfaces = [base.surfaces[0], base.surfaces[1].model_copy(update={"export": False})]
+    settings = base.model_copy(update={"surfaces": surfaces, "export_base_encoder": False})
+    report = train_models(settings, progress=False, evaluate_frames=0, calibrate_frames=0)
+    assert sorted(report["models"]) == ["si001-ash3"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["si001-ash3.onnx"]
+    assert report["training"]["surfaces"] == ["si001-ash3", "tio2-110"]  # both trained the encoder

@@ -106,7 +106,7 @@ def _digest(settings: TrainSettings, surfaces: Sequence[SurfaceSettings], split:
         "version": DATA_VERSION,
         "split": split,
         "seed": settings.seed,
-        "surfaces": [s.model_dump(mode="json") for s in surfaces],
+        "surfaces": [s.model_dump(mode="json", exclude={"export"}) for s in surfaces],
         "levelling": DEFAULT_LEVELLING,
         "normalisation": DEFAULT_NORMALISATION,
     }

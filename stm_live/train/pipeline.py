@@ -2,8 +2,9 @@
 
 Outputs, in ``settings.out_dir``:
 
-* ``<surface>.onnx`` for every trained surface: the shared encoder with that
-  surface's trained prototypes, temperature calibrated on validation frames;
+* ``<surface>.onnx`` for every trained surface with ``export`` on: the shared
+  encoder with that surface's trained prototypes, temperature calibrated on
+  validation frames, detection thresholds calibrated on other frames;
 * ``base-encoder.onnx``: the encoder alone, the starting point of
   ``stm-live adapt`` for a new surface;
 
@@ -106,7 +107,8 @@ def train_models(
     }
     exported: dict[str, Any] = {}
     pitch = {s.name: s.nm_per_px for s in settings.surfaces}
-    for name in train.surfaces:
+    exports = tuple(s.name for s in settings.surfaces if s.export and s.name in train.surfaces)
+    for name in exports:
         protos = _surface_prototypes(state, val, name)
         info = ModelInfo(
             name=name,
@@ -120,18 +122,19 @@ def train_models(
         path = out_dir / f"{name}.onnx"
         saved = export_model(encoder, info, path, prototypes=protos)
         exported[name] = {"path": str(path), "id": saved.id, "temperature": protos.temperature}
-    base_pitch = pitch.get("si001-ash3", next(iter(pitch.values())))
-    base_info = ModelInfo(name="base-encoder", classes=(), nm_per_px=base_pitch, surface=None,
-                          provenance={"method": "encoder only; make a model with `stm-live adapt`"},
-                          training=training, **common)
-    saved = export_model(encoder, base_info, out_dir / "base-encoder.onnx")
-    exported["base-encoder"] = {"path": str(out_dir / "base-encoder.onnx"), "id": saved.id}
+    if settings.export_base_encoder:
+        base_pitch = pitch.get("si001-ash3", next(iter(pitch.values())))
+        base_info = ModelInfo(name="base-encoder", classes=(), nm_per_px=base_pitch, surface=None,
+                              provenance={"method": "encoder only; make a model with `stm-live adapt`"},
+                              training=training, **common)
+        saved = export_model(encoder, base_info, out_dir / "base-encoder.onnx")
+        exported["base-encoder"] = {"path": str(out_dir / "base-encoder.onnx"), "id": saved.id}
     if calibrate_frames:
-        _calibrate_exports(exported, settings, train.surfaces, calibrate_frames)
-    metrics = _evaluate_exports(exported, settings, train.surfaces, evaluate_frames) if evaluate_frames else {}
+        _calibrate_exports(exported, settings, exports, calibrate_frames)
+    metrics = _evaluate_exports(exported, settings, exports, evaluate_frames) if evaluate_frames else {}
     if metrics:
         # Put the held-out metrics into each model's metadata too.
-        for name in train.surfaces:
+        for name in exports:
             _update_info(exported[name], lambda info, n=name: replace(
                 info, training={**info.training, "metrics": metrics[n]}))
     report = {
