@@ -159,3 +159,23 @@ def test_surfaces_can_train_the_encoder_without_being_exported(tmp_path: Path) -
     assert sorted(report["models"]) == ["si001-ash3"]
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["si001-ash3.onnx"]
     assert report["training"]["surfaces"] == ["si001-ash3", "tio2-110"]  # both trained the encoder
+
+
+@pytest.mark.slow
+def test_ssl_weight_keeps_the_contrastive_loss_in_the_supervised_stage(tmp_path: Path) -> None:
+    from stm_live.train.data import build_sets
+    from stm_live.train.fit import fit
+
+    def run(name: str, weight: float) -> tuple[list[float], list[dict[str, float]]]:
+        settings = _tiny_settings(tmp_path / name, ssl_steps=2, steps=4, ssl_weight=weight)
+        train, _ = build_sets(settings, progress=False)
+        seen: list[dict[str, float]] = []
+        state = fit(settings, train, progress=False, on_step=lambda step, losses: seen.append(dict(losses)))
+        return [float(p.detach().sum()) for p in state.encoder.parameters()], seen
+
+    plain, plain_losses = run("plain", 0.0)
+    mixed, mixed_losses = run("mixed", 0.5)
+    supervised = [losses for losses in mixed_losses if "prototype" in losses]
+    assert len(supervised) == 4 and all("contrastive" in losses for losses in supervised)
+    assert not any("contrastive" in losses for losses in plain_losses if "prototype" in losses)
+    assert plain != mixed  # the extra loss changed the weights

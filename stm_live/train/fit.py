@@ -15,7 +15,10 @@ Stage 2, supervised, two losses on each batch (all crops from one surface):
 * episodic loss: half the batch is a support set whose labelled pixels give
   prototypes by averaging (exactly what ``stm-live adapt`` does), the other
   half is classified with them. This is what makes adaptation to a new
-  surface from one example work.
+  surface from one example work;
+* optionally (``ssl_weight`` > 0) the contrastive loss of stage 1 on half a
+  batch from the pretraining pool, so that features the labelled surfaces do
+  not need (but a new surface might) are not trained away.
 
 Checkpoints (state dicts only, loaded with ``weights_only=True``) are written
 every ``checkpoint_every`` steps; a run resumes from its last checkpoint.
@@ -269,6 +272,12 @@ def fit(
                 if epi is not None:
                     loss = loss + settings.episodic_weight * epi
                     losses["episodic"] = epi.item()
+            if settings.ssl_weight > 0:
+                half = max(2, settings.batch // 2)
+                extra = sample_batch(ssl_pool, batch=half, crop=settings.crop, rng=rng, step=step)
+                con = contrastive_loss(encoder, torch.from_numpy(extra.x), gen)
+                loss = loss + settings.ssl_weight * con
+                losses["contrastive"] = con.item()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)

@@ -87,6 +87,9 @@ class TrainSettings(_Frozen):
     n_background: Annotated[int, Field(ge=1, le=32)] = 4
     #: Weight of the episodic (few-shot) loss relative to the prototype loss.
     episodic_weight: Annotated[float, Field(ge=0)] = 0.5
+    #: Weight of the self-supervised (contrastive) loss kept during the supervised stage, on
+    #: half a batch from the pretraining pool (unlabelled frames included); 0 = pretraining only.
+    ssl_weight: Annotated[float, Field(ge=0)] = 0.0
     #: Also export the encoder alone as base-encoder.onnx (the start of `stm-live adapt`).
     export_base_encoder: bool = True
     #: Steps between checkpoints.
