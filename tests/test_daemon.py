@@ -367,7 +367,9 @@ def test_the_real_model_finds_the_simulated_features_streamed_and_from_the_file(
         streamer.stream([("sim-10007", frame)], line_time_s=0.004)
         final = sub.wait_for(frame_done("sim-10007"), what="seg.frame of the streamed scan")
     partials = sub.seg("sim-10007", final=False)
-    assert len(partials) > 50 and any(p.detections for p in partials if p.rows_done < 256)
+    # A daemon that falls behind segments several new lines at once, so how many partials
+    # a 512-line scan gives depends on the machine's load (docs/daemon.md, cadence).
+    assert len(partials) >= 10 and any(p.detections for p in partials if p.rows_done < 256)
 
     model = SegmentationModel(model_path)
     reported = model.info.training.get("metrics", {}).get("objects", {})

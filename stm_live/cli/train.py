@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pitch the unlabelled frames are prepared at (default 0.1 nm/px)")
     parser.add_argument("--evaluate-frames", type=int, default=4,
                         help="held-out simulated frames per surface to measure F1 on after training (0 = skip)")
-    parser.add_argument("--calibrate-frames", type=int, default=8,
+    parser.add_argument("--calibrate-frames", type=int, default=24,
                         help="validation frames per surface for the per-class detection thresholds (0 = skip)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -71,7 +71,7 @@ def _surface_prototypes(state: TrainState, val: PreparedSet, name: str) -> Proto
 
 
 def train_models(
-    settings: TrainSettings, *, progress: bool = True, evaluate_frames: int = 4, calibrate_frames: int = 8
+    settings: TrainSettings, *, progress: bool = True, evaluate_frames: int = 4, calibrate_frames: int = 24
 ) -> dict[str, Any]:
     """Train the encoder and export one model per surface plus the bare encoder.
 

@@ -48,10 +48,12 @@ def _default_surfaces() -> list[SurfaceSettings]:
     # both were much harder to tell apart (docs/model.md).
     return [
         SurfaceSettings(name="si001-ash3", nm_per_px=0.1, size_nm=(20.0, 50.0), input_nm_per_px=(0.05, 0.2)),
-        SurfaceSettings(name="ge001", nm_per_px=0.1, size_nm=(15.0, 40.0), input_nm_per_px=(0.04, 0.1)),
-        # TiO2 frames widen the shared encoder's experience, but the bundled TiO2 model
-        # comes from its own run at 0.05 nm/px (models/tio2-110.train.yaml): jointly
-        # trained, vacancies and hydroxyls were found far less reliably (docs/model.md).
+        # Ge and TiO2 frames widen the shared encoder's experience, but their bundled
+        # models come from their own runs at 0.05 nm/px (models/ge001.train.yaml,
+        # models/tio2-110.train.yaml): jointly trained, Ge phase defects, TiO2 vacancies
+        # and hydroxyls were found far less reliably (docs/model.md).
+        SurfaceSettings(name="ge001", nm_per_px=0.1, size_nm=(15.0, 40.0), input_nm_per_px=(0.04, 0.1),
+                        export=False),
         SurfaceSettings(name="tio2-110", nm_per_px=0.1, size_nm=(12.0, 30.0), input_nm_per_px=(0.03, 0.1),
                         export=False),
     ]
