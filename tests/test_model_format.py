@@ -51,6 +51,25 @@ def test_head_equals_softmax_of_negative_squared_distances() -> None:
     np.testing.assert_allclose(out["probs"][0], expected, atol=1e-5)
 
 
+def test_head_is_stable_far_from_every_prototype_and_on_older_opsets() -> None:
+    # Squared distances of thousands over T = 0.7: a naive exp() under- or overflows.
+    protos = Prototypes(np.array([[0, 0, 0, 0], [1, 1, 0, 0], [-1, -1, 0, 0]], np.float32), (0, 1, 2), temperature=0.7)
+    x = np.full((1, 1, 5, 6), 300.0, np.float32)
+    x[0, 0, :, :3] = -300.0
+    probs = _run(attach_head(tiny_encoder(), protos), x)["probs"][0]
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-6)
+    assert (probs.argmax(axis=0)[:, 4:] == 1).all() and (probs.argmax(axis=0)[:, :2] == 2).all()
+    # Opset 17 has no axes input for ReduceMax: the head uses the attribute form there.
+    old = tiny_encoder()
+    old.opset_import[0].version = 17
+    model = attach_head(old, protos)
+    onnx.checker.check_model(model, full_check=True)
+    x = np.random.default_rng(2).normal(size=(1, 1, 7, 8)).astype(np.float32)
+    expected = _run(attach_head(tiny_encoder(), protos), x)["probs"]
+    np.testing.assert_allclose(_run(model, x)["probs"], expected, atol=1e-6)
+
+
 def test_replacing_the_head_keeps_the_encoder() -> None:
     model = attach_head(tiny_encoder(), bright_dark_prototypes())
     assert has_head(model)

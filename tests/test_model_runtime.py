@@ -13,6 +13,7 @@ from stm_live.cli import main
 from stm_live.errors import ModelError
 from stm_live.frame import Frame
 from stm_live.io import write_sxm
+from stm_live.model.instances import class_map_from_probs
 from stm_live.model.runtime import SegmentationModel, result_record, select_providers
 
 
@@ -145,3 +146,14 @@ def test_segment_command_json_and_mask(capsys: pytest.CaptureFixture[str], tmp_p
     assert {d["class"] for d in lines[0]["detections"]} == {"bright", "dark"}
     mask = np.load(masks / "scan.mask.npy", allow_pickle=False)
     assert mask.shape == (96, 128) and mask.dtype == np.uint8 and mask[20, 30] == 1
+
+
+def test_class_map_is_the_argmax_of_the_probabilities_ties_to_the_lower_class() -> None:
+    rng = np.random.default_rng(5)
+    probs = rng.random((4, 37, 53)).astype(np.float32)
+    probs[:, :5, :5] = 0.25  # four-way ties
+    probs[2, 10:12, :] = probs[1, 10:12, :]  # two-way ties between classes 1 and 2
+    out = class_map_from_probs(probs)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, probs.argmax(axis=0))
+    assert (out[:5, :5] == 0).all()

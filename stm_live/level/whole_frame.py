@@ -117,10 +117,12 @@ def fit_surface(z: np.ndarray, valid: np.ndarray, degree: int) -> np.ndarray:
     xp = np.vander(_coords(cols), 2 * dx + 1, increasing=True)
     yp = np.vander(_coords(rows), 2 * dy + 1, increasing=True)
     w = valid.astype(np.float64)
-    # einsum's own loops rather than a multi-threaded BLAS (see linefit.evaluate_rows).
-    moments = yp.T @ np.einsum("rc,ci->ri", w, xp)  # moments[j, i] = sum of w y^j x^i
+    # einsum's own loops rather than a multi-threaded BLAS (see linefit.evaluate_rows),
+    # with the contracted axis contiguous in both operands (vectorised dot products).
+    xpt = np.ascontiguousarray(xp.T)
+    moments = yp.T @ np.einsum("rc,ic->ri", w, xpt)  # moments[j, i] = sum of w y^j x^i
     w *= z
-    proj = yp[:, : dy + 1].T @ np.einsum("rc,ci->ri", w, xp[:, : dx + 1])
+    proj = yp[:, : dy + 1].T @ np.einsum("rc,ic->ri", w, xpt[: dx + 1])
     gram = np.array([[moments[j + jj, i + ii] for (ii, jj) in terms] for (i, j) in terms])
     rhs = np.array([proj[j, i] for (i, j) in terms])
     coef, *_ = np.linalg.lstsq(gram, rhs, rcond=None)

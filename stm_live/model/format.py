@@ -15,9 +15,13 @@ each labelled with a class; background may have several), a pixel's
 prototype logits are ``-||e - p_m||^2 / T``. Because softmax ignores terms
 constant per pixel, ``-||e||^2`` can be dropped, which makes the head a 1x1
 convolution with weight ``2 p_m / T`` and bias ``-||p_m||^2 / T``, followed by
-a softmax over prototypes and a fixed 1x1 convolution that sums the
-probabilities of each class's prototypes. Adapting to a new surface replaces
-these three initializers and the metadata; the encoder is untouched.
+a softmax over prototypes whose probabilities are summed per class. The softmax
+is spelled out (max, subtract, exp, then a fixed 1x1 convolution that sums each
+class's exponentials, divided by their total): onnxruntime's ``Softmax`` over
+the channel axis of an ``NCHW`` tensor transposes it twice and took 65 ms of a
+110 ms 512 x 512 run, the spelled-out form takes 4 ms. Adapting to a new
+surface replaces the three initializers and the metadata; the encoder is
+untouched.
 
 Metadata (``metadata_props``, JSON values under ``stm_live.*`` keys) carries
 everything the runtime needs: class names, pixel size, normalisation,
@@ -290,25 +294,38 @@ def attach_head(model: onnx.ModelProto, prototypes: Prototypes) -> onnx.ModelPro
     assign = np.zeros((n_classes, len(p), 1, 1), np.float32)
     for m, label in enumerate(prototypes.labels):
         assign[label, m] = 1.0
-    names = {k: HEAD_PREFIX + k for k in ("weight", "bias", "assign", "logits", "proto_probs")}
+    keys = ("weight", "bias", "assign", "axes", "logits", "max", "shifted", "exp", "class_exp", "total")
+    names = {k: HEAD_PREFIX + k for k in keys}
     graph = base.graph
     graph.initializer.extend(
         [
             numpy_helper.from_array(weight, names["weight"]),
             numpy_helper.from_array(bias, names["bias"]),
             numpy_helper.from_array(assign, names["assign"]),
+            numpy_helper.from_array(np.array([1], np.int64), names["axes"]),
         ]
     )
+
+    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> onnx.NodeProto:
+        return helper.make_node(op, inputs, [names.get(output, output)], name=HEAD_PREFIX + output, **attrs)
+
+    def reduce(op: str, source: str, output: str, axes_input_since: int) -> onnx.NodeProto:
+        # the reduction axis became an input (opset 13 for ReduceSum, 18 for ReduceMax)
+        if opset >= axes_input_since:
+            return node(op, [names[source], names["axes"]], output, keepdims=1)
+        return node(op, [names[source]], output, axes=[1], keepdims=1)
+
+    opset = next((o.version for o in base.opset_import if o.domain in ("", "ai.onnx")), 18)
+    # softmax over prototypes, summed per class (see the module description for why spelled out)
     graph.node.extend(
         [
-            helper.make_node(
-                "Conv", [EMBEDDING_NAME, names["weight"], names["bias"]], [names["logits"]],
-                name=HEAD_PREFIX + "conv",
-            ),
-            helper.make_node(
-                "Softmax", [names["logits"]], [names["proto_probs"]], axis=1, name=HEAD_PREFIX + "softmax"
-            ),
-            helper.make_node("Conv", [names["proto_probs"], names["assign"]], [PROBS_NAME], name=HEAD_PREFIX + "sum"),
+            node("Conv", [EMBEDDING_NAME, names["weight"], names["bias"]], "logits"),
+            reduce("ReduceMax", "logits", "max", 18),
+            node("Sub", [names["logits"], names["max"]], "shifted"),
+            node("Exp", [names["shifted"]], "exp"),
+            node("Conv", [names["exp"], names["assign"]], "class_exp"),
+            reduce("ReduceSum", "class_exp", "total", 13),
+            node("Div", [names["class_exp"], names["total"]], PROBS_NAME),
         ]
     )
     graph.output.append(helper.make_tensor_value_info(PROBS_NAME, TensorProto.FLOAT, ["N", n_classes, "H", "W"]))

@@ -16,9 +16,30 @@ from scipy import ndimage
 
 from ..frame import Detection
 
-__all__ = ["find_instances"]
+__all__ = ["class_map_from_probs", "find_instances"]
 
 _EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def class_map_from_probs(probs: np.ndarray) -> np.ndarray:
+    """``probs.argmax(axis=0)`` as uint8: the most probable class of each pixel.
+
+    A running maximum over the few class planes, each a contiguous image:
+    about 1.5x faster than ``argmax`` over the first axis of a ``(1 + C, H, W)``
+    array, which walks it with a stride of a whole plane. Ties go to the
+    lower class, as with ``argmax``.
+
+    >>> class_map_from_probs(np.array([[[0.6, 0.2]], [[0.4, 0.8]]])).tolist()
+    [[0, 1]]
+    """
+    best = probs[0].copy()
+    out = np.zeros(best.shape, np.uint8)
+    higher = np.empty(best.shape, bool)
+    for k in range(1, probs.shape[0]):
+        np.greater(probs[k], best, out=higher)
+        np.copyto(out, np.uint8(k), where=higher)
+        np.maximum(best, probs[k], out=best)
+    return out
 
 
 def find_instances(

@@ -31,7 +31,7 @@ import numpy as np
 from ..frame import Segmentation
 from ..level.prepare import resampling_taps, robust_stats
 from .format import PROBS_NAME
-from .instances import find_instances
+from .instances import class_map_from_probs, find_instances
 from .prepare import to_image_grid
 from .runtime import SegmentationModel
 
@@ -193,7 +193,7 @@ class LiveSegmenter:
         self._probs[:, keep_lo:keep_hi] = probs[:, keep_lo - lo : keep_hi - lo]
         self._done_model = done
         region = self._probs[:, lo_all:hi_all]
-        class_map = region.argmax(axis=0).astype(np.uint8)
+        class_map = class_map_from_probs(region)
         pitch = self.model.info.nm_per_px
         detections = find_instances(
             class_map,

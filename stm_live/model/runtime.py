@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import ModelError
 from ..frame import Detection, Frame, Segmentation
 from .format import EMBEDDING_NAME, INPUT_NAME, PROBS_NAME, ModelInfo, has_head, load_onnx, read_info
-from .instances import find_instances
+from .instances import class_map_from_probs, find_instances
 from .prepare import level_for_model, prepare_image, to_image_grid
 
 __all__ = ["DEFAULT_MODEL", "SegmentationModel", "bundled_model_path", "result_record", "select_providers"]
@@ -302,7 +302,7 @@ class SegmentationModel:
         min_score: float | None,
         min_area_nm2: float | None,
     ) -> tuple[list[Detection], np.ndarray]:
-        class_map = probs.argmax(axis=0).astype(np.uint8)
+        class_map = class_map_from_probs(probs)
         # The model grid has exactly the model's pitch, from the image's top-left corner.
         px_x = px_y = self.info.nm_per_px
         scores, areas = self.thresholds(min_score, min_area_nm2)
