@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -784,6 +785,9 @@ def test_demo_runs_the_main_job_and_says_where_the_results_are(
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "demo-0000 finished (complete, 64 lines)" in out and "demo-0001 finished" in out
-    assert "line   16/64" in out
+    # Summaries come at the first partial at or past every 16th line; at 2 ms per line the
+    # daemon may coalesce lines, so that partial can be line 17 or 18 rather than 16.
+    seen = [int(n) for n in re.findall(r"demo-0000  line\s+(\d+)/64", out)]
+    assert seen and 16 <= seen[0] < 32 and seen == sorted(seen), out
     assert f"results in {results}" in out and "overlay of demo-0001" in out
     assert len(list((results / "frames").glob("demo-*.png"))) == 2
