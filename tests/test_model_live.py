@@ -10,6 +10,7 @@ from tiny_models import bumps_image, write_tiny_model
 
 from stm_live.frame import Frame
 from stm_live.level import level_frame
+from stm_live.model.instances import class_map_from_probs, find_instances
 from stm_live.model.live import LiveSegmenter
 from stm_live.model.runtime import SegmentationModel
 
@@ -89,3 +90,78 @@ def test_no_lines_yet_gives_an_empty_result(model: SegmentationModel) -> None:
     assert seg.rows_done == 0 and not seg.detections and not seg.class_map.any()
     live.add_row(0, np.full(64, np.nan))  # a line with no data changes nothing
     assert live.segment().rows_done == 0
+
+
+def _search_all(live: LiveSegmenter) -> list:
+    """Detections from a fresh search over every acquired model row of ``live``'s own probabilities."""
+    done = live._done_model
+    rows = slice(live.h - done, live.h) if live.up else slice(0, done)
+    probs = live._probs[:, rows]
+    pitch = live.model.info.nm_per_px
+    return find_instances(
+        class_map_from_probs(probs), probs, live.model.classes, nm_per_px=(pitch, pitch),
+        min_score=live.min_score, min_area_nm2=live.min_area_nm2, row_offset=rows.start,
+        merge_within_nm=live.model.info.detection.get("merge_within_nm", 0.0),
+    )
+
+
+def _assert_same(live_dets, fresh) -> None:
+    assert len(live_dets) == len(fresh)
+    for a, b in zip(live_dets, fresh, strict=True):
+        assert (a.id, a.class_name) == (b.id, b.class_name)
+        assert a.x_nm == pytest.approx(b.x_nm, abs=1e-9) and a.y_nm == pytest.approx(b.y_nm, abs=1e-9)
+        assert a.area_nm2 == pytest.approx(b.area_nm2) and a.score == pytest.approx(b.score)
+
+
+def _crowded_scan() -> tuple[Frame, np.ndarray]:
+    # Many features, some pairs closer than the merge distance, some tall
+    # enough to span several lines of context.
+    rng = np.random.default_rng(3)
+    bright = [(int(r), int(c)) for r, c in rng.integers(4, 124, size=(40, 2))]
+    dark = [(int(r), int(c)) for r, c in rng.integers(4, 124, size=(25, 2))]
+    bright += [(70, 60), (73, 63), (30, 10), (30, 14)]
+    data = bumps_image((128, 128), bright, dark) * 1e-10
+    frame = Frame(data, 12.8e-9, 12.8e-9)
+    return frame, level_frame(frame.data, method="plane")
+
+
+@pytest.mark.parametrize("direction", ["down", "up"])
+@pytest.mark.parametrize("merge_nm", [0.0, 1.0])
+def test_incremental_instance_search_equals_a_search_of_all_rows(
+    tmp_path: Path, direction: str, merge_nm: float
+) -> None:
+    # The live path searches only from the oldest feature that can still
+    # change; at every line its result must equal a fresh search of every row.
+    detection = {"merge_within_nm": merge_nm} if merge_nm else None
+    write_tiny_model(tmp_path / "m.onnx", nm_per_px=0.1, detection=detection)
+    model = SegmentationModel(tmp_path / "m.onnx", provider="cpu")
+    frame, levelled = _crowded_scan()
+    live = LiveSegmenter(model, rows=frame.rows, cols=frame.cols, nm_per_px=frame.nm_per_px,
+                         scan_direction=direction, freeze_rows=8)
+    order = range(frame.rows) if direction == "down" else range(frame.rows - 1, -1, -1)
+    searched = []
+    for row in order:
+        live.add_row(row, levelled[row])
+        seg = live.segment()
+        _assert_same(seg.detections, _search_all(live))
+        searched.append(live._done_model - live._search_from)
+    assert len(seg.detections) >= 40
+    # The search no longer covers the whole frame once features behind the front are final.
+    assert max(searched[-30:]) < frame.rows // 2
+
+
+def test_incremental_instance_search_with_the_bundled_model() -> None:
+    from stm_live.model.runtime import bundled_model_path
+    from stm_live.sim import simulate_scan
+
+    model = SegmentationModel(bundled_model_path(), provider="cpu")
+    scan = simulate_scan("si001-ash3", size_nm=16.0, pixels=160, seed=7)
+    frame = scan.frame("Z", "forward")
+    levelled = level_frame(frame.data, method="plane")
+    live = LiveSegmenter(model, rows=frame.rows, cols=frame.cols, nm_per_px=frame.nm_per_px)
+    for row in range(frame.rows):
+        live.add_row(row, levelled[row])
+        if row % 3 == 2 or row == frame.rows - 1:
+            seg = live.segment()
+            _assert_same(seg.detections, _search_all(live))
+    assert len(seg.detections) >= 5

@@ -9,6 +9,7 @@ runs like any other.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -47,7 +48,9 @@ def bright_dark_prototypes() -> Prototypes:
     return Prototypes(vectors, (0, 1, 2), temperature=4.0)
 
 
-def write_tiny_model(path: Path, *, nm_per_px: float = 0.2, head: bool = True) -> ModelInfo:
+def write_tiny_model(
+    path: Path, *, nm_per_px: float = 0.2, head: bool = True, detection: dict[str, Any] | None = None
+) -> ModelInfo:
     info = ModelInfo(
         name="tiny-bright-dark",
         classes=("bright", "dark"),
@@ -57,6 +60,7 @@ def write_tiny_model(path: Path, *, nm_per_px: float = 0.2, head: bool = True) -
         levelling={"method": "plane"},
         surface="test",
         prototypes=bright_dark_prototypes() if head else None,
+        detection=detection or {},
     )
     model = tiny_encoder()
     if head:

@@ -10,13 +10,16 @@ probability over the region.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from ..frame import Detection
 
-__all__ = ["class_map_from_probs", "find_instances"]
+__all__ = [
+    "Feature", "Regions", "class_map_from_probs", "class_regions", "find_instances", "number_features", "per_class",
+]
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -95,48 +98,131 @@ def find_instances(
     """
     if class_map.ndim != 2 or probs.shape[1:] != class_map.shape:
         raise ValueError(f"class map {class_map.shape} and probabilities {probs.shape} do not match")
-    px_x, px_y = nm_per_px
-    px_area = px_x * px_y
-    found: list[tuple[float, float, str, float, float]] = []
+    found: list[Feature] = []
     for k in range(1, len(classes) + 1):
         name = classes[k - 1]
-        member = class_map == k
-        labels, n = ndimage.label(member, structure=_EIGHT)
-        if not n:
+        regions = class_regions(class_map, probs, k, nm_per_px=nm_per_px, row_offset=row_offset)
+        if regions is None:
             continue
-        # Per-region sums over the class's pixels only (a few percent of the image);
-        # nonzero() of the bool mask is several times faster than of the labels.
-        rows, cols = np.nonzero(member)
-        region = labels[rows, cols] - 1
-        own = probs[k, rows, cols].astype(np.float64)
-        counts = np.bincount(region, minlength=n).astype(np.float64)
-        mass = np.bincount(region, weights=own, minlength=n)
-        safe = np.maximum(mass, 1e-12)
-        y_nm = (np.bincount(region, weights=own * rows, minlength=n) / safe + 0.5 + row_offset) * px_y
-        x_nm = (np.bincount(region, weights=own * cols, minlength=n) / safe + 0.5) * px_x
-        # Regions closer than `merge` are one feature: pool their sums.
-        merge = _per_class(merge_within_nm, name)
-        group = _close_groups(x_nm, y_nm, merge) if merge > 0 else np.arange(n)
-        n_px = np.bincount(group, weights=counts)
-        weight = np.bincount(group, weights=mass)
-        total = np.maximum(weight, 1e-12)
-        gy = np.bincount(group, weights=y_nm * mass) / total
-        gx = np.bincount(group, weights=x_nm * mass) / total
-        area = n_px * px_area
-        score = weight / n_px
-        keep = (n_px >= min_pixels) & (area >= _per_class(min_area_nm2, name)) & (score >= _per_class(min_score, name))
         found.extend(
-            (float(y), float(x), name, float(a), float(sc))
-            for y, x, a, sc in zip(gy[keep], gx[keep], area[keep], score[keep], strict=True)
+            regions.features(
+                name,
+                regions.groups(per_class(merge_within_nm, name)),
+                min_pixels=min_pixels,
+                min_area_nm2=per_class(min_area_nm2, name),
+                min_score=per_class(min_score, name),
+            )
         )
-    found.sort(key=lambda t: (round(t[0], 6), t[1]))
+    return number_features(found)
+
+
+#: One feature before numbering: ``(y_nm, x_nm, class, area_nm2, score)``.
+Feature = tuple[float, float, str, float, float]
+
+
+def number_features(found: list[Feature]) -> list[Detection]:
+    """Detections from features, sorted top to bottom then left to right, ``id`` numbering them."""
+    found = sorted(found, key=lambda t: (round(t[0], 6), t[1]))
     return [
         Detection(class_name=name, x_nm=float(x), y_nm=float(y), area_nm2=area, score=score, id=i)
         for i, (y, x, name, area, score) in enumerate(found)
     ]
 
 
-def _per_class(value: float | Mapping[str, float], name: str) -> float:
+@dataclass(frozen=True)
+class Regions:
+    """The connected regions (8-connected) of one class, as per-region arrays.
+
+    ``x_nm`` / ``y_nm`` are probability-weighted centroids (``y`` counted from
+    the top of the larger image when the map is a strip, see
+    :func:`class_regions`); ``first_row`` / ``last_row`` (grid rows, with the
+    same offset) and ``labels`` (the map's label image, region ``i`` labelled
+    ``i + 1``) are filled only when asked for.
+    """
+
+    counts: np.ndarray
+    mass: np.ndarray
+    x_nm: np.ndarray
+    y_nm: np.ndarray
+    px_area: float
+    first_row: np.ndarray | None = None
+    last_row: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    def groups(self, merge_within_nm: float) -> np.ndarray:
+        """Group number of each region: regions whose centres are closer than ``merge_within_nm`` share one."""
+        if merge_within_nm > 0:
+            return _close_groups(self.x_nm, self.y_nm, merge_within_nm)
+        return np.arange(len(self.counts))
+
+    def features(
+        self,
+        name: str,
+        group: np.ndarray,
+        *,
+        min_pixels: int,
+        min_area_nm2: float,
+        min_score: float,
+        select: np.ndarray | None = None,
+    ) -> list[Feature]:
+        """One feature per group (regions pooled), filtered; ``select`` (bool per group) keeps only those groups."""
+        n_px = np.bincount(group, weights=self.counts)
+        weight = np.bincount(group, weights=self.mass)
+        total = np.maximum(weight, 1e-12)
+        gy = np.bincount(group, weights=self.y_nm * self.mass) / total
+        gx = np.bincount(group, weights=self.x_nm * self.mass) / total
+        area = n_px * self.px_area
+        score = weight / n_px
+        keep = (n_px >= min_pixels) & (area >= min_area_nm2) & (score >= min_score)
+        if select is not None:
+            keep &= select
+        return [
+            (float(y), float(x), name, float(a), float(sc))
+            for y, x, a, sc in zip(gy[keep], gx[keep], area[keep], score[keep], strict=True)
+        ]
+
+
+def class_regions(
+    class_map: np.ndarray,
+    probs: np.ndarray,
+    k: int,
+    *,
+    nm_per_px: tuple[float, float],
+    row_offset: int = 0,
+    extents: bool = False,
+) -> Regions | None:
+    """The regions of class ``k`` in ``class_map`` (None when there are none).
+
+    ``row_offset`` is the grid row of the map's first row (a strip of a
+    larger image); ``extents`` also fills each region's first and last row,
+    and the label image.
+    """
+    member = class_map == k
+    labels, n = ndimage.label(member, structure=_EIGHT)
+    if not n:
+        return None
+    px_x, px_y = nm_per_px
+    # Per-region sums over the class's pixels only (a few percent of the image);
+    # nonzero() of the bool mask is several times faster than of the labels.
+    rows, cols = np.nonzero(member)
+    region = labels[rows, cols] - 1
+    own = probs[k, rows, cols].astype(np.float64)
+    counts = np.bincount(region, minlength=n).astype(np.float64)
+    mass = np.bincount(region, weights=own, minlength=n)
+    safe = np.maximum(mass, 1e-12)
+    y_nm = (np.bincount(region, weights=own * rows, minlength=n) / safe + 0.5 + row_offset) * px_y
+    x_nm = (np.bincount(region, weights=own * cols, minlength=n) / safe + 0.5) * px_x
+    first = last = None
+    if extents:
+        kept = labels
+        boxes = ndimage.find_objects(labels)
+        first = np.array([b[0].start for b in boxes], np.int64) + row_offset
+        last = np.array([b[0].stop - 1 for b in boxes], np.int64) + row_offset
+    return Regions(counts, mass, x_nm, y_nm, px_x * px_y, first, last, kept if extents else None)
+
+
+def per_class(value: float | Mapping[str, float], name: str) -> float:
+    """``value[name]`` (0 when absent) for a per-class mapping, ``value`` itself otherwise."""
     return float(value.get(name, 0.0)) if isinstance(value, Mapping) else float(value)
 
 

@@ -14,7 +14,11 @@ Work per call is bounded by the receptive field, not the frame:
   acquisition front to the front, its start aligned to the encoder's
   pooling grid, so results inside the window equal a whole-frame run; rows
   more than ``context`` behind the front are final, the rest provisional;
-* detections are recomputed on the cached class map of the acquired rows.
+* detections are searched for only from the oldest feature that can still
+  change to the front: a feature is final once its rows, and the rows a
+  feature it could merge with would need, are final. The result equals a
+  search over all acquired rows (``tests/test_model_live.py``), and the work
+  per line no longer grows with the rows acquired.
 
 Normalisation statistics are taken from the rows acquired so far and frozen
 once ``freeze_rows`` model rows exist (a stable contrast for the rest of the
@@ -28,10 +32,10 @@ import time
 
 import numpy as np
 
-from ..frame import Segmentation
+from ..frame import Detection, Segmentation
 from ..level.prepare import resampling_taps, robust_stats
 from .format import PROBS_NAME
-from .instances import class_map_from_probs, find_instances
+from .instances import Feature, class_map_from_probs, class_regions, number_features, per_class
 from .prepare import to_image_grid
 from .runtime import SegmentationModel
 
@@ -94,6 +98,12 @@ class LiveSegmenter:
         self._colres = np.zeros((rows, self.w), np.float32)  # lines resampled along x
         self._have = np.zeros(rows, bool)
         self._probs = np.zeros((n_out, self.h, self.w), np.float32)
+        self._class_map = np.zeros((self.h, self.w), np.uint8)
+        self._claimed = np.zeros((self.h, self.w), bool)  # pixels of final features
+        # Instances: features that can no longer change (y counted in scan order,
+        # from the start edge), and the scan-order model row the search starts at.
+        self._final: list[Feature] = []
+        self._search_from = 0
         self._done_model = 0  # model rows with final-or-provisional output, counted from the start edge
         self._stats: tuple[float, float] | None = None
         self._frozen = False
@@ -191,24 +201,12 @@ class LiveSegmenter:
         else:
             keep_lo, keep_hi = (lo if lo == 0 else lo + self.context), hi
         self._probs[:, keep_lo:keep_hi] = probs[:, keep_lo - lo : keep_hi - lo]
+        self._class_map[keep_lo:keep_hi] = class_map_from_probs(self._probs[:, keep_lo:keep_hi])
         self._done_model = done
-        region = self._probs[:, lo_all:hi_all]
-        class_map = class_map_from_probs(region)
-        pitch = self.model.info.nm_per_px
-        detections = find_instances(
-            class_map,
-            region,
-            self.model.classes,
-            nm_per_px=(pitch, pitch),
-            min_score=self.min_score,
-            min_area_nm2=self.min_area_nm2,
-            row_offset=lo_all,
-            merge_within_nm=self.model.info.detection.get("merge_within_nm", 0.0),
-        )
+        detections = self._instances(done)
         t4 = time.perf_counter()
-        full_model = np.zeros((self.h, self.w), np.uint8)
-        full_model[lo_all:hi_all] = class_map
-        full = to_image_grid(full_model, (self.rows, self.cols), nm_per_px=self.nm_per_px, target_nm_per_px=pitch)
+        full = to_image_grid(self._class_map, (self.rows, self.cols), nm_per_px=self.nm_per_px,
+                             target_nm_per_px=self.model.info.nm_per_px)
         acquired_rows = self.rows_done
         if self.up:
             full[: self.rows - acquired_rows] = 0
@@ -218,6 +216,76 @@ class LiveSegmenter:
         timings = {"prepare": (t2 - t1) * 1e3, "infer": (t3 - t2) * 1e3, "instances": (t4 - t3) * 1e3,
                    "map": (t5 - t4) * 1e3}
         return self._result(full, tuple(detections), t0, timings)
+
+    def _open_from(self) -> int:
+        """Scan-order model row from which later calls may still rewrite probabilities.
+
+        Mirrors the window of :meth:`segment` for the next call (rows before
+        it are final, and the window only moves forward); 0 while the
+        normalisation statistics are not frozen, since every call then
+        recomputes everything.
+        """
+        if not self._frozen:
+            return 0
+        behind = max(0, max(0, self._done_model - self.context) - self.context)
+        if not self.up:
+            behind -= behind % _POOL_ALIGN
+        return behind + self.context if behind > 0 else 0
+
+    def _instances(self, done: int) -> list[Detection]:
+        """Detections in the ``done`` acquired model rows: cached final features plus a search of the rest.
+
+        The search covers scan-order rows from ``self._search_from`` to the
+        front, leaving out the pixels of final features. A region is closed
+        when it ends before the row before the first row that can still
+        change: it cannot grow, and its centre is fixed. A group of regions
+        (one feature, merged or not) is final when all its regions are
+        closed and, when its class merges features, every centre is at least
+        the merge distance before the first row a region of the class that
+        is not closed, or not yet seen, can reach: it cannot merge again
+        (closed regions of other groups are already farther than that).
+        The next search starts at the first row of any region not final.
+        """
+        pitch = self.model.info.nm_per_px
+        start = self._search_from
+        strip = slice(self.h - done, self.h - start) if self.up else slice(start, done)
+        flip = slice(None, None, -1 if self.up else 1)
+        claimed = self._claimed[strip][flip]  # a view: final pixels are marked through it
+        class_map = np.where(claimed, np.uint8(0), self._class_map[strip][flip])
+        probs = self._probs[:, strip][:, flip]
+        open_from = self._open_from()
+        next_from = open_from
+        current: list[Feature] = []
+        for k, name in enumerate(self.model.classes, start=1):
+            regions = class_regions(class_map, probs, k, nm_per_px=(pitch, pitch), row_offset=start, extents=True)
+            if regions is None:
+                continue
+            assert regions.first_row is not None and regions.last_row is not None and regions.labels is not None
+            within = per_class(self.model.info.detection.get("merge_within_nm", 0.0), name)
+            group = regions.groups(within)
+            closed = regions.last_row < open_from - 1
+            final = np.ones(int(group.max()) + 1, bool)
+            np.logical_and.at(final, group, closed)
+            if within > 0:
+                # Centres of regions that can still change lie at or after the first row they occupy.
+                moving_from = min([open_from, *regions.first_row[~closed].tolist()])
+                np.logical_and.at(final, group, regions.y_nm < (moving_from + 0.5) * pitch - within - 1e-9)
+            non_final = ~final[group]
+            if non_final.any():
+                next_from = min(next_from, int(regions.first_row[non_final].min()))
+            min_area, min_score = per_class(self.min_area_nm2, name), per_class(self.min_score, name)
+            for target, select in ((self._final, final), (current, ~final)):
+                target.extend(regions.features(name, group, select=select, min_pixels=2,
+                                               min_area_nm2=min_area, min_score=min_score))
+            done_regions = np.flatnonzero(final[group])
+            if len(done_regions):
+                claimed[np.isin(regions.labels, done_regions + 1)] = True
+        self._search_from = next_from
+        every = self._final + current
+        if self.up:
+            height = self.h * pitch
+            every = [(height - y, x, name, area, score) for y, x, name, area, score in every]
+        return number_features(every)
 
     def _result(self, class_map: np.ndarray, detections: tuple, t0: float, timings: dict[str, float]) -> Segmentation:
         timings = {**timings, "total": (time.perf_counter() - t0) * 1e3}
