@@ -12,6 +12,7 @@ from stm_live.frame import Frame
 from stm_live.level import level_frame
 from stm_live.model.instances import class_map_from_probs, find_instances
 from stm_live.model.live import LiveSegmenter
+from stm_live.model.prepare import to_image_grid
 from stm_live.model.runtime import SegmentationModel
 
 BRIGHT = [(12, 30), (60, 90), (100, 20)]
@@ -125,15 +126,28 @@ def _crowded_scan() -> tuple[Frame, np.ndarray]:
     return frame, level_frame(frame.data, method="plane")
 
 
+def _map_of_all_rows(live: LiveSegmenter) -> np.ndarray:
+    """The class map at the input grid, from the whole model-grid map, with unacquired rows blank."""
+    pitch = live.model.info.nm_per_px
+    full = to_image_grid(class_map_from_probs(live._probs), (live.rows, live.cols), nm_per_px=live.nm_per_px,
+                         target_nm_per_px=pitch)
+    if live.up:
+        full[: live.rows - live.rows_done] = 0
+    else:
+        full[live.rows_done :] = 0
+    return full
+
+
 @pytest.mark.parametrize("direction", ["down", "up"])
-@pytest.mark.parametrize("merge_nm", [0.0, 1.0])
+@pytest.mark.parametrize(("merge_nm", "model_pitch"), [(0.0, 0.1), (1.0, 0.1), (0.6, 0.2)])
 def test_incremental_instance_search_equals_a_search_of_all_rows(
-    tmp_path: Path, direction: str, merge_nm: float
+    tmp_path: Path, direction: str, merge_nm: float, model_pitch: float
 ) -> None:
     # The live path searches only from the oldest feature that can still
-    # change; at every line its result must equal a fresh search of every row.
+    # change, and updates the input-grid map only where it changed; at every
+    # line its result must equal a fresh search of every row and a fresh map.
     detection = {"merge_within_nm": merge_nm} if merge_nm else None
-    write_tiny_model(tmp_path / "m.onnx", nm_per_px=0.1, detection=detection)
+    write_tiny_model(tmp_path / "m.onnx", nm_per_px=model_pitch, detection=detection)
     model = SegmentationModel(tmp_path / "m.onnx", provider="cpu")
     frame, levelled = _crowded_scan()
     live = LiveSegmenter(model, rows=frame.rows, cols=frame.cols, nm_per_px=frame.nm_per_px,
@@ -144,10 +158,11 @@ def test_incremental_instance_search_equals_a_search_of_all_rows(
         live.add_row(row, levelled[row])
         seg = live.segment()
         _assert_same(seg.detections, _search_all(live))
+        assert np.array_equal(seg.class_map, _map_of_all_rows(live))
         searched.append(live._done_model - live._search_from)
-    assert len(seg.detections) >= 40
+    assert len(seg.detections) >= 25
     # The search no longer covers the whole frame once features behind the front are final.
-    assert max(searched[-30:]) < frame.rows // 2
+    assert max(searched[-20:]) < live.h // 2
 
 
 def test_incremental_instance_search_with_the_bundled_model() -> None:

@@ -36,7 +36,7 @@ from ..frame import Detection, Segmentation
 from ..level.prepare import resampling_taps, robust_stats
 from .format import PROBS_NAME
 from .instances import Feature, class_map_from_probs, class_regions, number_features, per_class
-from .prepare import to_image_grid
+from .prepare import grid_index
 from .runtime import SegmentationModel
 
 __all__ = ["LiveSegmenter"]
@@ -100,6 +100,11 @@ class LiveSegmenter:
         self._probs = np.zeros((n_out, self.h, self.w), np.float32)
         self._class_map = np.zeros((self.h, self.w), np.uint8)
         self._claimed = np.zeros((self.h, self.w), bool)  # pixels of final features
+        # The class map at the input grid (nearest model pixel, as to_image_grid), kept up to date.
+        self._image_row = grid_index(rows, self.h, pitch / self.nm_per_px[1])
+        self._image_col = grid_index(cols, self.w, pitch / self.nm_per_px[0])
+        self._full = np.zeros((rows, cols), np.uint8)
+        self._filled = np.zeros(rows, bool)
         # Instances: features that can no longer change (y counted in scan order,
         # from the start edge), and the scan-order model row the search starts at.
         self._final: list[Feature] = []
@@ -205,13 +210,15 @@ class LiveSegmenter:
         self._done_model = done
         detections = self._instances(done)
         t4 = time.perf_counter()
-        full = to_image_grid(self._class_map, (self.rows, self.cols), nm_per_px=self.nm_per_px,
-                             target_nm_per_px=self.model.info.nm_per_px)
-        acquired_rows = self.rows_done
-        if self.up:
-            full[: self.rows - acquired_rows] = 0
-        else:
-            full[acquired_rows:] = 0
+        # The class map at the input grid: only acquired rows, and of those only
+        # the ones whose model row was rewritten or that were not filled yet.
+        index = np.arange(self.rows)
+        acquired = index >= self.rows - self.rows_done if self.up else index < self.rows_done
+        rewritten = (self._image_row >= keep_lo) & (self._image_row < keep_hi)
+        update = acquired & (rewritten | ~self._filled)
+        self._full[update] = self._class_map[np.ix_(self._image_row[update], self._image_col)]
+        self._filled |= update
+        full = self._full.copy()
         t5 = time.perf_counter()
         timings = {"prepare": (t2 - t1) * 1e3, "infer": (t3 - t2) * 1e3, "instances": (t4 - t3) * 1e3,
                    "map": (t5 - t4) * 1e3}
