@@ -327,3 +327,20 @@ def test_ground_truth_invariants_hold_for_any_scan(
         assert scan.classes[scan.mask[r, c] - 1] == inst.class_name
     assert not (scan.mask[scan.step_mask] > 0).any()
     assert all(np.isfinite(f.data).all() for f in scan.frames)
+
+
+def test_random_surface_models_differ_by_seed_and_simulate() -> None:
+    from stm_live.sim import simulate_scan
+    from stm_live.sim.surfaces import random_surface_model
+
+    a, b = random_surface_model(1), random_surface_model(2)
+    assert random_surface_model(1) == a and a != b
+    for model in (a, b):
+        assert 3 <= len(model.classes) <= 5 and set(model.density_per_nm2) == set(model.classes)
+        scan = simulate_scan(model, size_nm=12.0, pixels=96, seed=4)
+        assert scan.classes == model.classes and scan.params["surface"] == "random"
+        # Every class is in the truth mask, and the mask's values are the class numbers.
+        assert set(np.unique(scan.mask).tolist()) <= set(range(len(model.classes) + 1))
+        assert len({i.class_name for i in scan.instances}) >= 2
+    with pytest.raises(ValueError, match="bias_v"):
+        simulate_scan(a, size_nm=12.0, pixels=96, seed=4, bias_v=1.0)

@@ -179,3 +179,31 @@ def test_ssl_weight_keeps_the_contrastive_loss_in_the_supervised_stage(tmp_path:
     assert len(supervised) == 4 and all("contrastive" in losses for losses in supervised)
     assert not any("contrastive" in losses for losses in plain_losses if "prototype" in losses)
     assert plain != mixed  # the extra loss changed the weights
+
+
+@pytest.mark.slow
+def test_random_surface_trains_the_encoder_with_episodes_from_one_frame(tmp_path: Path) -> None:
+    from stm_live.train.data import build_sets, random_classes, sample_batch
+    from stm_live.train.fit import fit
+
+    base = _tiny_settings(tmp_path, steps=6, ssl_steps=1)
+    random = SurfaceSettings(name="random", nm_per_px=0.1, frames=3, val_frames=1, size_nm=(8.0, 9.0),
+                             input_nm_per_px=(0.08, 0.1), export=False)
+    settings = base.model_copy(update={"surfaces": [base.surfaces[0], random]})
+    train, _ = build_sets(settings, progress=False)
+    assert train.classes["random"] == random_classes() == ("r1", "r2", "r3", "r4", "r5")
+    frames = train.of_surface("random")
+    assert len(frames) == 3 and all(int(train.masks[i].max()) >= 3 for i in frames)  # >= 3 classes each
+    # Every random-surface batch is made of crops of one frame (its classes mean nothing across frames).
+    rng = np.random.default_rng(0)
+    for step in (1, 3, 5):
+        batch = sample_batch(train, batch=6, crop=32, rng=rng, step=step)
+        assert train.surfaces[batch.surface] == "random"
+        present = set(np.unique(batch.y).tolist())
+        assert any(present <= set(np.unique(train.masks[i]).tolist()) for i in frames)
+    seen: list[dict[str, float]] = []
+    state = fit(settings, train, progress=False, on_step=lambda step, losses: seen.append(dict(losses)))
+    assert state.step == 7
+    random_steps = [losses for losses in seen if "random_episodic" in losses]
+    assert len(random_steps) == 3 and not any("prototype" in losses for losses in random_steps)
+    assert all(np.isfinite(losses["loss"]) for losses in seen)

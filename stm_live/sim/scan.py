@@ -261,7 +261,7 @@ def _check(name: str, value: Any, ok: bool, expected: str) -> None:
 
 
 def simulate_scan(
-    surface: str = "si001-ash3",
+    surface: str | SurfaceModel = "si001-ash3",
     *,
     size_nm: float = 50.0,
     pixels: int = 512,
@@ -284,8 +284,10 @@ def simulate_scan(
 
     Parameters
     ----------
-    surface : str
-        ``"si001-ash3"``, ``"ge001"`` or ``"tio2-110"`` (see :mod:`stm_live.sim.surfaces`).
+    surface : str or SurfaceModel
+        ``"si001-ash3"``, ``"ge001"`` or ``"tio2-110"`` (see :mod:`stm_live.sim.surfaces`),
+        or a surface model of one's own (``bias_v`` must then be None: the
+        model fixes it), such as :func:`~stm_live.sim.surfaces.random_surface_model`.
     size_nm : float
         Width = height of the square frame, nm. The physics is in nm; the
         pixel count only sets the sampling.
@@ -331,7 +333,9 @@ def simulate_scan(
     >>> scan.frame("Z").data.shape, scan.mask.dtype.name, scan.classes
     ((64, 64), 'uint8', ('AsH3', 'dangling_bond', 'dimer_vacancy'))
     """
-    _check("surface", surface, surface in SURFACES, f"one of {', '.join(SURFACES)}")
+    custom = isinstance(surface, SurfaceModel)
+    _check("surface", surface, custom or surface in SURFACES, f"one of {', '.join(SURFACES)}, or a SurfaceModel")
+    _check("bias_v", bias_v, not custom or bias_v is None, "None with a SurfaceModel (the model fixes the bias)")
     _check("size_nm", size_nm, isinstance(size_nm, int | float) and math.isfinite(size_nm) and size_nm > 0,
            "a positive length in nm")
     _check("pixels", pixels, isinstance(pixels, int | np.integer) and 8 <= pixels <= 8192, "an integer 8..8192")
@@ -345,7 +349,8 @@ def simulate_scan(
            "None or an integer 0..20")
     _check("tip_sigma_nm", tip_sigma_nm, tip_sigma_nm is None or (math.isfinite(tip_sigma_nm) and tip_sigma_nm > 0),
            "None or a positive width in nm")
-    model = surface_model(surface, bias_v=bias_v)
+    model = surface if isinstance(surface, SurfaceModel) else surface_model(surface, bias_v=bias_v)
+    surface = model.name
     if tip_sigma_nm is not None:
         model = _replace_tip(model, float(tip_sigma_nm))
     densities = dict(model.density_per_nm2)

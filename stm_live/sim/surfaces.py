@@ -69,6 +69,8 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .lattice import Atom, Cell
 
 __all__ = [
@@ -376,3 +378,74 @@ def surface_model(surface: str, *, bias_v: float | None = None) -> SurfaceModel:
     if not (math.isfinite(bias) and bias != 0):
         raise ValueError(f"bias_v must be a non-zero number of volts, got {bias_v!r}")
     return {"si001-ash3": _si001_ash3, "ge001": _ge001, "tio2-110": _tio2_110}[surface](bias)
+
+
+#: Name of the randomised training surface (:func:`random_surface_model`); not a real surface.
+RANDOM_SURFACE = "random"
+#: Most feature classes a random surface has; they are named ``r1`` .. ``r5``.
+RANDOM_MAX_CLASSES = 5
+
+
+def random_surface_model(seed: int) -> SurfaceModel:
+    """A randomised surface for training only: a random lattice and 3-5 random feature classes.
+
+    Domain randomisation for the encoder: every call draws a new row
+    lattice (period, atoms, corrugation), tip and step height, and new
+    classes ``r1`` .. ``rK``, each one or two kinds of one to three
+    (super-)Gaussian blobs, bright or dark, round or elongated, on a random
+    lattice site. A class means something only within one frame, so
+    training uses such frames for episodes (prototypes from part of a
+    frame classify the rest), never for fixed prototypes.
+
+    >>> m = random_surface_model(3)
+    >>> m.name, 3 <= len(m.classes) <= 5, m.classes[0]
+    ('random', True, 'r1')
+    """
+    rng = np.random.default_rng(seed)
+    row = float(rng.uniform(0.5, 1.0))
+    site = float(rng.uniform(0.28, 0.6))
+    atoms = tuple(
+        Atom(float(rng.uniform(-0.3, 0.3) * row), float(rng.uniform(-0.3, 0.3) * site), float(rng.uniform(0.3, 1.0)),
+             float(rng.uniform(0.1, 0.18)), float(rng.uniform(0.1, 0.18)))
+        for _ in range(int(rng.integers(1, 4)))
+    )
+    n_classes = int(rng.integers(3, RANDOM_MAX_CLASSES + 1))
+    classes = tuple(f"r{k + 1}" for k in range(n_classes))
+    kinds: list[FeatureKind] = []
+    for name in classes:
+        for j in range(int(rng.integers(1, 3))):
+            blobs = []
+            sign = 1.0 if rng.random() < 0.6 else -1.0
+            for _ in range(int(rng.integers(1, 4))):
+                su, sv = float(rng.uniform(0.15, 0.5)), float(rng.uniform(0.15, 0.5))
+                blobs.append(Blob(
+                    float(rng.uniform(-0.3, 0.3)), float(rng.uniform(-0.3, 0.3)),
+                    sign * float(rng.uniform(0.03, 0.22)) * (1.0 if rng.random() < 0.8 else -0.3),
+                    su, sv, power_u=int(rng.integers(1, 3)), power_v=int(rng.integers(1, 3)),
+                    flatten=float(rng.uniform(0.5, 1.0)) if sign < 0 and rng.random() < 0.5 else 0.0,
+                ))
+            reach_u = max(abs(b.du) + 1.3 * b.sigma_u for b in blobs)
+            reach_v = max(abs(b.dv) + 1.3 * b.sigma_v for b in blobs)
+            kinds.append(FeatureKind(
+                name, f"{name} kind {j + 1}", float(rng.uniform(0.3, 1.0)),
+                float(rng.choice([0.0, 0.25, 0.5]) * row), float(rng.choice([0.0, 0.5]) * site),
+                bool(rng.random() < 0.5),
+                tuple(blobs), float(np.clip(reach_u, 0.35, 1.2)), float(np.clip(reach_v, 0.35, 1.4)),
+            ))
+    return SurfaceModel(
+        name=RANDOM_SURFACE,
+        classes=classes,
+        bias_v=-2.0,
+        setpoint_a=50e-12,
+        cell=Cell(row, site, atoms),
+        corrugation_nm=float(rng.uniform(0.02, 0.1)),
+        row_period_nm=row,
+        site_period_nm=site,
+        step_height_nm=float(rng.uniform(0.1, 0.3)),
+        rotate_across_steps=bool(rng.random() < 0.5),
+        tip_sigma_nm=float(rng.uniform(0.08, 0.18)),
+        kinds=tuple(kinds) + _clutter(float(rng.uniform(0.5, 1.0))),
+        density_per_nm2={name: float(rng.uniform(0.006, 0.03)) for name in classes},
+        clutter_per_nm2=float(rng.uniform(0.0, 5e-4)),
+        step_count_weights=(0.4, 0.4, 0.2),
+    )

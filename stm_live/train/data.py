@@ -28,6 +28,7 @@ from ..model.prepare import (
     prepare_image,
     to_model_grid,
 )
+from ..sim.surfaces import RANDOM_MAX_CLASSES, RANDOM_SURFACE, random_surface_model
 from .settings import SurfaceSettings, TrainSettings
 
 if TYPE_CHECKING:
@@ -86,9 +87,9 @@ def simulate_prepared(
     pitch = float(rng.uniform(*surface.input_nm_per_px))
     pixels = int(np.clip(round(size_nm / pitch), 64, 1024))
     artefacts = _scaled_artefacts(Artefacts.realistic(), float(rng.uniform(0.0, 1.5)))
-    scan = simulate_scan(
-        surface.name, size_nm=size_nm, pixels=pixels, seed=int(rng.integers(2**31)), artefacts=artefacts
-    )
+    frame_seed = int(rng.integers(2**31))
+    model = random_surface_model(frame_seed) if surface.name == RANDOM_SURFACE else surface.name
+    scan = simulate_scan(model, size_nm=size_nm, pixels=pixels, seed=frame_seed, artefacts=artefacts)
     frame = scan.frame("Z", "forward")
     levelled = level_for_model(frame.data, DEFAULT_LEVELLING)
     image = prepare_image(
@@ -167,7 +168,8 @@ def build_split(settings: TrainSettings, split: str, *, progress: bool = True) -
         images.append(image)
         masks.append(mask)
         labels.append(k)
-        classes[s.name] = names
+        # Random surfaces name their classes r1..rK, K varying by frame: the set has them all.
+        classes[s.name] = random_classes() if s.name == RANDOM_SURFACE else names
     data = PreparedSet(
         tuple(images), tuple(masks), np.asarray(labels, np.int64), tuple(s.name for s in surfaces), classes, digest
     )
@@ -209,10 +211,18 @@ def _augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, crop
     return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y)
 
 
+def random_classes() -> tuple[str, ...]:
+    """The class names of the randomised training surface (``r1`` .. ``r5``)."""
+    return tuple(f"r{k + 1}" for k in range(RANDOM_MAX_CLASSES))
+
+
 def sample_batch(data: PreparedSet, *, batch: int, crop: int, rng: np.random.Generator, step: int) -> Crops:
     """One batch of augmented crops, all from one surface (surfaces take turns by ``step``)."""
     by_surface = [idx for idx in (data.of_surface(name) for name in data.surfaces) if idx]
     chosen = by_surface[step % len(by_surface)]
+    if data.surfaces[int(data.surface[chosen[0]])] == RANDOM_SURFACE:
+        # A random surface's classes mean something within one frame only: one frame per batch.
+        chosen = [int(rng.choice(chosen))]
     xs, ys = [], []
     for i in rng.choice(chosen, size=batch):
         x, y = _augment(data.images[i], data.masks[i], rng, crop)

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..sim.surfaces import RANDOM_SURFACE
 from .data import PreparedSet, sample_batch
 from .net import Encoder
 from .settings import TrainSettings
@@ -264,14 +265,20 @@ def fit(
             y = torch.from_numpy(batch.y)
             emb = encoder(x)
             n = bank.n_classes[batch.surface] + 1
-            logp = bank.class_logits(emb, batch.surface)
-            loss = F.nll_loss(logp, y, weight=_class_weights(y, n), ignore_index=IGNORE)
-            losses["prototype"] = loss.item()
-            if settings.episodic_weight > 0:
+            if train.surfaces[batch.surface] == RANDOM_SURFACE:
+                # Classes of a random surface hold within one frame only: episodes, no fixed prototypes.
                 epi = episodic_loss(emb, y, n)
-                if epi is not None:
-                    loss = loss + settings.episodic_weight * epi
-                    losses["episodic"] = epi.item()
+                loss = epi if epi is not None else (emb * 0.0).sum()
+                losses["random_episodic"] = loss.item()
+            else:
+                logp = bank.class_logits(emb, batch.surface)
+                loss = F.nll_loss(logp, y, weight=_class_weights(y, n), ignore_index=IGNORE)
+                losses["prototype"] = loss.item()
+                if settings.episodic_weight > 0:
+                    epi = episodic_loss(emb, y, n)
+                    if epi is not None:
+                        loss = loss + settings.episodic_weight * epi
+                        losses["episodic"] = epi.item()
             if settings.ssl_weight > 0:
                 half = max(2, settings.batch // 2)
                 extra = sample_batch(ssl_pool, batch=half, crop=settings.crop, rng=rng, step=step)
