@@ -16,10 +16,18 @@ in training) at the simulator's realistic artefact levels:
 These are our simulated surfaces, not the paper's real data sets; the numbers
 are not directly comparable with the paper's.
 
+3. ``pooled``: the same episodes for one surface and any encoders, over
+   several sets of held-out frames pooled (``--seeds``: one set of
+   ``--frames`` frames per seed) as well as per set: one draw of 6 frames
+   can be an easy or a hard one.
+
 Usage:
     python benchmarks/eval_model.py accuracy [--frames 10]
     python benchmarks/eval_model.py episodes [--train-loso] [--loso-steps 2000]
-Writes docs/accuracy.json / docs/episodes.json and prints markdown tables.
+    python benchmarks/eval_model.py pooled --encoder E.onnx [--encoder ...] [--surface si001-ash3]
+        [--seeds 30000 31000 32000] [--frames 6]
+Writes docs/accuracy.json / docs/episodes.json and prints markdown tables
+(``pooled`` prints only).
 """
 
 from __future__ import annotations
@@ -125,6 +133,42 @@ def episodes(seed: int, frames: int, train_loso: bool, loso_steps: int, runs: Pa
     return results
 
 
+def pooled(surface: str, encoders: list[Path], seeds: list[int], frames: int) -> dict:
+    """Episodes per set of frames and over all sets pooled, for each encoder."""
+    import numpy as np
+
+    from stm_live.model.evaluate import _simulated_items, instance_embeddings, run_episodes
+    from stm_live.model.prepare import to_model_grid
+
+    size, pixels, pitch = _geometry(own_runs=False)[surface]
+    out: dict[str, dict] = {}
+    print("| encoder | " + " | ".join(f"frames {s}" for s in seeds) + f" | {len(seeds) * frames} frames pooled |")
+    print("| --- |" + " --- |" * (len(seeds) + 1))
+    for path in encoders:
+        model = SegmentationModel(path, provider="cpu")
+        per_set = []
+        for seed in seeds:
+            vectors, classes = [], []
+            for _, scan, mask, _, _ in _simulated_items(surface, frames, seed, size, pixels):
+                frame = scan.frame("Z", "forward")
+                embedding, prepared = model.embed(frame, nm_per_px=pitch)
+                small = to_model_grid(mask, prepared.shape, nm_per_px=frame.nm_per_px, target_nm_per_px=pitch)
+                v, c = instance_embeddings(embedding, small)
+                vectors.append(v)
+                classes.append(c)
+            per_set.append((np.concatenate(vectors), np.concatenate(classes)))
+        sets = [*per_set, (np.concatenate([v for v, _ in per_set]), np.concatenate([c for _, c in per_set]))]
+        names = [str(s) for s in seeds] + ["pooled"]
+        # Episodes of a set drawn with its seed, as `evaluate_model` does; the pool's with the first.
+        row = {name: {f"{k}-shot": run_episodes(v, c, shots=k, episodes=100, seed=ep_seed).to_dict() for k in (1, 3)}
+               for name, ep_seed, (v, c) in zip(names, [*seeds, seeds[0]], sets, strict=True)}
+        out[str(path)] = {"id": model.id, **row}
+        cells = [f"{100 * r['1-shot']['accuracy_mean']:.1f} / {100 * r['3-shot']['accuracy_mean']:.1f} %"
+                 for r in row.values()]
+        print(f"| {path} [{model.id}] | " + " | ".join(cells) + " |", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -137,11 +181,18 @@ def main() -> None:
     e.add_argument("--train-loso", action="store_true", help="train missing leave-one-surface-out encoders")
     e.add_argument("--loso-steps", type=int, default=2000)
     e.add_argument("--runs", type=Path, default=REPO / "runs")
+    p = sub.add_parser("pooled")
+    p.add_argument("--encoder", type=Path, action="append", required=True)
+    p.add_argument("--surface", default="si001-ash3", choices=SURFACES)
+    p.add_argument("--seeds", type=int, nargs="+", default=[30_000, 31_000, 32_000])
+    p.add_argument("--frames", type=int, default=6)
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     if args.what == "accuracy":
         out = accuracy(args.frames, args.seed)
         (REPO / "docs" / "accuracy.json").write_text(json.dumps(out, indent=2))
+    elif args.what == "pooled":
+        pooled(args.surface, args.encoder, args.seeds, args.frames)
     else:
         out = episodes(args.seed, args.frames, args.train_loso, args.loso_steps, args.runs)
         (REPO / "docs" / "episodes.json").write_text(json.dumps(out, indent=2))
