@@ -74,10 +74,13 @@ import numpy as np
 from .lattice import Atom, Cell
 
 __all__ = [
+    "RANDOM_MAX_CLASSES",
+    "RANDOM_SURFACE",
     "SURFACES",
     "Blob",
     "FeatureKind",
     "SurfaceModel",
+    "random_surface_model",
     "surface_classes",
     "surface_model",
 ]
