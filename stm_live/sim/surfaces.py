@@ -74,6 +74,7 @@ import numpy as np
 from .lattice import Atom, Cell
 
 __all__ = [
+    "RANDOM_CLASSES",
     "RANDOM_MAX_CLASSES",
     "RANDOM_SURFACE",
     "SURFACES",
@@ -387,6 +388,8 @@ def surface_model(surface: str, *, bias_v: float | None = None) -> SurfaceModel:
 RANDOM_SURFACE = "random"
 #: Most feature classes a random surface has; they are named ``r1`` .. ``r5``.
 RANDOM_MAX_CLASSES = 5
+#: The class names of random surfaces: a surface with K classes has the first K.
+RANDOM_CLASSES: tuple[str, ...] = tuple(f"r{k + 1}" for k in range(RANDOM_MAX_CLASSES))
 
 
 def random_surface_model(seed: int) -> SurfaceModel:
@@ -413,7 +416,7 @@ def random_surface_model(seed: int) -> SurfaceModel:
         for _ in range(int(rng.integers(1, 4)))
     )
     n_classes = int(rng.integers(3, RANDOM_MAX_CLASSES + 1))
-    classes = tuple(f"r{k + 1}" for k in range(n_classes))
+    classes = RANDOM_CLASSES[:n_classes]
     kinds: list[FeatureKind] = []
     for name in classes:
         for j in range(int(rng.integers(1, 3))):

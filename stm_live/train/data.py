@@ -28,7 +28,7 @@ from ..model.prepare import (
     prepare_image,
     to_model_grid,
 )
-from ..sim.surfaces import RANDOM_MAX_CLASSES, RANDOM_SURFACE, random_surface_model
+from ..sim.surfaces import RANDOM_CLASSES, RANDOM_SURFACE, random_surface_model
 from .settings import SurfaceSettings, TrainSettings
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ def _augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, crop
 
 def random_classes() -> tuple[str, ...]:
     """The class names of the randomised training surface (``r1`` .. ``r5``)."""
-    return tuple(f"r{k + 1}" for k in range(RANDOM_MAX_CLASSES))
+    return RANDOM_CLASSES
 
 
 def sample_batch(data: PreparedSet, *, batch: int, crop: int, rng: np.random.Generator, step: int) -> Crops:
