@@ -22,13 +22,14 @@ import time
 
 import numpy as np
 
+from stm_live.frame import Frame
 from stm_live.level import LineLeveller
 from stm_live.model.live import LiveSegmenter
 from stm_live.model.runtime import SegmentationModel, bundled_model_path
 from stm_live.sim import simulate_scan
 
 
-def one_run(model: SegmentationModel, frame, seed: int) -> dict[str, float]:
+def one_run(model: SegmentationModel, frame: Frame) -> dict[str, float]:
     leveller = LineLeveller(frame.cols)
     live = LiveSegmenter(model, rows=frame.rows, cols=frame.cols, nm_per_px=frame.nm_per_px)
     per_line, stages = [], {"infer": [], "instances": [], "map": []}
@@ -62,7 +63,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {load:.2f}; model {model.name} "
           f"[{model.id}]; frame {frame.rows} x {frame.cols} px, every-line cadence")
-    results = [one_run(model, frame, seed) for seed in range(args.runs)]
+    results = [one_run(model, frame) for _ in range(args.runs)]
     for r in results:
         print("  run: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
