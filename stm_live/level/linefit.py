@@ -267,7 +267,8 @@ def masked_row_median(z: np.ndarray, valid: np.ndarray | None = None) -> np.ndar
     # blobs or whole rows) the middle of its valid part: one vectorised
     # partition instead of a sort or a loop over rows.
     filled = np.where(valid, z, _alternating_inf(cols))
-    med = np.partition(filled, k, axis=1)[:, k]
+    filled.partition(k, axis=1)  # in place: `filled` is ours (np.partition would copy it again)
+    med = filled[:, k].copy()
     bad = ~np.isfinite(med)
     if bad.any():
         # Rows almost entirely masked on one parity: exact, row by row.

@@ -2,10 +2,11 @@
 
 Three resolution levels (1, 1/2, 1/4) with two 3x3 convolutions each, and a
 light decoder that adds upsampled coarse features back (sums, not concats,
-to keep it cheap). With the default widths (16, 32, 64) the receptive field
-is 22 px each side (4.4 nm at 0.2 nm/px), enough to see a feature in the context of
-its dimer rows, and a 256 x 256 input runs in a few milliseconds in
-onnxruntime on two CPU cores (``benchmarks/bench_segment.py``).
+to keep it cheap). The receptive field is 22 px each side (2.2 nm at 0.1 nm/px),
+enough to see a feature in the context of its dimer rows. With the default
+training widths (8, 16, 32) a 500 x 500 input runs in about 30-40 ms in
+onnxruntime on two CPU cores (``benchmarks/bench_segment.py``); (16, 32, 64),
+this class's default and that of the bundled Ge and TiO2 models, takes 2-2.5x as long.
 
 Only the trainer imports this module (it needs torch).
 """
