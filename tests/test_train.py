@@ -16,9 +16,9 @@ from stm_live.train.net import Encoder, receptive_field_px  # noqa: E402
 from stm_live.train.settings import SurfaceSettings, TrainSettings, load_train_settings  # noqa: E402
 
 
-def _randomised_encoder(seed: int = 0) -> Encoder:
+def _randomised_encoder(seed: int = 0, *, hypercolumn: bool = False) -> Encoder:
     torch.manual_seed(seed)
-    enc = Encoder()
+    enc = Encoder(hypercolumn=hypercolumn)
     for m in enc.modules():  # non-trivial batch-norm statistics, as after training
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -26,8 +26,9 @@ def _randomised_encoder(seed: int = 0) -> Encoder:
     return enc.eval()
 
 
-def test_onnx_export_matches_torch(tmp_path: Path) -> None:
-    encoder = _randomised_encoder()
+@pytest.mark.parametrize("hypercolumn", [False, True])
+def test_onnx_export_matches_torch(tmp_path: Path, hypercolumn: bool) -> None:
+    encoder = _randomised_encoder(hypercolumn=hypercolumn)
     rng = np.random.default_rng(0)
     protos = Prototypes(rng.normal(size=(6, encoder.dim)).astype(np.float32), (0, 0, 0, 1, 2, 3), temperature=3.0)
     info = ModelInfo("parity", ("a", "b", "c"), 0.2, encoder.dim, context_px=receptive_field_px())
@@ -49,8 +50,9 @@ def test_onnx_export_matches_torch(tmp_path: Path) -> None:
         assert np.abs(out["probs"][0] - expected).max() <= 1e-4
 
 
-def test_receptive_field_matches_a_gradient_probe() -> None:
-    encoder = _randomised_encoder(1)
+@pytest.mark.parametrize("hypercolumn", [False, True])
+def test_receptive_field_matches_a_gradient_probe(hypercolumn: bool) -> None:
+    encoder = _randomised_encoder(1, hypercolumn=hypercolumn)
     x = torch.randn(1, 1, 129, 129, requires_grad=True)
     encoder(x)[0, :, 64, 64].sum().backward()
     touched = np.flatnonzero((x.grad[0, 0].abs() > 0).any(dim=0).numpy())
@@ -207,3 +209,17 @@ def test_random_surface_trains_the_encoder_with_episodes_from_one_frame(tmp_path
     random_steps = [losses for losses in seen if "random_episodic" in losses]
     assert len(random_steps) == 3 and not any("prototype" in losses for losses in random_steps)
     assert all(np.isfinite(losses["loss"]) for losses in seen)
+
+
+@pytest.mark.parametrize("hypercolumn", [False, True])
+def test_embedding_rank_is_bounded_by_the_finest_width_unless_hypercolumn(hypercolumn: bool) -> None:
+    torch.manual_seed(0)
+    encoder = Encoder((4, 8, 8), dim=16, hypercolumn=hypercolumn).eval()
+    with torch.no_grad():
+        emb = encoder(torch.randn(1, 1, 48, 48))[0].reshape(16, -1)
+    # Centred (the output convolution's bias is a constant shift), as pixels x channels.
+    rank = int(torch.linalg.matrix_rank((emb - emb.mean(dim=1, keepdim=True)).T, rtol=1e-4))
+    if hypercolumn:
+        assert rank > 4
+    else:
+        assert rank <= 4

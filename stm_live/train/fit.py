@@ -229,7 +229,7 @@ def fit(
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    encoder = Encoder(settings.widths, settings.dim)
+    encoder = Encoder(settings.widths, settings.dim, hypercolumn=settings.hypercolumn)
     bank = PrototypeBank(train.classes, train.surfaces, settings.dim, settings.n_background)
     params = list(encoder.parameters()) + list(bank.parameters())
     optimiser = torch.optim.AdamW(params, lr=settings.lr, weight_decay=1e-4)

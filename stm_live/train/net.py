@@ -31,11 +31,17 @@ class Encoder(nn.Module):
     and cropped back, so the output always matches the input size.
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), dim: int = 16) -> None:
+    def __init__(
+        self, widths: tuple[int, int, int] = (16, 32, 64), dim: int = 16, *, hypercolumn: bool = False
+    ) -> None:
         super().__init__()
         c1, c2, c3 = widths
         self.widths = tuple(widths)
         self.dim = dim
+        # The embedding is a 1x1 convolution of the finest features: with c1
+        # channels its rank is at most c1, whatever `dim`. A hypercolumn feeds
+        # it the (upsampled) features of all three levels instead.
+        self.hypercolumn = hypercolumn
         self.enc1 = nn.Sequential(_block(1, c1), _block(c1, c1))
         self.enc2 = nn.Sequential(_block(c1, c2), _block(c2, c2))
         self.enc3 = nn.Sequential(_block(c2, c3), _block(c3, c3), _block(c3, c3))
@@ -43,7 +49,7 @@ class Encoder(nn.Module):
         self.dec2 = _block(c2, c2)
         self.lat2 = nn.Conv2d(c2, c1, 1)
         self.dec1 = _block(c1, c1)
-        self.out = nn.Conv2d(c1, dim, 1)
+        self.out = nn.Conv2d(c1 + c2 + c3 if hypercolumn else c1, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
@@ -55,6 +61,10 @@ class Encoder(nn.Module):
         c = self.enc3(F.max_pool2d(b, 2))
         b = self.dec2(b + F.interpolate(self.lat3(c), scale_factor=2.0, mode="nearest"))
         a = self.dec1(a + F.interpolate(self.lat2(b), scale_factor=2.0, mode="nearest"))
+        if self.hypercolumn:
+            up_b = F.interpolate(b, scale_factor=2.0, mode="nearest")
+            up_c = F.interpolate(c, scale_factor=4.0, mode="nearest")
+            a = torch.cat([a, up_b, up_c], dim=1)
         return self.out(a)[..., :h, :w]
 
 
