@@ -344,3 +344,29 @@ def test_random_surface_models_differ_by_seed_and_simulate() -> None:
         assert len({i.class_name for i in scan.instances}) >= 2
     with pytest.raises(ValueError, match="bias_v"):
         simulate_scan(a, size_nm=12.0, pixels=96, seed=4, bias_v=1.0)
+
+
+def test_random_surface_twin_classes_are_scaled_copies() -> None:
+    from stm_live.sim.surfaces import random_surface_model
+
+    def kinds_of(model, name):
+        return [k for k in model.kinds if k.class_name == name]
+
+    assert all("twin" not in k.name for k in random_surface_model(5, twin_probability=0.0).kinds)
+    twins = 0
+    for seed in range(40):
+        model = random_surface_model(seed, twin_probability=1.0)
+        # With certainty every class after the first copies an earlier, original class.
+        first = kinds_of(model, model.classes[0])
+        assert first and all("twin" not in k.name for k in first)
+        for name in model.classes[1:]:
+            for kind in kinds_of(model, name):
+                assert "twin of r1)" in kind.name  # only r1 is an original when every later class is a twin
+                source = first[int(kind.name.split(" kind ")[1].split()[0]) - 1]
+                assert len(kind.blobs) == len(source.blobs)
+                gains = {round(b.height / s.height, 6) for b, s in zip(kind.blobs, source.blobs, strict=True)}
+                widths = {round(b.sigma_u / s.sigma_u, 6) for b, s in zip(kind.blobs, source.blobs, strict=True)}
+                (gain,), (width,) = gains, widths  # one height gain and one width factor per class
+                assert 1.4 - 1e-6 <= max(gain, 1 / gain) <= 2.6 + 1e-6 and 0.7 <= width <= 1.2
+                twins += 1
+    assert twins > 40

@@ -67,7 +67,7 @@ from __future__ import annotations
 import math
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -392,14 +392,51 @@ RANDOM_MAX_CLASSES = 5
 RANDOM_CLASSES: tuple[str, ...] = tuple(f"r{k + 1}" for k in range(RANDOM_MAX_CLASSES))
 
 
-def random_surface_model(seed: int) -> SurfaceModel:
+def _random_kind(
+    name: str, label: str, weight: float, site_u: float, site_v: float, mirror: bool, blobs: tuple[Blob, ...]
+) -> FeatureKind:
+    # The truth footprint: the blobs' reach, within sane bounds.
+    reach_u = max(abs(b.du) + 1.3 * b.sigma_u for b in blobs)
+    reach_v = max(abs(b.dv) + 1.3 * b.sigma_v for b in blobs)
+    return FeatureKind(name, label, weight, site_u, site_v, mirror, blobs,
+                       float(np.clip(reach_u, 0.35, 1.2)), float(np.clip(reach_v, 0.35, 1.4)))
+
+
+def _twin_kinds(
+    model: list[FeatureKind], name: str, rng: np.random.Generator, row: float, site: float
+) -> list[FeatureKind]:
+    """Class ``name`` as a near twin of ``model``'s class: the same shapes, 1.4-2.6x higher or lower, a little
+    narrower or wider, on the same or another site.
+
+    Many real defect pairs differ only so (Si(001): AsH3 fragments and dangling
+    bonds are both round bright protrusions, 0.1 nm apart in height): without
+    such pairs the random classes are all easy to tell apart, and the encoder
+    never has to learn to measure height and width.
+    """
+    gain = float(np.exp(rng.uniform(np.log(1.4), np.log(2.6)))) ** (1.0 if rng.random() < 0.5 else -1.0)
+    width = float(rng.uniform(0.7, 1.2))
+    move = bool(rng.random() < 0.5)
+    out = []
+    for j, kind in enumerate(model):
+        blobs = tuple(replace(b, height=b.height * gain, sigma_u=b.sigma_u * width, sigma_v=b.sigma_v * width)
+                      for b in kind.blobs)
+        site_u = float(rng.choice([0.0, 0.25, 0.5]) * row) if move else kind.site_u
+        site_v = float(rng.choice([0.0, 0.5]) * site) if move else kind.site_v
+        out.append(_random_kind(name, f"{name} kind {j + 1} (twin of {kind.class_name})",
+                                float(rng.uniform(0.3, 1.0)), site_u, site_v, kind.mirror, blobs))
+    return out
+
+
+def random_surface_model(seed: int, *, twin_probability: float = 0.35, max_kinds: int = 2) -> SurfaceModel:
     """A randomised surface for training only: a random lattice and 3-5 random feature classes.
 
     Domain randomisation for the encoder: every call draws a new row
     lattice (period, atoms, corrugation), tip and step height, and new
     classes ``r1`` .. ``rK``, each one or two kinds of one to three
     (super-)Gaussian blobs, bright or dark, round or elongated, on a random
-    lattice site. A class means something only within one frame, so
+    lattice site. With ``twin_probability`` a class after the first is
+    instead a near twin of an earlier one: the same shapes, higher or lower
+    and a little narrower or wider (the hard pairs of real surfaces). A class means something only within one frame, so
     training uses such frames for episodes (prototypes from part of a
     frame classify the rest), never for fixed prototypes.
 
@@ -418,8 +455,14 @@ def random_surface_model(seed: int) -> SurfaceModel:
     n_classes = int(rng.integers(3, RANDOM_MAX_CLASSES + 1))
     classes = RANDOM_CLASSES[:n_classes]
     kinds: list[FeatureKind] = []
+    originals: list[str] = []
     for name in classes:
-        for j in range(int(rng.integers(1, 3))):
+        if originals and rng.random() < twin_probability:
+            twin_of = str(rng.choice(originals))
+            kinds.extend(_twin_kinds([k for k in kinds if k.class_name == twin_of], name, rng, row, site))
+            continue
+        originals.append(name)
+        for j in range(int(rng.integers(1, max_kinds + 1))):
             blobs = []
             sign = 1.0 if rng.random() < 0.6 else -1.0
             for _ in range(int(rng.integers(1, 4))):
@@ -430,13 +473,10 @@ def random_surface_model(seed: int) -> SurfaceModel:
                     su, sv, power_u=int(rng.integers(1, 3)), power_v=int(rng.integers(1, 3)),
                     flatten=float(rng.uniform(0.5, 1.0)) if sign < 0 and rng.random() < 0.5 else 0.0,
                 ))
-            reach_u = max(abs(b.du) + 1.3 * b.sigma_u for b in blobs)
-            reach_v = max(abs(b.dv) + 1.3 * b.sigma_v for b in blobs)
-            kinds.append(FeatureKind(
+            kinds.append(_random_kind(
                 name, f"{name} kind {j + 1}", float(rng.uniform(0.3, 1.0)),
                 float(rng.choice([0.0, 0.25, 0.5]) * row), float(rng.choice([0.0, 0.5]) * site),
-                bool(rng.random() < 0.5),
-                tuple(blobs), float(np.clip(reach_u, 0.35, 1.2)), float(np.clip(reach_v, 0.35, 1.4)),
+                bool(rng.random() < 0.5), tuple(blobs),
             ))
     return SurfaceModel(
         name=RANDOM_SURFACE,

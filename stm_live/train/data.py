@@ -39,7 +39,7 @@ __all__ = ["Crops", "PreparedSet", "build_sets", "sample_batch", "simulate_prepa
 log = logging.getLogger(__name__)
 
 #: Bump when the simulator or preparation changes in a way that invalidates caches.
-DATA_VERSION = 1
+DATA_VERSION = 2
 
 
 @dataclass(frozen=True)
