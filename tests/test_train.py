@@ -15,6 +15,8 @@ from stm_live.train.export import export_model  # noqa: E402
 from stm_live.train.net import Encoder, receptive_field_px  # noqa: E402
 from stm_live.train.settings import SurfaceSettings, TrainSettings, load_train_settings  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def _randomised_encoder(seed: int = 0, *, hypercolumn: bool = False) -> Encoder:
     torch.manual_seed(seed)
@@ -134,6 +136,27 @@ def test_train_settings_errors_name_the_file(tmp_path: Path) -> None:
     cfg.write_text("stepz: 4\n")
     with pytest.raises(ConfigError, match="stepz"):
         load_train_settings(cfg)
+    cfg.write_text("surfaces: [{name: ge001, twin_probability: 0.3}]\n")
+    with pytest.raises(ConfigError, match=r"t\.yaml: surfaces\.0.*twin_probability applies to the 'random' surface"):
+        load_train_settings(cfg)
+
+
+def test_random_twins_change_the_data_digest_only_when_on(tmp_path: Path) -> None:
+    from stm_live.train.data import _digest, simulate_prepared
+
+    off = SurfaceSettings(name="random", frames=1, size_nm=(8.0, 8.0), input_nm_per_px=(0.1, 0.1))
+    on = off.model_copy(update={"twin_probability": 1.0})
+    settings = load_train_settings()
+    assert _digest(settings, [off], "train") != _digest(settings, [on], "train")
+    # Off is the setting's absence: the default recipe still makes the data the bundled model
+    # was trained on (recorded in its metadata before twins existed).
+    bundled = SegmentationModel(REPO / "models" / "si001-ash3.onnx", provider="cpu").info.training
+    assert (_digest(settings, settings.surfaces, "train"), _digest(settings, settings.surfaces, "val")) == (
+        bundled["data_hash"], bundled["val_hash"])
+    # The same seed gives a different surface with twins (a class copies another's shapes).
+    a, _, _ = simulate_prepared(off, 7)
+    b, _, _ = simulate_prepared(on, 7)
+    assert a.shape == b.shape and not np.array_equal(a, b)
 
 
 @pytest.mark.slow

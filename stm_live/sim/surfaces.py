@@ -427,16 +427,17 @@ def _twin_kinds(
     return out
 
 
-def random_surface_model(seed: int, *, twin_probability: float = 0.35, max_kinds: int = 2) -> SurfaceModel:
+def random_surface_model(seed: int, *, twin_probability: float = 0.0, max_kinds: int = 2) -> SurfaceModel:
     """A randomised surface for training only: a random lattice and 3-5 random feature classes.
 
     Domain randomisation for the encoder: every call draws a new row
     lattice (period, atoms, corrugation), tip and step height, and new
     classes ``r1`` .. ``rK``, each one or two kinds of one to three
     (super-)Gaussian blobs, bright or dark, round or elongated, on a random
-    lattice site. With ``twin_probability`` a class after the first is
-    instead a near twin of an earlier one: the same shapes, higher or lower
-    and a little narrower or wider (the hard pairs of real surfaces). A class means something only within one frame, so
+    lattice site (``max_kinds`` kinds at most). With ``twin_probability``
+    a class after the first is instead a near twin of an earlier one: the
+    same shapes, higher or lower and a little narrower or wider (the hard
+    pairs of real surfaces). A class means something only within one frame, so
     training uses such frames for episodes (prototypes from part of a
     frame classify the rest), never for fixed prototypes.
 
@@ -457,7 +458,8 @@ def random_surface_model(seed: int, *, twin_probability: float = 0.35, max_kinds
     kinds: list[FeatureKind] = []
     originals: list[str] = []
     for name in classes:
-        if originals and rng.random() < twin_probability:
+        # No draw at probability 0: the same seed then gives the same surface as before twins existed.
+        if originals and twin_probability > 0 and rng.random() < twin_probability:
             twin_of = str(rng.choice(originals))
             kinds.extend(_twin_kinds([k for k in kinds if k.class_name == twin_of], name, rng, row, site))
             continue

@@ -39,7 +39,7 @@ __all__ = ["Crops", "PreparedSet", "build_sets", "sample_batch", "simulate_prepa
 log = logging.getLogger(__name__)
 
 #: Bump when the simulator or preparation changes in a way that invalidates caches.
-DATA_VERSION = 2
+DATA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ def simulate_prepared(
     pixels = int(np.clip(round(size_nm / pitch), 64, 1024))
     artefacts = _scaled_artefacts(Artefacts.realistic(), float(rng.uniform(0.0, 1.5)))
     frame_seed = int(rng.integers(2**31))
-    model = random_surface_model(frame_seed) if surface.name == RANDOM_SURFACE else surface.name
+    model = (random_surface_model(frame_seed, twin_probability=surface.twin_probability)
+             if surface.name == RANDOM_SURFACE else surface.name)
     scan = simulate_scan(model, size_nm=size_nm, pixels=pixels, seed=frame_seed, artefacts=artefacts)
     frame = scan.frame("Z", "forward")
     levelled = level_for_model(frame.data, DEFAULT_LEVELLING)
@@ -107,7 +108,9 @@ def _digest(settings: TrainSettings, surfaces: Sequence[SurfaceSettings], split:
         "version": DATA_VERSION,
         "split": split,
         "seed": settings.seed,
-        "surfaces": [s.model_dump(mode="json", exclude={"export"}) for s in surfaces],
+        # A setting at its "off" value is left out, so that data made before it existed keeps its digest.
+        "surfaces": [s.model_dump(mode="json", exclude={"export"} | ({"twin_probability"} if not s.twin_probability
+                                                                    else set())) for s in surfaces],
         "levelling": DEFAULT_LEVELLING,
         "normalisation": DEFAULT_NORMALISATION,
     }

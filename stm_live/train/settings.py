@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ConfigError
+from ..sim.surfaces import RANDOM_SURFACE
 
 __all__ = ["SurfaceSettings", "TrainSettings", "load_train_settings"]
 
@@ -40,6 +41,16 @@ class SurfaceSettings(_Frozen):
     input_nm_per_px: tuple[Positive, Positive] = (0.07, 0.2)
     #: Export a model for this surface; False: its frames only help train the shared encoder.
     export: bool = True
+    #: ``random`` surface only: chance that a class is a near twin of another (same shapes,
+    #: other height and width). 0.35 lifts leave-one-out Si episodes by 3-5 points but cost
+    #: the bundled Si model AsH3 F1 in one run (docs/model.md), so it is off by default.
+    twin_probability: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+    @model_validator(mode="after")
+    def _twins_only_on_random(self) -> SurfaceSettings:
+        if self.twin_probability > 0 and self.name != RANDOM_SURFACE:
+            raise ValueError(f"twin_probability applies to the {RANDOM_SURFACE!r} surface only, not {self.name!r}")
+        return self
 
 
 def _default_surfaces() -> list[SurfaceSettings]:
