@@ -42,8 +42,8 @@ class SurfaceSettings(_Frozen):
     #: Export a model for this surface; False: its frames only help train the shared encoder.
     export: bool = True
     #: ``random`` surface only: chance that a class is a near twin of another (same shapes,
-    #: other height and width). 0.35 lifts leave-one-out Si episodes by 3-5 points but cost
-    #: the bundled Si model AsH3 F1 in one run (docs/model.md), so it is off by default.
+    #: other height and width). 0.35 lifts leave-one-out Si 1-shot episodes by 2-5 points but
+    #: cost the Si model AsH3 F1 in both runs (0.935, 0.884; docs/model.md): off by default.
     twin_probability: Annotated[float, Field(ge=0, le=1)] = 0.0
 
     @model_validator(mode="after")
