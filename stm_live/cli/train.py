@@ -13,7 +13,8 @@ HELP = "train the encoder and prototypes on simulated surfaces (+ unlabelled rea
 DESCRIPTION = """\
 Simulates labelled frames of every surface, pretrains the encoder self-supervised (plus any
 --unlabelled real frames), trains prototypes with prototype and episodic losses, calibrates
-each surface's head on validation frames, and exports <surface>.onnx and base-encoder.onnx.
+each surface's head on validation frames, and exports <surface>.onnx (and base-encoder.onnx, the
+encoder alone, with `export_base_encoder: true`; models/base-encoder.train.yaml makes the bundled one).
 Checkpoints go to the run folder; running the same command again resumes. Seeded: the same
 settings give the same models. Needs the `train` extra (torch).
 """

@@ -113,8 +113,10 @@ class TrainSettings(_Frozen):
     #: Weight of the self-supervised (contrastive) loss kept during the supervised stage, on
     #: half a batch from the pretraining pool (unlabelled frames included); 0 = pretraining only.
     ssl_weight: Annotated[float, Field(ge=0)] = 0.0
-    #: Also export the encoder alone as base-encoder.onnx (the start of `stm-live adapt`).
-    export_base_encoder: bool = True
+    #: Also export the encoder alone as base-encoder.onnx (a start for `stm-live adapt`). Off by
+    #: default: the bundled base encoder has a recipe of its own (models/base-encoder.train.yaml),
+    #: and the default run, which writes into models/, must not replace it.
+    export_base_encoder: bool = False
     #: Steps between checkpoints.
     checkpoint_every: Annotated[int, Field(ge=1)] = 250
     #: torch CPU threads (0 = torch's default).
