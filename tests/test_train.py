@@ -252,3 +252,21 @@ def test_embedding_rank_is_bounded_by_the_finest_width_unless_hypercolumn(hyperc
         assert rank > 4
     else:
         assert rank <= 4
+
+
+def test_tip_change_augment_blurs_and_dims_one_part_of_a_crop() -> None:
+    from stm_live.train.fit import tip_change
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.normal(size=(6, 1, 32, 32)).astype(np.float32))
+    assert tip_change(x, 0.0, np.random.default_rng(0)) is x  # off: no change, no draws
+    y = tip_change(x, 1.0, np.random.default_rng(0))
+    assert y.shape == x.shape and torch.equal(tip_change(x, 1.0, np.random.default_rng(0)), y)  # seeded
+    for a, b in zip(x[:, 0], y[:, 0], strict=True):
+        same = (a == b).all(dim=1)
+        # Rows on one side of the change are untouched, the rest blurred and dimmed (white noise loses variance).
+        assert same.any() and not same.all()
+        changed = ~same
+        rows = changed.nonzero().flatten().tolist()
+        assert rows == list(range(rows[0], rows[-1] + 1)) and (rows[0] == 0 or rows[-1] == 31)  # one block at an edge
+        assert b[changed].std() < 0.7 * a[changed].std()

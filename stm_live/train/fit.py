@@ -134,6 +134,31 @@ def _perturb(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return y
 
 
+def tip_change(x: torch.Tensor, chance: float, rng: np.random.Generator) -> torch.Tensor:
+    """Give each crop of ``x`` (N, 1, H, W), with ``chance``, a tip change part-way down.
+
+    From a random row on (or up to it) the crop is blurred (Gaussian, sigma 0.5-2.5 px)
+    and its contrast scaled by 0.6-1.0, like the simulator's tip change: the same
+    feature looks blunter and lower in one part of a frame than in another.
+    """
+    if chance <= 0:
+        return x
+    out = x.clone()
+    h = x.shape[2]
+    for i in np.flatnonzero(rng.random(x.shape[0]) < chance):
+        sigma = rng.uniform(0.5, 2.5)
+        radius = int(np.ceil(3 * sigma))
+        taps = torch.from_numpy(np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)).float()
+        taps = taps / taps.sum()
+        img = F.pad(x[i:i + 1], (radius, radius, radius, radius), mode="replicate")
+        img = F.conv2d(F.conv2d(img, taps.view(1, 1, 1, -1)), taps.view(1, 1, -1, 1))
+        changed = img * rng.uniform(0.6, 1.0)
+        row = int(rng.integers(1, h))
+        part = slice(row, h) if rng.random() < 0.5 else slice(0, row)
+        out[i, :, part] = changed[0, :, part]
+    return out
+
+
 def contrastive_loss(encoder: Encoder, x: torch.Tensor, gen: torch.Generator, n_pixels: int = 512) -> torch.Tensor:
     """Dense InfoNCE between two perturbed views of the same crops."""
     e1 = F.normalize(encoder(_perturb(x, gen)), dim=1)
@@ -257,6 +282,8 @@ def fit(
             group["lr"] = _lr_at(step if in_ssl else step - settings.ssl_steps,
                                  settings.ssl_steps if in_ssl else settings.steps, settings.lr)
         x = torch.from_numpy(batch.x)
+        if not in_ssl:
+            x = tip_change(x, settings.tip_change_augment, rng)
         losses: dict[str, float] = {}
         if in_ssl:
             loss = contrastive_loss(encoder, x, gen)

@@ -113,6 +113,9 @@ class TrainSettings(_Frozen):
     #: Weight of the self-supervised (contrastive) loss kept during the supervised stage, on
     #: half a batch from the pretraining pool (unlabelled frames included); 0 = pretraining only.
     ssl_weight: Annotated[float, Field(ge=0)] = 0.0
+    #: Chance that a supervised crop gets a tip change: from a random row on (or up to it), a
+    #: Gaussian blur of 0.5-2.5 px and a contrast of 0.6-1.0x, as when the apex changes mid-scan.
+    tip_change_augment: Annotated[float, Field(ge=0, le=1)] = 0.0
     #: Also export the encoder alone as base-encoder.onnx (a start for `stm-live adapt`). Off by
     #: default: the bundled base encoder has a recipe of its own (models/base-encoder.train.yaml),
     #: and the default run, which writes into models/, must not replace it.
