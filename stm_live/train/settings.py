@@ -115,6 +115,7 @@ class TrainSettings(_Frozen):
     ssl_weight: Annotated[float, Field(ge=0)] = 0.0
     #: Chance that a supervised crop gets a tip change: from a random row on (or up to it), a
     #: Gaussian blur of 0.5-2.5 px and a contrast of 0.6-1.0x, as when the apex changes mid-scan.
+    #: 0.5 did not lift the leave-one-out Si episodes (docs/model.md): off by default.
     tip_change_augment: Annotated[float, Field(ge=0, le=1)] = 0.0
     #: Also export the encoder alone as base-encoder.onnx (a start for `stm-live adapt`). Off by
     #: default: the bundled base encoder has a recipe of its own (models/base-encoder.train.yaml),
