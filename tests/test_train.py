@@ -198,6 +198,46 @@ def test_surfaces_can_train_the_encoder_without_being_exported(tmp_path: Path) -
 
 
 @pytest.mark.slow
+def test_input_scale_reaches_the_data_the_metadata_and_adapted_models(tmp_path: Path) -> None:
+    import csv
+
+    from stm_live.cli import main
+    from stm_live.io import write_sxm
+    from stm_live.level import normalise_robust, resample_to_pitch
+    from stm_live.model.format import load_onnx, read_info
+    from stm_live.model.prepare import level_for_model
+    from stm_live.sim import simulate_scan
+    from stm_live.train.data import _digest
+    from stm_live.train.pipeline import train_models
+
+    mad = _tiny_settings(tmp_path / "mad")
+    std = _tiny_settings(tmp_path / "std", input_scale="std", steps=2, ssl_steps=1, export_base_encoder=True)
+    assert mad.normalisation == {"method": "robust", "scale": "mad", "clip": 8.0}
+    assert _digest(mad, mad.surfaces, "train") != _digest(std, std.surfaces, "train")
+    train_models(std, progress=False, evaluate_frames=0, calibrate_frames=0)
+    base = tmp_path / "std" / "models" / "base-encoder.onnx"
+    for path in (base, tmp_path / "std" / "models" / "si001-ash3.onnx"):
+        assert read_info(load_onnx(path)).normalisation == {"method": "robust", "scale": "std", "clip": 8.0}
+
+    # The runtime divides by the plain standard deviation, not the MAD.
+    frame = simulate_scan("si001-ash3", size_nm=12.0, pixels=60, seed=3).frame("Z")
+    image, _ = SegmentationModel(base, provider="cpu").prepare(frame)
+    resampled = resample_to_pitch(level_for_model(frame.data, {"method": "step-aware"}).astype(np.float32),
+                                  nm_per_px=frame.nm_per_px, target_nm_per_px=0.2)
+    np.testing.assert_allclose(image, normalise_robust(resampled, scale="std", clip=8.0), atol=1e-5)
+    assert not np.allclose(image, normalise_robust(resampled, scale="mad", clip=8.0), atol=1e-3)
+
+    # A model adapted from that encoder normalises its input the same way.
+    scan = write_sxm(tmp_path / "scan.sxm", [frame])
+    points = tmp_path / "points.csv"
+    with points.open("w", newline="") as fh:
+        csv.writer(fh).writerows([["x_nm", "y_nm", "class"], [3.0, 3.0, "a"], [8.0, 8.0, "b"]])
+    out = tmp_path / "adapted.onnx"
+    assert main(["adapt", "--model", str(base), "--image", str(scan), "--points", str(points), "--out", str(out)]) == 0
+    assert read_info(load_onnx(out)).normalisation["scale"] == "std"
+
+
+@pytest.mark.slow
 def test_ssl_weight_keeps_the_contrastive_loss_in_the_supervised_stage(tmp_path: Path) -> None:
     from stm_live.train.data import build_sets
     from stm_live.train.fit import fit

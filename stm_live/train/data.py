@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,7 +74,7 @@ def _scaled_artefacts(base: Artefacts, factor: float) -> Artefacts:
 
 
 def simulate_prepared(
-    surface: SurfaceSettings, seed: int
+    surface: SurfaceSettings, seed: int, *, normalisation: Mapping[str, Any] = DEFAULT_NORMALISATION
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """One simulated frame of ``surface``, prepared at its model pitch, with its mask.
 
@@ -94,7 +94,7 @@ def simulate_prepared(
     frame = scan.frame("Z", "forward")
     levelled = level_for_model(frame.data, DEFAULT_LEVELLING)
     image = prepare_image(
-        levelled, nm_per_px=frame.nm_per_px, target_nm_per_px=surface.nm_per_px, normalisation=DEFAULT_NORMALISATION
+        levelled, nm_per_px=frame.nm_per_px, target_nm_per_px=surface.nm_per_px, normalisation=normalisation
     )
     mask = np.ascontiguousarray(
         to_model_grid(scan.mask, image.shape, nm_per_px=frame.nm_per_px, target_nm_per_px=surface.nm_per_px),
@@ -112,7 +112,7 @@ def _digest(settings: TrainSettings, surfaces: Sequence[SurfaceSettings], split:
         "surfaces": [s.model_dump(mode="json", exclude={"export"} | ({"twin_probability"} if not s.twin_probability
                                                                     else set())) for s in surfaces],
         "levelling": DEFAULT_LEVELLING,
-        "normalisation": DEFAULT_NORMALISATION,
+        "normalisation": settings.normalisation,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -167,7 +167,7 @@ def build_split(settings: TrainSettings, split: str, *, progress: bool = True) -
     images, masks, labels = [], [], []
     classes: dict[str, tuple[str, ...]] = {}
     for k, s, seed in tqdm(jobs, desc=f"simulating {split} frames", disable=not progress, unit="frame"):
-        image, mask, names = simulate_prepared(s, seed)
+        image, mask, names = simulate_prepared(s, seed, normalisation=settings.normalisation)
         images.append(image)
         masks.append(mask)
         labels.append(k)

@@ -27,7 +27,7 @@ import torch
 
 from .. import __version__
 from ..model.format import ModelInfo, Prototypes
-from ..model.prepare import DEFAULT_LEVELLING, DEFAULT_NORMALISATION
+from ..model.prepare import DEFAULT_LEVELLING
 from ..model.prototypes import fit_temperature
 from .data import PreparedSet, build_sets
 from .export import export_model
@@ -102,7 +102,7 @@ def train_models(
     common: dict[str, Any] = {
         "embedding_dim": settings.dim,
         "context_px": receptive_field_px(),
-        "normalisation": DEFAULT_NORMALISATION,
+        "normalisation": settings.normalisation,
         "levelling": DEFAULT_LEVELLING,
     }
     exported: dict[str, Any] = {}
@@ -225,7 +225,7 @@ def _unlabelled_set(settings: TrainSettings) -> PreparedSet:
         frame = scan.frame("Z") if "Z" in scan.channels else scan.frames[0]
         levelled = level_for_model(frame.data[frame.valid_rows], DEFAULT_LEVELLING)
         image = prepare_image(levelled, nm_per_px=frame.nm_per_px, target_nm_per_px=settings.unlabelled_nm_per_px,
-                              normalisation=DEFAULT_NORMALISATION)
+                              normalisation=settings.normalisation)
         images.append(image)
         masks.append(np.full(image.shape, 255, np.uint8))
     return PreparedSet(tuple(images), tuple(masks), np.zeros(len(images), np.int64), ("unlabelled",),

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ConfigError
+from ..model.prepare import DEFAULT_NORMALISATION
 from ..sim.surfaces import RANDOM_SURFACE
 
 __all__ = ["SurfaceSettings", "TrainSettings", "load_train_settings"]
@@ -117,6 +118,11 @@ class TrainSettings(_Frozen):
     #: Gaussian blur of 0.5-2.5 px and a contrast of 0.6-1.0x, as when the apex changes mid-scan.
     #: 0.5 did not lift the leave-one-out Si episodes (docs/model.md): off by default.
     tip_change_augment: Annotated[float, Field(ge=0, le=1)] = 0.0
+    #: Spread that divides the model input after centring on its median (with a clip at 8):
+    #: "mad" (the default: the lattice's spread, blind to adsorbates), "iqr" or "std" (the
+    #: plain standard deviation, adsorbates included). Stored in the exported models' metadata,
+    #: so that segment, adapt and the live path normalise the same way.
+    input_scale: Literal["mad", "iqr", "std"] = "mad"
     #: Also export the encoder alone as base-encoder.onnx (a start for `stm-live adapt`). Off by
     #: default: the bundled base encoder has a recipe of its own (models/base-encoder.train.yaml),
     #: and the default run, which writes into models/, must not replace it.
@@ -125,6 +131,11 @@ class TrainSettings(_Frozen):
     checkpoint_every: Annotated[int, Field(ge=1)] = 250
     #: torch CPU threads (0 = torch's default).
     threads: Count = 0
+
+    @property
+    def normalisation(self) -> dict[str, Any]:
+        """The model input's normalisation (``prepare_image``'s and the metadata's form)."""
+        return {**DEFAULT_NORMALISATION, "scale": self.input_scale}
 
 
 def load_train_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> TrainSettings:
