@@ -20,13 +20,14 @@ These are our simulated surfaces, not the paper's real data sets; the numbers
 are not directly comparable with the paper's.
 
 3. ``pooled``: the same episodes for one surface and any encoders (to
-   compare training recipes).
+   compare training recipes); ``--input-scale`` also runs an encoder with
+   another input normalisation than its own (a diagnostic).
 
 Usage:
     python benchmarks/eval_model.py accuracy [--frames 10]
     python benchmarks/eval_model.py episodes [--train-loso] [--seeds 30000 31000 32000] [--frames 6]
     python benchmarks/eval_model.py pooled --encoder E.onnx [--encoder ...] [--surface si001-ash3]
-        [--seeds 30000 31000 32000] [--frames 6]
+        [--seeds 30000 31000 32000] [--frames 6] [--input-scale mad std]
 Writes docs/accuracy.json / docs/episodes.json and prints markdown tables
 (``pooled`` prints only).
 """
@@ -40,6 +41,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from stm_live.model.evaluate import evaluate_model
@@ -174,18 +176,28 @@ def episodes(seeds: list[int], frames: int, train_loso: bool, loso_steps: int | 
     return results
 
 
-def pooled(surface: str, encoders: list[Path], seeds: list[int], frames: int) -> dict:
-    """Episodes per set of frames and over all sets pooled, for each encoder."""
+def pooled(surface: str, encoders: list[Path], seeds: list[int], frames: int, scales: list[str] | None = None) -> dict:
+    """Episodes per set of frames and over all sets pooled, for each encoder.
+
+    ``scales`` overrides the input normalisation's spread (``mad``, ``iqr``,
+    ``std``) that the encoder's metadata names, one row per scale: a
+    diagnostic of an encoder under a normalisation it was not trained with.
+    """
     out: dict[str, dict] = {}
-    print("| encoder | " + " | ".join(f"frames {s}" for s in seeds) + f" | {len(seeds) * frames} frames pooled |")
-    print("| --- |" + " --- |" * (len(seeds) + 1))
+    print("| encoder | input scale | " + " | ".join(f"frames {s}" for s in seeds)
+          + f" | {len(seeds) * frames} frames pooled |")
+    print("| --- | --- |" + " --- |" * (len(seeds) + 1))
     for path in encoders:
         model = SegmentationModel(path, provider="cpu")
-        row = _episode_sets(model, surface, seeds, frames)
-        out[str(path)] = {"id": model.id, **row}
-        cells = [f"{100 * r['1-shot']['accuracy_mean']:.1f} / {100 * r['3-shot']['accuracy_mean']:.1f} %"
-                 for r in row.values()]
-        print(f"| {path} [{model.id}] | " + " | ".join(cells) + " |", flush=True)
+        own = model.info.normalisation
+        for scale in scales or [own.get("scale", "mad")]:
+            model.info = replace(model.info, normalisation={**own, "scale": scale})
+            row = _episode_sets(model, surface, seeds, frames)
+            out[f"{path} {scale}"] = {"id": model.id, "input_scale": scale, **row}
+            cells = [f"{100 * r['1-shot']['accuracy_mean']:.1f} / {100 * r['3-shot']['accuracy_mean']:.1f} %"
+                     for r in row.values()]
+            trained = "" if scale == own.get("scale", "mad") else " (not the trained one)"
+            print(f"| {path} [{model.id}] | {scale}{trained} | " + " | ".join(cells) + " |", flush=True)
     return out
 
 
@@ -208,13 +220,15 @@ def main() -> None:
     p.add_argument("--surface", default="si001-ash3", choices=SURFACES)
     p.add_argument("--seeds", type=int, nargs="+", default=[30_000, 31_000, 32_000])
     p.add_argument("--frames", type=int, default=6)
+    p.add_argument("--input-scale", nargs="+", choices=["mad", "iqr", "std"],
+                   help="normalise the input with these spreads instead of the encoder's own (diagnostic)")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     if args.what == "accuracy":
         out = accuracy(args.frames, args.seed)
         (REPO / "docs" / "accuracy.json").write_text(json.dumps(out, indent=2))
     elif args.what == "pooled":
-        pooled(args.surface, args.encoder, args.seeds, args.frames)
+        pooled(args.surface, args.encoder, args.seeds, args.frames, args.input_scale)
     else:
         out = episodes(args.seeds, args.frames, args.train_loso, args.loso_steps, args.runs)
         (REPO / "docs" / "episodes.json").write_text(json.dumps(out, indent=2))
