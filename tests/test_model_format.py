@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from stm_live.model.format import (
     load_onnx,
     model_id,
     read_info,
+    save_model,
     strip_head,
 )
 from stm_live.model.prototypes import (
@@ -94,6 +96,12 @@ def test_metadata_round_trip_and_id(tmp_path: Path) -> None:
     assert write_tiny_model(tmp_path / "again.onnx").id == info.id
     other = attach_head(tiny_encoder(), Prototypes(np.ones((2, DIM), np.float32), (0, 1)))
     assert model_id(other) != info.id
+    # Same weights, another input normalisation: another model, another id (kept in the file).
+    std = save_model(load_onnx(tmp_path / "m.onnx"), replace(loaded, normalisation={**loaded.normalisation,
+                                                                                      "scale": "std"}),
+                     tmp_path / "std.onnx")
+    assert std.id != info.id and read_info(load_onnx(tmp_path / "std.onnx")).id == std.id
+    assert model_id(load_onnx(tmp_path / "std.onnx")) == std.id
 
 
 def test_non_stm_live_and_corrupt_models_are_clear_errors(tmp_path: Path) -> None:

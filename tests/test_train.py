@@ -237,6 +237,29 @@ def test_input_scale_reaches_the_data_the_metadata_and_adapted_models(tmp_path: 
     assert read_info(load_onnx(out)).normalisation["scale"] == "std"
 
 
+def test_train_input_scale_trains_on_one_spread_and_exports_another(tmp_path: Path) -> None:
+    from stm_live.errors import ConfigError
+    from stm_live.train.data import _digest
+
+    mad = _tiny_settings(tmp_path)
+    encoder_only = [s.model_copy(update={"export": False}) for s in mad.surfaces]
+    split = TrainSettings.model_validate({**mad.model_dump(), "surfaces": encoder_only, "export_base_encoder": True,
+                                          "input_scale": "std", "train_input_scale": "mad"})
+    assert split.normalisation["scale"] == "std" and split.train_normalisation["scale"] == "mad"
+    # The training frames are those of a plain MAD run: same data digest.
+    assert _digest(split, split.surfaces, "train") == _digest(mad, mad.surfaces, "train")
+    std = TrainSettings.model_validate({**split.model_dump(), "train_input_scale": None})
+    assert _digest(std, std.surfaces, "train") != _digest(mad, mad.surfaces, "train")
+    # A head's prototypes would come from frames normalised otherwise than at run time: refused.
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text("input_scale: std\ntrain_input_scale: mad\n")
+    with pytest.raises(ConfigError, match=r"t\.yaml: .*train_input_scale 'mad' differs from input_scale 'std'"):
+        load_train_settings(cfg)
+    # The bundled base encoder: trained on MAD, run on the standard deviation.
+    base = SegmentationModel(REPO / "models" / "base-encoder.onnx", provider="cpu").info
+    assert base.normalisation["scale"] == "std" and base.training["normalisation"]["scale"] == "mad"
+
+
 @pytest.mark.slow
 def test_ssl_weight_keeps_the_contrastive_loss_in_the_supervised_stage(tmp_path: Path) -> None:
     from stm_live.train.data import build_sets

@@ -27,7 +27,7 @@ Metadata (``metadata_props``, JSON values under ``stm_live.*`` keys) carries
 everything the runtime needs: class names, pixel size, normalisation,
 levelling, the prototypes and their provenance, training provenance and
 metrics, the stm-live version, and the model id (a hash of the graph and
-weights).
+weights, and of the input normalisation when it is not the default).
 """
 
 from __future__ import annotations
@@ -333,12 +333,27 @@ def attach_head(model: onnx.ModelProto, prototypes: Prototypes) -> onnx.ModelPro
     return base
 
 
-def model_id(model: onnx.ModelProto) -> str:
-    """A short hash of the graph and weights (metadata excluded)."""
+def model_id(model: onnx.ModelProto, normalisation: Mapping[str, Any] | None = None) -> str:
+    """A short hash of the graph and weights, and of the input normalisation unless it is the default.
+
+    ``normalisation`` is the one the model will carry (default: the one its
+    metadata names). Other metadata is excluded. The same weights run on
+    differently normalised inputs are a different model, so they get another
+    id; with the default normalisation the id is that of the graph and
+    weights alone, as it was before the normalisation could change.
+    """
+    from .prepare import DEFAULT_NORMALISATION
+
+    if normalisation is None:
+        text = _meta_dict(model).get(_META_PREFIX + "normalisation")
+        normalisation = json.loads(text) if text else DEFAULT_NORMALISATION
     bare = onnx.ModelProto()
     bare.CopyFrom(model)
     del bare.metadata_props[:]
-    return hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest()[:16]
+    digest = hashlib.sha256(bare.SerializeToString(deterministic=True))
+    if {**DEFAULT_NORMALISATION, **normalisation} != DEFAULT_NORMALISATION:
+        digest.update(json.dumps(dict(normalisation), sort_keys=True).encode())
+    return digest.hexdigest()[:16]
 
 
 def with_info(model: onnx.ModelProto, info: ModelInfo) -> tuple[onnx.ModelProto, ModelInfo]:
@@ -347,7 +362,7 @@ def with_info(model: onnx.ModelProto, info: ModelInfo) -> tuple[onnx.ModelProto,
     out.CopyFrom(model)
     out.producer_name = "stm-live"
     out.producer_version = __version__
-    info = replace(info, id=model_id(out), version=__version__)
+    info = replace(info, id=model_id(out, info.normalisation), version=__version__)
     del out.metadata_props[:]
     for key, value in info.to_metadata().items():
         out.metadata_props.add(key=key, value=value)

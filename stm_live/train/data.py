@@ -112,7 +112,7 @@ def _digest(settings: TrainSettings, surfaces: Sequence[SurfaceSettings], split:
         "surfaces": [s.model_dump(mode="json", exclude={"export"} | ({"twin_probability"} if not s.twin_probability
                                                                     else set())) for s in surfaces],
         "levelling": DEFAULT_LEVELLING,
-        "normalisation": settings.normalisation,
+        "normalisation": settings.train_normalisation,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -167,7 +167,7 @@ def build_split(settings: TrainSettings, split: str, *, progress: bool = True) -
     images, masks, labels = [], [], []
     classes: dict[str, tuple[str, ...]] = {}
     for k, s, seed in tqdm(jobs, desc=f"simulating {split} frames", disable=not progress, unit="frame"):
-        image, mask, names = simulate_prepared(s, seed, normalisation=settings.normalisation)
+        image, mask, names = simulate_prepared(s, seed, normalisation=settings.train_normalisation)
         images.append(image)
         masks.append(mask)
         labels.append(k)

@@ -98,6 +98,8 @@ def train_models(
         "unlabelled_frames": 0 if unlabelled is None else len(unlabelled.images),
         "losses": summarise(state),
     }
+    if settings.train_normalisation != settings.normalisation:
+        training["normalisation"] = settings.train_normalisation
     encoder = state.encoder.eval()
     common: dict[str, Any] = {
         "embedding_dim": settings.dim,
@@ -225,7 +227,7 @@ def _unlabelled_set(settings: TrainSettings) -> PreparedSet:
         frame = scan.frame("Z") if "Z" in scan.channels else scan.frames[0]
         levelled = level_for_model(frame.data[frame.valid_rows], DEFAULT_LEVELLING)
         image = prepare_image(levelled, nm_per_px=frame.nm_per_px, target_nm_per_px=settings.unlabelled_nm_per_px,
-                              normalisation=settings.normalisation)
+                              normalisation=settings.train_normalisation)
         images.append(image)
         masks.append(np.full(image.shape, 255, np.uint8))
     return PreparedSet(tuple(images), tuple(masks), np.zeros(len(images), np.int64), ("unlabelled",),

@@ -118,11 +118,17 @@ class TrainSettings(_Frozen):
     #: Gaussian blur of 0.5-2.5 px and a contrast of 0.6-1.0x, as when the apex changes mid-scan.
     #: 0.5 did not lift the leave-one-out Si episodes (docs/model.md): off by default.
     tip_change_augment: Annotated[float, Field(ge=0, le=1)] = 0.0
-    #: Spread that divides the model input after centring on its median (with a clip at 8):
-    #: "mad" (the default: the lattice's spread, blind to adsorbates), "iqr" or "std" (the
-    #: plain standard deviation, adsorbates included). Stored in the exported models' metadata,
-    #: so that segment, adapt and the live path normalise the same way.
+    #: Spread that divides the model input after centring on its median (with a clip at 8),
+    #: written into the exported models' metadata, so that segment, adapt and the live path
+    #: normalise with it: "mad" (the default: the lattice's spread, blind to adsorbates),
+    #: "iqr" or "std" (the plain standard deviation, adsorbates and steps included).
     input_scale: Literal["mad", "iqr", "std"] = "mad"
+    #: The spread of the training frames, when not input_scale. The base encoder trains on
+    #: "mad" and runs on "std": the lattice's MAD varies about 6x between frames with the
+    #: tip's state, a wide range of input scales to learn from, and the standard deviation
+    #: gives a steadier scale to run on. Trained on "std" as well, the Si leave-one-out
+    #: episodes dropped (docs/model.md).
+    train_input_scale: Literal["mad", "iqr", "std"] | None = None
     #: Also export the encoder alone as base-encoder.onnx (a start for `stm-live adapt`). Off by
     #: default: the bundled base encoder has a recipe of its own (models/base-encoder.train.yaml),
     #: and the default run, which writes into models/, must not replace it.
@@ -132,10 +138,25 @@ class TrainSettings(_Frozen):
     #: torch CPU threads (0 = torch's default).
     threads: Count = 0
 
+    @model_validator(mode="after")
+    def _train_scale_only_for_encoders(self) -> TrainSettings:
+        if self.train_normalisation != self.normalisation and any(s.export for s in self.surfaces):
+            raise ValueError(
+                f"train_input_scale {self.train_input_scale!r} differs from input_scale {self.input_scale!r}: "
+                "only for runs that export the encoder alone (every surface export: false), since a head's "
+                "prototypes come from frames normalised for training"
+            )
+        return self
+
     @property
     def normalisation(self) -> dict[str, Any]:
-        """The model input's normalisation (``prepare_image``'s and the metadata's form)."""
+        """The exported models' input normalisation (``prepare_image``'s and the metadata's form)."""
         return {**DEFAULT_NORMALISATION, "scale": self.input_scale}
+
+    @property
+    def train_normalisation(self) -> dict[str, Any]:
+        """The normalisation of the training frames."""
+        return {**DEFAULT_NORMALISATION, "scale": self.train_input_scale or self.input_scale}
 
 
 def load_train_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> TrainSettings:
