@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 torch = pytest.importorskip("torch", reason="the trainer needs the train extra (torch)")
@@ -39,6 +40,11 @@ def test_onnx_export_matches_torch(tmp_path: Path, hypercolumn: bool) -> None:
     # The daemon's runtime reads the metadata back.
     assert model.info.classes == ("a", "b", "c") and model.info.context_px == 22 and model.info.nm_per_px == 0.2
     assert model.info.prototypes is not None and model.info.prototypes.temperature == 3.0
+    # No exporter stack traces in the file: no paths of this checkout, an id that does not
+    # depend on where the trainer ran.
+    proto = onnx.load(tmp_path / "m.onnx")
+    assert not any(n.metadata_props for n in proto.graph.node)
+    assert str(REPO).encode() not in proto.SerializeToString()
     for shape in [(64, 64), (37, 53), (250, 250)]:  # any size, multiples of 4 or not
         x = rng.normal(size=(1, 1, *shape)).astype(np.float32)
         out = model.run(x, embedding=True)

@@ -53,6 +53,11 @@ def encoder_to_onnx(encoder: Encoder) -> onnx.ModelProto:
         path = os.path.join(tmp, "encoder.onnx")
         program.save(path)
         model = onnx.load(path)
+    # The exporter tags each node with the Python stack that made it (absolute paths of
+    # this checkout, line numbers of net.py): nothing the runtime needs, and it would make
+    # the model id depend on where the trainer ran and on edits elsewhere in the source.
+    for node in [*model.graph.node, *(n for f in model.functions for n in f.node)]:
+        del node.metadata_props[:]
     onnx.checker.check_model(model)
     return model
 
