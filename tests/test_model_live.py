@@ -19,9 +19,11 @@ BRIGHT = [(12, 30), (60, 90), (100, 20)]
 DARK = [(40, 100), (110, 110)]
 
 
-@pytest.fixture
-def model(tmp_path: Path) -> SegmentationModel:
-    write_tiny_model(tmp_path / "tiny.onnx", nm_per_px=0.2)
+@pytest.fixture(params=["mad", "std"])
+def model(tmp_path: Path, request: pytest.FixtureRequest) -> SegmentationModel:
+    # Both input spreads the bundled models use: si001-ash3 the MAD, base-encoder (and the
+    # models adapted from it) the standard deviation.
+    write_tiny_model(tmp_path / "tiny.onnx", nm_per_px=0.2, input_scale=request.param)
     return SegmentationModel(tmp_path / "tiny.onnx", provider="cpu")
 
 

@@ -49,7 +49,12 @@ def bright_dark_prototypes() -> Prototypes:
 
 
 def write_tiny_model(
-    path: Path, *, nm_per_px: float = 0.2, head: bool = True, detection: dict[str, Any] | None = None
+    path: Path,
+    *,
+    nm_per_px: float = 0.2,
+    head: bool = True,
+    detection: dict[str, Any] | None = None,
+    input_scale: str = "mad",
 ) -> ModelInfo:
     info = ModelInfo(
         name="tiny-bright-dark",
@@ -58,6 +63,7 @@ def write_tiny_model(
         embedding_dim=DIM,
         context_px=2,
         levelling={"method": "plane"},
+        normalisation={"method": "robust", "scale": input_scale},
         surface="test",
         prototypes=bright_dark_prototypes() if head else None,
         detection=detection or {},

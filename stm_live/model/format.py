@@ -339,8 +339,9 @@ def model_id(model: onnx.ModelProto, normalisation: Mapping[str, Any] | None = N
     ``normalisation`` is the one the model will carry (default: the one its
     metadata names). Other metadata is excluded. The same weights run on
     differently normalised inputs are a different model, so they get another
-    id; with the default normalisation the id is that of the graph and
-    weights alone, as it was before the normalisation could change.
+    id; with exactly the default normalisation (``DEFAULT_NORMALISATION``, what
+    the trainer always wrote before the normalisation could change) the id is
+    that of the graph and weights alone, so the bundled models keep theirs.
     """
     from .prepare import DEFAULT_NORMALISATION
 
@@ -351,7 +352,7 @@ def model_id(model: onnx.ModelProto, normalisation: Mapping[str, Any] | None = N
     bare.CopyFrom(model)
     del bare.metadata_props[:]
     digest = hashlib.sha256(bare.SerializeToString(deterministic=True))
-    if {**DEFAULT_NORMALISATION, **normalisation} != DEFAULT_NORMALISATION:
+    if dict(normalisation) != DEFAULT_NORMALISATION:
         digest.update(json.dumps(dict(normalisation), sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
