@@ -344,3 +344,17 @@ def test_tip_change_augment_blurs_and_dims_one_part_of_a_crop() -> None:
         rows = changed.nonzero().flatten().tolist()
         assert rows == list(range(rows[0], rows[-1] + 1)) and (rows[0] == 0 or rows[-1] == 31)  # one block at an edge
         assert b[changed].std() < 0.7 * a[changed].std()
+
+
+def test_scale_jitter_rescales_each_crop_within_its_range() -> None:
+    from stm_live.train.fit import rescale
+
+    x = torch.from_numpy(np.random.default_rng(3).normal(size=(64, 1, 8, 8)).astype(np.float32))
+    rng = np.random.default_rng(0)
+    assert rescale(x, 1.0, rng) is x and rng.random() == np.random.default_rng(0).random()  # off: no draws
+    y = rescale(x, 2.5, np.random.default_rng(0))
+    factors = (y / x).flatten(1)
+    assert torch.allclose(factors, factors[:, :1].expand_as(factors), rtol=1e-5)  # one factor per crop
+    f = factors[:, 0].numpy()
+    assert f.min() >= 1 / 2.5 - 1e-6 and f.max() <= 2.5 + 1e-6 and f.min() < 0.6 and f.max() > 1.7  # spans the range
+    assert torch.equal(rescale(x, 2.5, np.random.default_rng(0)), y)  # seeded

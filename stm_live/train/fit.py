@@ -159,6 +159,17 @@ def tip_change(x: torch.Tensor, chance: float, rng: np.random.Generator) -> torc
     return out
 
 
+def rescale(x: torch.Tensor, spread: float, rng: np.random.Generator) -> torch.Tensor:
+    """Multiply each crop of ``x`` (N, 1, H, W) by a factor log-uniform in [1/spread, spread].
+
+    ``spread`` 1 draws nothing and returns ``x``: runs without it stay bit-identical.
+    """
+    if spread <= 1:
+        return x
+    factors = np.exp(rng.uniform(-np.log(spread), np.log(spread), size=x.shape[0]))
+    return x * torch.from_numpy(factors.astype(np.float32)).view(-1, 1, 1, 1)
+
+
 def contrastive_loss(encoder: Encoder, x: torch.Tensor, gen: torch.Generator, n_pixels: int = 512) -> torch.Tensor:
     """Dense InfoNCE between two perturbed views of the same crops."""
     e1 = F.normalize(encoder(_perturb(x, gen)), dim=1)
@@ -281,7 +292,7 @@ def fit(
         for group in optimiser.param_groups:
             group["lr"] = _lr_at(step if in_ssl else step - settings.ssl_steps,
                                  settings.ssl_steps if in_ssl else settings.steps, settings.lr)
-        x = torch.from_numpy(batch.x)
+        x = rescale(torch.from_numpy(batch.x), settings.scale_jitter, rng)
         if not in_ssl:
             x = tip_change(x, settings.tip_change_augment, rng)
         losses: dict[str, float] = {}
