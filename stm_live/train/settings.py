@@ -130,9 +130,9 @@ class TrainSettings(_Frozen):
     input_scale: Literal["mad", "iqr", "std"] = "mad"
     #: The spread of the training frames, when not input_scale. The base encoder trains on
     #: "mad" and runs on "std": the lattice's MAD varies about 6x between frames with the
-    #: tip's state, a wide range of input scales to learn from, and the standard deviation
-    #: gives a steadier scale to run on. Trained on "std" as well, the Si leave-one-out
-    #: episodes dropped (docs/model.md).
+    #: tip's state, the standard deviation half as much. That lifted the Si leave-one-out
+    #: episodes; training on "std" as well (with or without scale_jitter) lowered them, for
+    #: reasons not yet understood (docs/model.md).
     train_input_scale: Literal["mad", "iqr", "std"] | None = None
     #: Also export the encoder alone as base-encoder.onnx (a start for `stm-live adapt`). Off by
     #: default: the bundled base encoder has a recipe of its own (models/base-encoder.train.yaml),
