@@ -190,15 +190,15 @@ def pooled(surface: str, encoders: list[Path], seeds: list[int], frames: int, sc
     for path in encoders:
         model = SegmentationModel(path, provider="cpu")
         own = model.info.normalisation
+        own_scale = own.get("scale", "mad")
         trained = model.info.training.get("normalisation", own).get("scale", "mad")
-        for scale in scales or [own.get("scale", "mad")]:
+        for scale in scales or [own_scale]:
             model.info = replace(model.info, normalisation={**own, "scale": scale})
             row = _episode_sets(model, surface, seeds, frames)
             out[f"{path} {scale}"] = {"id": model.id, "input_scale": scale, **row}
             cells = [f"{100 * r['1-shot']['accuracy_mean']:.1f} / {100 * r['3-shot']['accuracy_mean']:.1f} %"
                      for r in row.values()]
-            notes = [n for n, on in (("its own", scale == own.get("scale", "mad")), ("trained on", scale == trained))
-                     if on]
+            notes = [n for n, on in (("its own", scale == own_scale), ("trained on", scale == trained)) if on]
             note = f" ({', '.join(notes)})" if notes else ""
             print(f"| {path} [{model.id}] | {scale}{note} | " + " | ".join(cells) + " |", flush=True)
     return out

@@ -46,6 +46,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__
 from ..errors import ModelError
+from .prepare import DEFAULT_NORMALISATION
 
 __all__ = [
     "FORMAT_VERSION",
@@ -343,8 +344,6 @@ def model_id(model: onnx.ModelProto, normalisation: Mapping[str, Any] | None = N
     the trainer always wrote before the normalisation could change) the id is
     that of the graph and weights alone, so the bundled models keep theirs.
     """
-    from .prepare import DEFAULT_NORMALISATION
-
     if normalisation is None:
         text = _meta_dict(model).get(_META_PREFIX + "normalisation")
         normalisation = json.loads(text) if text else DEFAULT_NORMALISATION
