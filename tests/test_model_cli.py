@@ -157,6 +157,11 @@ def test_evaluate_on_files_with_truth_sidecars(tmp_path: Path, capsys: pytest.Ca
     assert report["classes_without_truth"] == ["bright", "dark"]
     assert report["objects"]["bright"]["tp"] == 0
     assert "1-shot" in report["episodes"]
+    assert report["episodes_frame_centred"] is False
+
+    assert main(["evaluate", str(tmp_path / "data"), "--model", str(model), "--episodes", "5",
+                 "--shots", "1", "--queries", "1", "--centre-features"]) == 0
+    assert "episodes 1-shot (3-way, 1 queries, 5 episodes, frame-centred): accuracy" in capsys.readouterr().out
 
 
 def test_evaluate_without_data_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

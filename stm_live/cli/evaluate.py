@@ -15,7 +15,9 @@ DATA are .sxm files with the simulator's ground-truth sidecars (<stem>.truth.jso
 <stem>.mask.npy, as written by `stm-live simulate`) or folders of them; --simulate
 evaluates on fresh simulated frames instead. A detection matches a true feature of its
 class within --max-dist-nm, one to one. Episodes follow the few-shot protocol: N-way
-K-shot, --queries per class, --episodes repetitions, on instance embeddings.
+K-shot, --queries per class, --episodes repetitions, on instance embeddings;
+--centre-features first subtracts from each frame's instance embeddings the mean
+embedding of all that frame's feature pixels (no labels used; the runtime does not).
 """
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=int, nargs="*", default=[1, 3], help="K of the K-shot episodes")
     parser.add_argument("--queries", type=int, default=15, help="queries per class per episode")
     parser.add_argument("--episodes", type=int, default=100, help="episodes per K (0 = skip)")
+    parser.add_argument("--centre-features", action="store_true",
+                        help="episodes on per-frame feature-centred instance embeddings (transductive)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -47,11 +51,13 @@ def format_report(report: dict[str, Any]) -> str:
         iou = report["pixel_iou"][name]
         lines.append(f"  {name:>16s} {s['tp']:5d} {s['fp']:5d} {s['fn']:5d} {s['precision']:6.3f} {s['recall']:6.3f} "
                      f"{s['f1']:6.3f} {'  n/a' if iou is None else f'{iou:6.3f}'}")
+    centred = ", frame-centred" if report.get("episodes_frame_centred") else ""
     for key, res in report.get("episodes", {}).items():
         if "error" in res:
             lines.append(f"  episodes {key}: {res['error']}")
         else:
-            lines.append(f"  episodes {key} ({res['ways']}-way, {res['queries']} queries, {res['episodes']} episodes): "
+            lines.append(f"  episodes {key} ({res['ways']}-way, {res['queries']} queries, {res['episodes']} episodes"
+                         f"{centred}): "
                          f"accuracy {100 * res['accuracy_mean']:.1f} % +- {100 * res['accuracy_std']:.1f}")
     if report["classes_without_truth"]:
         lines.append(f"  (no ground truth for: {', '.join(report['classes_without_truth'])})")
@@ -80,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         shots=args.shots,
         queries=args.queries,
         episodes=args.episodes,
+        centre_features=args.centre_features,
     )
     print(json.dumps(report) if args.json else format_report(report))
     return 0

@@ -147,13 +147,31 @@ def pixel_iou(predicted: np.ndarray, truth: np.ndarray, n_classes: int) -> dict[
     return out
 
 
+def feature_centre(embedding: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean embedding ``(D,)`` over the feature pixels (``mask > 0``, every class) of one frame.
+
+    Zeros when the frame has no feature pixel. No class label is used, only
+    where features are.
+    """
+    feature = mask > 0
+    if not feature.any():
+        return np.zeros(embedding.shape[0])
+    return embedding[:, feature].mean(axis=1)
+
+
 def instance_embeddings(
-    embedding: np.ndarray, mask: np.ndarray, *, min_pixels: int = 1
+    embedding: np.ndarray, mask: np.ndarray, *, min_pixels: int = 1, centre: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean embedding of every connected region of every class in ``mask``.
 
     ``embedding`` is ``(D, h, w)``, ``mask`` ``(h, w)`` class indices on the
     same grid. Returns ``(vectors (n, D), classes (n,))``.
+
+    ``centre`` subtracts the frame's :func:`feature_centre` from every vector
+    (per-frame feature centring): what a frame's tip and contrast do to all
+    its features alike cancels between frames. It is transductive (it uses
+    the frame's unlabelled features, not their classes); the runtime's pixel
+    head does not centre.
     """
     vectors, classes = [], []
     flat = embedding.reshape(embedding.shape[0], -1)
@@ -171,7 +189,10 @@ def instance_embeddings(
         classes.append(np.full(int(keep.sum()), int(k)))
     if not vectors:
         return np.zeros((0, embedding.shape[0])), np.zeros(0, int)
-    return np.concatenate(vectors), np.concatenate(classes)
+    out = np.concatenate(vectors)
+    if centre:
+        out = out - feature_centre(embedding, mask)
+    return out, np.concatenate(classes)
 
 
 @dataclass(frozen=True)
@@ -290,6 +311,7 @@ def evaluate_model(
     queries: int = 15,
     episodes: int = 100,
     nm_per_px: float | None = None,
+    centre_features: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on files with truth sidecars (``data``) or fresh simulated frames.
 
@@ -297,7 +319,9 @@ def evaluate_model(
     (``objects``) and ``pixel_iou`` when the model has a head, and
     ``episodes`` (K-shot accuracy of nearest-prototype classification of
     instance embeddings) when ``episodes`` > 0. A bare encoder gives episodes
-    only; ``nm_per_px`` overrides the pitch its embeddings are computed at.
+    only; ``nm_per_px`` overrides the pitch its embeddings are computed at;
+    ``centre_features`` centres each frame's instance embeddings on its
+    features' mean (see :func:`instance_embeddings`).
     """
     items = (
         _simulated_items(simulate, count, seed, size_nm, pixels)
@@ -331,7 +355,7 @@ def evaluate_model(
             pitch = nm_per_px or model.info.nm_per_px
             embedding, prepared = model.embed(frame, nm_per_px=pitch)
             small = to_model_grid(mask, prepared.shape, nm_per_px=frame.nm_per_px, target_nm_per_px=pitch)
-            v, c = instance_embeddings(embedding, small)
+            v, c = instance_embeddings(embedding, small, centre=centre_features)
             vectors.append(v)
             labels.append(c)
         n_images += 1
@@ -347,6 +371,7 @@ def evaluate_model(
     if episodes and vectors:
         allv, allc = np.concatenate(vectors), np.concatenate(labels)
         report["episodes"] = {}
+        report["episodes_frame_centred"] = centre_features
         for k in shots:
             try:
                 res = run_episodes(allv, allc, shots=k, queries=queries, episodes=episodes, seed=seed)
