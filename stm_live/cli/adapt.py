@@ -18,6 +18,9 @@ new model with them: no gradient training, seconds on a CPU. Labels are either p
 person clicked (CSV with header x_nm,y_nm,class; class 'background' marks background
 explicitly) or an integer mask of the image's shape (0 = background, k = k-th --classes
 name). Give --image once per labelled image, each with its own --points or --mask.
+With --centre-features the new model centres each frame on its own features' mean
+embedding before it decides which class a feature is, so that what a tip change does to
+every feature alike cancels (docs/model.md says when that helps).
 """
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--background-prototypes", type=int, default=4, help="k-means clusters for the background")
     parser.add_argument("--fine-tune-steps", type=int, default=0,
                         help="optionally refine the prototypes by this many gradient steps (head only)")
+    parser.add_argument("--centre-features", action="store_true",
+                        help="classify features after centring each frame on its features' mean embedding")
+    parser.add_argument("--centre-prior-nm2", type=float, default=2.5, metavar="A",
+                        help="with --centre-features: a frame's feature mean is pulled towards the labelled "
+                        "images' with the weight of "
+                        "this much feature area (nm^2), so that a frame or live window with few features is "
+                        "classified nearly as without centring")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -92,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model.prepare import to_model_grid
     from ..model.prototypes import (
         LabelledImage,
+        feature_centring,
         labels_from_points,
         prototypes_from_labels,
         refine_prototypes,
@@ -107,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.mask and not args.classes:
         raise AdaptError("--mask needs --classes a,b,... naming mask values 1, 2, ...")
+    if args.centre_features and not args.centre_prior_nm2 > 0:
+        raise AdaptError(f"--centre-prior-nm2 must be positive, got {args.centre_prior_nm2}")
     base_path = resolve_model_path(args.model)
     base = SegmentationModel(base_path, provider="cpu")
     info: ModelInfo = base.info
@@ -163,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
     prototypes = prototypes_from_labels(images, len(classes), n_background=args.background_prototypes, seed=args.seed)
     if args.fine_tune_steps:
         prototypes = refine_prototypes(prototypes, images, steps=args.fine_tune_steps, seed=args.seed)
+    if args.centre_features:
+        prior_px = args.centre_prior_nm2 / info.nm_per_px**2
+        prototypes = replace(prototypes, centring=feature_centring(images, prototypes, prior_px=prior_px))
     out = Path(args.out)
     # Real features are often ragged: pieces of one class within a feature's diameter
     # are one feature, and specks far smaller than a labelled disc are noise.
@@ -184,11 +200,13 @@ def run(args: argparse.Namespace) -> int:
             "base_model": {"id": base.info.id, "name": base.info.name, "path": str(base_path)},
             "images": provenance_images,
             "radius_nm": args.radius_nm if args.points else None,
+            "feature_centring": {"prior_nm2": args.centre_prior_nm2} if args.centre_features else None,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
     )
     model = attach_head(load_onnx(base_path), prototypes)
     saved = save_model(model, new_info, out)
     print(f"wrote {out}: model {saved.name} [{saved.id}], classes {', '.join(saved.classes)}, "
-          f"{len(prototypes.labels)} prototypes, {saved.nm_per_px:g} nm/px")
+          f"{len(prototypes.labels)} prototypes, {saved.nm_per_px:g} nm/px"
+          + (", features centred per frame" if args.centre_features else ""))
     return 0

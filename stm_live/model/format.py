@@ -23,6 +23,18 @@ the channel axis of an ``NCHW`` tensor transposes it twice and took 65 ms of a
 surface replaces the three initializers and the metadata; the encoder is
 untouched.
 
+*Feature centring* (optional, :class:`FeatureCentring`; ``stm-live adapt
+--centre-features`` sets it): the head first classifies as above, then takes the mean embedding
+``mu`` of the pixels it found features at (background probability below
+0.5), pulled towards the labelled images' own mean by a prior of
+``prior_px`` pixels, and decides *which* feature class a pixel is with the
+class prototypes moved to ``centred_k + mu``: what the frame's tip and
+contrast do to all its features alike cancels. Whether a pixel is a feature
+at all is left as it was: ``probs[0]`` is the first stage's background
+probability and ``probs[k] = (1 - probs[0]) * q_k``, with ``q`` the softmax
+over the moved class prototypes. ``mu`` is taken over the image the graph
+sees: the whole frame, or the live path's window of rows.
+
 Metadata (``metadata_props``, JSON values under ``stm_live.*`` keys) carries
 everything the runtime needs: class names, pixel size, normalisation,
 levelling, the prototypes and their provenance, training provenance and
@@ -52,6 +64,7 @@ __all__ = [
     "FORMAT_VERSION",
     "HEAD_PREFIX",
     "INPUT_NAME",
+    "FeatureCentring",
     "ModelInfo",
     "Prototypes",
     "attach_head",
@@ -71,18 +84,59 @@ _META_PREFIX = "stm_live."
 
 
 @dataclass(frozen=True)
+class FeatureCentring:
+    """Per-frame feature centring of a head (see the module description).
+
+    ``centred`` is ``(C, D)``: class k's prototype less the mean embedding of
+    the features of the image it was labelled on; ``feature_mean`` ``(D,)``
+    the labelled images' mean feature embedding, what a frame's own mean is
+    pulled towards with a weight of ``prior_px`` pixels (so a frame with few
+    features is classified nearly as without centring).
+    """
+
+    centred: np.ndarray
+    feature_mean: np.ndarray
+    prior_px: float = 256.0
+
+    def __post_init__(self) -> None:
+        centred = np.ascontiguousarray(self.centred, dtype=np.float32)
+        mean = np.ascontiguousarray(self.feature_mean, dtype=np.float32).reshape(-1)
+        if centred.ndim != 2 or centred.shape[0] == 0 or centred.shape[1] != mean.shape[0]:
+            raise ValueError(f"feature centring: centred prototypes {centred.shape}, feature mean {mean.shape}")
+        if not (np.isfinite(centred).all() and np.isfinite(mean).all()):
+            raise ValueError("feature centring contains NaN or inf")
+        if not (np.isfinite(self.prior_px) and self.prior_px > 0):
+            raise ValueError(f"feature centring prior must be positive, got {self.prior_px}")
+        object.__setattr__(self, "centred", centred)
+        object.__setattr__(self, "feature_mean", mean)
+        object.__setattr__(self, "prior_px", float(self.prior_px))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"centred": self.centred.tolist(), "feature_mean": self.feature_mean.tolist(),
+                "prior_px": self.prior_px}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FeatureCentring:
+        return cls(np.asarray(data["centred"], np.float32), np.asarray(data["feature_mean"], np.float32),
+                   float(data["prior_px"]))
+
+
+@dataclass(frozen=True)
 class Prototypes:
     """Prototype vectors of a head.
 
     ``vectors`` is ``(M, D)`` float32; ``labels`` gives each prototype's class
     index (0 = background, k = ``classes[k - 1]``); ``temperature`` scales
     squared distances into logits (fitted on validation data so that the
-    probabilities are calibrated).
+    probabilities are calibrated). ``centring``, when set, makes the head
+    centre each frame's features (one centred prototype per class, in class
+    order; the module description says how).
     """
 
     vectors: np.ndarray
     labels: tuple[int, ...]
     temperature: float = 1.0
+    centring: FeatureCentring | None = None
 
     def __post_init__(self) -> None:
         vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
@@ -94,6 +148,10 @@ class Prototypes:
             raise ValueError(f"prototype temperature must be positive, got {self.temperature}")
         object.__setattr__(self, "vectors", vectors)
         object.__setattr__(self, "labels", tuple(int(label) for label in self.labels))
+        c = self.centring
+        if c is not None and (c.centred.shape[0] != self.n_classes - 1 or c.centred.shape[1] != vectors.shape[1]):
+            raise ValueError(f"feature centring: {c.centred.shape} centred prototypes for {self.n_classes - 1} "
+                             f"classes of dimension {vectors.shape[1]}")
 
     @property
     def n_classes(self) -> int:
@@ -101,15 +159,20 @@ class Prototypes:
         return max(self.labels) + 1
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "vectors": self.vectors.tolist(),
             "labels": list(self.labels),
             "temperature": self.temperature,
         }
+        if self.centring is not None:
+            out["centring"] = self.centring.to_json()
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Prototypes:
-        return cls(np.asarray(data["vectors"], dtype=np.float32), tuple(data["labels"]), float(data["temperature"]))
+        centring = data.get("centring")
+        return cls(np.asarray(data["vectors"], dtype=np.float32), tuple(data["labels"]), float(data["temperature"]),
+                   None if centring is None else FeatureCentring.from_json(centring))
 
 
 @dataclass(frozen=True)
@@ -289,49 +352,92 @@ def attach_head(model: onnx.ModelProto, prototypes: Prototypes) -> onnx.ModelPro
         raise ModelError(f"prototypes have dimension {d}, the encoder's embedding has {dims[1].dim_value}")
     t = prototypes.temperature
     p = prototypes.vectors.astype(np.float64)
-    weight = (2.0 * p / t).astype(np.float32).reshape(len(p), d, 1, 1)
-    bias = (-(p**2).sum(axis=1) / t).astype(np.float32)
     n_classes = prototypes.n_classes
+    graph = base.graph
+    opset = next((o.version for o in base.opset_import if o.domain in ("", "ai.onnx")), 18)
+    names: dict[str, str] = {}
+
+    def init(key: str, value: np.ndarray) -> None:
+        names[key] = HEAD_PREFIX + key
+        graph.initializer.append(numpy_helper.from_array(value, names[key]))
+
+    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> onnx.NodeProto:
+        names.setdefault(output, HEAD_PREFIX + output)
+        return helper.make_node(op, [names.get(i, i) for i in inputs], [names[output]], name=HEAD_PREFIX + output,
+                                **attrs)
+
+    def reduce(op: str, source: str, output: str, axes: str, axes_input_since: int) -> onnx.NodeProto:
+        # the reduction axes became an input (opset 13 for ReduceSum, 18 for ReduceMax)
+        if opset >= axes_input_since:
+            return node(op, [source, axes], output, keepdims=1)
+        return node(op, [source], output, axes=numpy_helper.to_array(_initializer(graph, names[axes])).tolist(),
+                    keepdims=1)
+
+    def softmax_per_class(logits: str, assign: str, prefix: str, output: str) -> list[onnx.NodeProto]:
+        # softmax over prototypes, summed per class (see the module description for why spelled out)
+        return [
+            reduce("ReduceMax", logits, prefix + "max", "axes", 18),
+            node("Sub", [logits, prefix + "max"], prefix + "shifted"),
+            node("Exp", [prefix + "shifted"], prefix + "exp"),
+            node("Conv", [prefix + "exp", assign], prefix + "class_exp"),
+            reduce("ReduceSum", prefix + "class_exp", prefix + "total", "axes", 13),
+            node("Div", [prefix + "class_exp", prefix + "total"], output),
+        ]
+
     assign = np.zeros((n_classes, len(p), 1, 1), np.float32)
     for m, label in enumerate(prototypes.labels):
         assign[label, m] = 1.0
-    keys = ("weight", "bias", "assign", "axes", "logits", "max", "shifted", "exp", "class_exp", "total")
-    names = {k: HEAD_PREFIX + k for k in keys}
-    graph = base.graph
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(weight, names["weight"]),
-            numpy_helper.from_array(bias, names["bias"]),
-            numpy_helper.from_array(assign, names["assign"]),
-            numpy_helper.from_array(np.array([1], np.int64), names["axes"]),
-        ]
-    )
-
-    opset = next((o.version for o in base.opset_import if o.domain in ("", "ai.onnx")), 18)
-
-    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> onnx.NodeProto:
-        return helper.make_node(op, inputs, [names.get(output, output)], name=HEAD_PREFIX + output, **attrs)
-
-    def reduce(op: str, source: str, output: str, axes_input_since: int) -> onnx.NodeProto:
-        # the reduction axis became an input (opset 13 for ReduceSum, 18 for ReduceMax)
-        if opset >= axes_input_since:
-            return node(op, [names[source], names["axes"]], output, keepdims=1)
-        return node(op, [names[source]], output, axes=[1], keepdims=1)
-
-    # softmax over prototypes, summed per class (see the module description for why spelled out)
-    graph.node.extend(
-        [
-            node("Conv", [EMBEDDING_NAME, names["weight"], names["bias"]], "logits"),
-            reduce("ReduceMax", "logits", "max", 18),
-            node("Sub", [names["logits"], names["max"]], "shifted"),
-            node("Exp", [names["shifted"]], "exp"),
-            node("Conv", [names["exp"], names["assign"]], "class_exp"),
-            reduce("ReduceSum", "class_exp", "total", 13),
-            node("Div", [names["class_exp"], names["total"]], PROBS_NAME),
-        ]
-    )
+    init("weight", (2.0 * p / t).astype(np.float32).reshape(len(p), d, 1, 1))
+    init("bias", (-(p**2).sum(axis=1) / t).astype(np.float32))
+    init("assign", assign)
+    init("axes", np.array([1], np.int64))
+    centring = prototypes.centring
+    first = PROBS_NAME if centring is None else "probs_uncentred"
+    names[PROBS_NAME] = PROBS_NAME
+    graph.node.extend([node("Conv", [EMBEDDING_NAME, "weight", "bias"], "logits"),
+                       *softmax_per_class("logits", "assign", "", first)])
+    if centring is not None:
+        q = centring.centred.astype(np.float64)
+        prior = centring.prior_px
+        select_background = np.zeros((1, n_classes, 1, 1), np.float32)
+        select_background[0, 0] = 1.0
+        init("select_background", select_background)
+        init("half", np.array(0.5, np.float32))
+        init("one", np.array(1.0, np.float32))
+        init("prior_px", np.array(prior, np.float32))
+        init("prior_sum", (prior * centring.feature_mean.astype(np.float64)).astype(np.float32).reshape(1, d, 1, 1))
+        init("spatial_axes", np.array([2, 3], np.int64))
+        init("centred_weight", (2.0 * q / t).astype(np.float32).reshape(len(q), d, 1, 1))
+        init("centred_bias", (-(q**2).sum(axis=1) / t).astype(np.float32))
+        init("centred_assign", np.eye(len(q), dtype=np.float32).reshape(len(q), len(q), 1, 1))
+        graph.node.extend(
+            [
+                # where the first stage found features, and their mean embedding (with the prior)
+                node("Conv", ["probs_uncentred", "select_background"], "background"),
+                node("Less", ["background", "half"], "is_feature"),
+                node("Cast", ["is_feature"], "feature", to=TensorProto.FLOAT),
+                reduce("ReduceSum", "feature", "feature_px", "spatial_axes", 13),
+                node("Mul", [EMBEDDING_NAME, "feature"], "feature_embedding"),
+                reduce("ReduceSum", "feature_embedding", "feature_sum", "spatial_axes", 13),
+                node("Add", ["feature_sum", "prior_sum"], "mean_numerator"),
+                node("Add", ["feature_px", "prior_px"], "mean_denominator"),
+                node("Div", ["mean_numerator", "mean_denominator"], "feature_mean"),
+                # class logits with the prototypes at centred + mean: the terms that depend on the class
+                node("Conv", [EMBEDDING_NAME, "centred_weight", "centred_bias"], "centred_logits_at_zero"),
+                node("Conv", ["feature_mean", "centred_weight"], "mean_shift"),
+                node("Sub", ["centred_logits_at_zero", "mean_shift"], "centred_logits"),
+                *softmax_per_class("centred_logits", "centred_assign", "centred_", "class_given_feature"),
+                node("Sub", ["one", "background"], "feature_probability"),
+                node("Mul", ["class_given_feature", "feature_probability"], "class_probs"),
+                node("Concat", ["background", "class_probs"], PROBS_NAME, axis=1),
+            ]
+        )
     graph.output.append(helper.make_tensor_value_info(PROBS_NAME, TensorProto.FLOAT, ["N", n_classes, "H", "W"]))
     return base
+
+
+def _initializer(graph: onnx.GraphProto, name: str) -> onnx.TensorProto:
+    return next(i for i in graph.initializer if i.name == name)
 
 
 def model_id(model: onnx.ModelProto, normalisation: Mapping[str, Any] | None = None) -> str:

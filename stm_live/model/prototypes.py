@@ -15,6 +15,12 @@ Labels come from a person in one of two ways (see ``stm-live adapt``):
   unlabelled, candidates whose embedding lies as close to a labelled class as
   that class's own pixels do, or closer to a class than to the typical
   background, are not used as background.
+
+Feature centring (:func:`feature_centring`, ``stm-live adapt --centre-features``)
+also stores each class prototype relative to the mean embedding of the
+labelled image's features, so that the head can centre every frame on its own
+features' mean (``stm_live.model.format``): on simulated Si(001) frames that
+lifted the leave-one-surface-out episodes by about 2 points (``docs/model.md``).
 """
 
 from __future__ import annotations
@@ -27,12 +33,14 @@ import numpy as np
 from scipy.cluster.vq import kmeans2
 
 from ..errors import AdaptError
-from .format import Prototypes
+from .format import FeatureCentring, Prototypes
 
 __all__ = [
     "UNLABELLED",
     "LabelledImage",
     "Point",
+    "feature_centring",
+    "first_stage_features",
     "fit_temperature",
     "labels_from_points",
     "prototypes_from_labels",
@@ -160,6 +168,56 @@ def fit_temperature(vectors: np.ndarray, labels: Sequence[int], pixels: np.ndarr
         if ll > best_ll:
             best_t, best_ll = float(t), ll
     return best_t
+
+
+def first_stage_features(embedding: np.ndarray, prototypes: Prototypes) -> np.ndarray:
+    """Where the head's first (uncentred) stage finds features: background probability below 0.5.
+
+    ``embedding`` is ``(D, h, w)``; returns a boolean ``(h, w)`` map. The same
+    rule as the ONNX head (``stm_live.model.format``), in float64.
+    """
+    d, h, w = embedding.shape
+    e = embedding.reshape(d, -1).astype(np.float64)
+    p = prototypes.vectors.astype(np.float64)
+    logits = (2.0 * p @ e - (p**2).sum(axis=1)[:, None]) / prototypes.temperature  # (M, h*w)
+    logits -= logits.max(axis=0, keepdims=True)
+    x = np.exp(logits)
+    background = x[np.asarray(prototypes.labels) == 0].sum(axis=0) / x.sum(axis=0)
+    return (background < 0.5).reshape(h, w)
+
+
+def feature_centring(
+    images: Sequence[LabelledImage], prototypes: Prototypes, *, prior_px: float = 256.0
+) -> FeatureCentring:
+    """The centring of a head made from ``images``: centred class prototypes and the mean feature embedding.
+
+    Each image's feature mean is taken where the uncentred head finds
+    features (:func:`first_stage_features`), as the head does on a new frame;
+    where it finds none, over the image's labelled feature pixels. Class k's
+    centred prototype is its prototype less the mean of those image means,
+    weighted by how many of k's labelled pixels each image has.
+    """
+    means, weights = [], []
+    for im in images:
+        found = first_stage_features(im.embedding, prototypes)
+        if not found.any():
+            found = im.labels > 0
+        flat = im.embedding.reshape(im.embedding.shape[0], -1)
+        means.append(flat[:, found.reshape(-1)].astype(np.float64).mean(axis=1))
+        weights.append(int(found.sum()))
+    stacked = np.stack(means)
+    n_classes = prototypes.n_classes - 1
+    centred = np.empty((n_classes, stacked.shape[1]))
+    for k in range(1, n_classes + 1):
+        rows = [i for i, lab in enumerate(prototypes.labels) if lab == k]
+        if len(rows) != 1:
+            raise AdaptError(f"feature centring needs one prototype per class; class {k} has {len(rows)}")
+        counts = np.array([(im.labels == k).sum() for im in images], np.float64)
+        if counts.sum() == 0:
+            counts = np.ones(len(images))
+        centred[k - 1] = prototypes.vectors[rows[0]] - (counts[:, None] * stacked).sum(axis=0) / counts.sum()
+    feature_mean = (np.asarray(weights, np.float64)[:, None] * stacked).sum(axis=0) / max(sum(weights), 1)
+    return FeatureCentring(centred, feature_mean, prior_px)
 
 
 def prototypes_from_labels(
