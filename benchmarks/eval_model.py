@@ -16,9 +16,10 @@ in training) at the simulator's realistic artefact levels:
    ``models/base-encoder.train.yaml``); the in-domain figure with the bundled
    base encoder, which saw S, is given for reference. Each row is also given
    with *per-frame feature centring*: every frame's instance embeddings less
-   the mean embedding of all its feature pixels (no labels used). That is
-   transductive and the runtime does not do it; the plain rows are the
-   paper's protocol.
+   the mean embedding of all its feature pixels (no labels used), what a
+   model made with ``stm-live adapt --centre-features`` does in its head.
+   That is transductive (it uses the frame's other features); the plain
+   rows are the paper's protocol.
 
 These are our simulated surfaces, not the paper's real data sets; the numbers
 are not directly comparable with the paper's.

@@ -17,7 +17,8 @@ evaluates on fresh simulated frames instead. A detection matches a true feature 
 class within --max-dist-nm, one to one. Episodes follow the few-shot protocol: N-way
 K-shot, --queries per class, --episodes repetitions, on instance embeddings;
 --centre-features first subtracts from each frame's instance embeddings the mean
-embedding of all that frame's feature pixels (no labels used; the runtime does not).
+embedding of all that frame's feature pixels (no labels used), as a model made with
+`stm-live adapt --centre-features` does.
 """
 log = logging.getLogger(__name__)
 

@@ -170,8 +170,9 @@ def instance_embeddings(
     ``centre`` subtracts the frame's :func:`feature_centre` from every vector
     (per-frame feature centring): what a frame's tip and contrast do to all
     its features alike cancels between frames. It is transductive (it uses
-    the frame's unlabelled features, not their classes); the runtime's pixel
-    head does not centre.
+    the frame's unlabelled features, not their classes). A model made with
+    ``stm-live adapt --centre-features`` does the same in its head, over the
+    pixels its first stage finds features at.
     """
     vectors, classes = [], []
     flat = embedding.reshape(embedding.shape[0], -1)
