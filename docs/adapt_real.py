@@ -7,7 +7,7 @@ image with the adapted model, and draw the image with the class map, the
 detections (circles) and the labelled points (crosses). Writes
 docs/adapt_<name>.png and docs/adapt_real.json (counts, model ids).
 
-Usage: python docs/adapt_real.py [--encoder models/base-encoder.onnx]
+Usage: python docs/adapt_real.py [--encoder models/base-encoder.onnx] [--out docs] [--centre-features]
 """
 
 from __future__ import annotations
@@ -63,11 +63,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", default=str(REPO / "models" / "base-encoder.onnx"))
     parser.add_argument("--out", default=str(REPO / "docs"))
+    parser.add_argument("--centre-features", action="store_true", help="adapt with --centre-features")
     args = parser.parse_args()
     if not REAL.is_dir():
         print(f"skipped: {REAL} is not there (../shared beside the checkout)", file=sys.stderr)
         return 0
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     summary = {}
     for name, filename, width_nm, pitch, points_file in CASES:
         image = REAL / filename
@@ -75,7 +77,7 @@ def main() -> int:
         model_path = Path("/tmp") / f"stm-live-adapt-{name}.onnx"
         rc = cli(["-q", "adapt", "--model", args.encoder, "--image", str(image), "--width-nm", str(width_nm),
                   "--points", str(points_path), "--nm-per-px", str(pitch), "--out", str(model_path),
-                  "--name", f"{name}-adapted"])
+                  "--name", f"{name}-adapted", *(["--centre-features"] if args.centre_features else [])])
         if rc:
             return rc
         model = SegmentationModel(model_path, provider="cpu")
@@ -86,6 +88,7 @@ def main() -> int:
         counts = {c: sum(1 for d in seg.detections if d.class_name == c) for c in model.classes}
         summary[name] = {"image": filename, "width_nm": width_nm, "model_nm_per_px": pitch, "points": len(points),
                          "model": model.id, "encoder": model.info.provenance["base_model"]["id"],
+                         "feature_centring": args.centre_features,
                          "detections": counts, "timings_ms": {k: round(v, 1) for k, v in seg.timings_ms.items()}}
         print(name, counts)
     (out / "adapt_real.json").write_text(json.dumps(summary, indent=2))
