@@ -188,3 +188,36 @@ def test_adapt_refuses_a_prior_that_is_not_positive(tmp_path: Path, capsys: pyte
                  "--centre-features", "--centre-prior-nm2", "0"]) == 2
     assert "--centre-prior-nm2 must be positive, got 0.0" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_live_path_with_a_centred_model(tmp_path: Path) -> None:
+    """The live path runs the same graph: over the whole acquired frame it gives the whole-frame answer."""
+    from tiny_models import write_tiny_model
+
+    from stm_live.level import level_frame
+    from stm_live.model.live import LiveSegmenter
+
+    support = write_sxm(tmp_path / "support.sxm", [Frame(_discs({"tall": 1.0, "short": 0.6}, 0), 25.6e-9, 25.6e-9)])
+    mask = np.zeros((128, 128), np.uint8)
+    for k, name in enumerate(("tall", "short"), start=1):
+        for r, c in WHERE[name]:
+            mask[(RR - r) ** 2 + (CC - c) ** 2 <= 9] = k
+    np.save(tmp_path / "mask.npy", mask)
+    write_tiny_model(tmp_path / "enc.onnx", head=False)
+    assert main(["adapt", "--model", str(tmp_path / "enc.onnx"), "--image", str(support), "--mask",
+                 str(tmp_path / "mask.npy"), "--classes", "tall,short", "--out", str(tmp_path / "m.onnx"),
+                 "--centre-features", "--centre-prior-nm2", "0.5"]) == 0
+    model = SegmentationModel(tmp_path / "m.onnx", provider="cpu")
+    frame = Frame(_discs({"tall": 1.35, "short": 0.95}, 1), 25.6e-9, 25.6e-9)
+    levelled = level_frame(frame.data, method="plane")
+    whole = model.segment(frame, levelled=levelled)
+    # Statistics never frozen: every call reruns the model on all rows acquired so far.
+    live = LiveSegmenter(model, rows=frame.rows, cols=frame.cols, nm_per_px=frame.nm_per_px, freeze_rows=10_000)
+    for row in range(frame.rows):
+        live.add_row(row, levelled[row])
+        if row % 16 == 15:
+            seg = live.segment()
+    assert seg.rows_done == frame.rows
+    assert (seg.class_map == whole.class_map).mean() > 0.999
+    assert sorted(d.class_name for d in seg.detections) == sorted(d.class_name for d in whole.detections)
+    assert sorted(d.class_name for d in whole.detections) == ["short"] * 4 + ["tall"] * 4

@@ -23,7 +23,10 @@ Work per call is bounded by the receptive field, not the frame:
 Normalisation statistics are taken from the rows acquired so far and frozen
 once ``freeze_rows`` model rows exist (a stable contrast for the rest of the
 frame). The final result of a completed scan should come from
-:meth:`SegmentationModel.segment` on the whole frame, as for a file.
+:meth:`SegmentationModel.segment` on the whole frame, as for a file. A head
+with feature centring (``stm-live adapt --centre-features``) centres on the
+features of the window it runs on, so once statistics are frozen its live
+classes can differ from a whole-frame run's.
 """
 
 from __future__ import annotations
