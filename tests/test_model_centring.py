@@ -136,6 +136,21 @@ def _discs(heights: dict[str, float], seed: int) -> np.ndarray:
     return img * 1e-10
 
 
+def _labelled_support(tmp_path: Path) -> list[str]:
+    """Write the labelled frame, its mask and a tiny encoder; the ``adapt`` arguments that use them."""
+    from tiny_models import write_tiny_model
+
+    support = write_sxm(tmp_path / "support.sxm", [Frame(_discs({"tall": 1.0, "short": 0.6}, 0), 25.6e-9, 25.6e-9)])
+    mask = np.zeros((128, 128), np.uint8)
+    for k, name in enumerate(("tall", "short"), start=1):
+        for r, c in WHERE[name]:
+            mask[(RR - r) ** 2 + (CC - c) ** 2 <= 9] = k
+    np.save(tmp_path / "mask.npy", mask)
+    write_tiny_model(tmp_path / "enc.onnx", head=False)
+    return ["adapt", "--model", str(tmp_path / "enc.onnx"), "--image", str(support), "--mask",
+            str(tmp_path / "mask.npy"), "--classes", "tall,short"]
+
+
 def test_adapted_model_tells_classes_apart_after_a_change_that_lifts_every_feature(tmp_path: Path) -> None:
     """Two feature heights; on a new frame every feature is 0.35 higher (a tip's doing).
 
@@ -143,24 +158,15 @@ def test_adapted_model_tells_classes_apart_after_a_change_that_lifts_every_featu
     they are called tall; with centring each frame's features are compared
     with their own mean, and every feature is named right.
     """
-    from tiny_models import write_tiny_model
-
-    support = write_sxm(tmp_path / "support.sxm", [Frame(_discs({"tall": 1.0, "short": 0.6}, 0), 25.6e-9, 25.6e-9)])
+    adapt = _labelled_support(tmp_path)
+    support = tmp_path / "support.sxm"
     query = write_sxm(tmp_path / "query.sxm", [Frame(_discs({"tall": 1.35, "short": 0.95}, 1), 25.6e-9, 25.6e-9)])
-    mask = np.zeros((128, 128), np.uint8)
-    for k, name in enumerate(("tall", "short"), start=1):
-        for r, c in WHERE[name]:
-            mask[(RR - r) ** 2 + (CC - c) ** 2 <= 9] = k
-    np.save(tmp_path / "mask.npy", mask)
-    encoder = tmp_path / "enc.onnx"
-    write_tiny_model(encoder, head=False)
     right = ["short"] * 4 + ["tall"] * 4
     names = {}
     # The 8 features cover 9 nm^2: a prior of 0.5 nm^2 pulls the frame's mean by 5 %.
     for label, extra in (("centred", ["--centre-features", "--centre-prior-nm2", "0.5"]), ("plain", [])):
         out = tmp_path / f"{label}.onnx"
-        assert main(["adapt", "--model", str(encoder), "--image", str(support), "--mask", str(tmp_path / "mask.npy"),
-                     "--classes", "tall,short", "--out", str(out), *extra]) == 0
+        assert main([*adapt, "--out", str(out), *extra]) == 0
         info = read_info(load_onnx(out))
         centring = info.prototypes.centring  # type: ignore[union-attr]
         if label == "centred":
@@ -176,37 +182,19 @@ def test_adapted_model_tells_classes_apart_after_a_change_that_lifts_every_featu
 
 
 def test_adapt_refuses_a_prior_that_is_not_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tiny_models import write_tiny_model
-
-    support = write_sxm(tmp_path / "support.sxm", [Frame(_discs({"tall": 1.0, "short": 0.6}, 0), 25.6e-9, 25.6e-9)])
-    mask = np.zeros((128, 128), np.uint8)
-    mask[(RR - 20) ** 2 + (CC - 30) ** 2 <= 9] = 1
-    np.save(tmp_path / "mask.npy", mask)
-    write_tiny_model(tmp_path / "enc.onnx", head=False)
-    assert main(["adapt", "--model", str(tmp_path / "enc.onnx"), "--image", str(support), "--mask",
-                 str(tmp_path / "mask.npy"), "--classes", "tall", "--out", str(tmp_path / "m.onnx"),
-                 "--centre-features", "--centre-prior-nm2", "0"]) == 2
+    adapt = _labelled_support(tmp_path)
+    assert main([*adapt, "--out", str(tmp_path / "m.onnx"), "--centre-features", "--centre-prior-nm2", "0"]) == 2
     assert "--centre-prior-nm2 must be positive, got 0.0" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_live_path_with_a_centred_model(tmp_path: Path) -> None:
     """The live path runs the same graph: over the whole acquired frame it gives the whole-frame answer."""
-    from tiny_models import write_tiny_model
-
     from stm_live.level import level_frame
     from stm_live.model.live import LiveSegmenter
 
-    support = write_sxm(tmp_path / "support.sxm", [Frame(_discs({"tall": 1.0, "short": 0.6}, 0), 25.6e-9, 25.6e-9)])
-    mask = np.zeros((128, 128), np.uint8)
-    for k, name in enumerate(("tall", "short"), start=1):
-        for r, c in WHERE[name]:
-            mask[(RR - r) ** 2 + (CC - c) ** 2 <= 9] = k
-    np.save(tmp_path / "mask.npy", mask)
-    write_tiny_model(tmp_path / "enc.onnx", head=False)
-    assert main(["adapt", "--model", str(tmp_path / "enc.onnx"), "--image", str(support), "--mask",
-                 str(tmp_path / "mask.npy"), "--classes", "tall,short", "--out", str(tmp_path / "m.onnx"),
-                 "--centre-features", "--centre-prior-nm2", "0.5"]) == 0
+    adapt = _labelled_support(tmp_path)
+    assert main([*adapt, "--out", str(tmp_path / "m.onnx"), "--centre-features", "--centre-prior-nm2", "0.5"]) == 0
     model = SegmentationModel(tmp_path / "m.onnx", provider="cpu")
     frame = Frame(_discs({"tall": 1.35, "short": 0.95}, 1), 25.6e-9, 25.6e-9)
     levelled = level_frame(frame.data, method="plane")
