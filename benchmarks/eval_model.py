@@ -119,12 +119,13 @@ def _train_loso(surface: str, steps: int | None, runs: Path) -> Path:
 
 
 def _episode_sets(model: SegmentationModel, surface: str, seeds: list[int], frames: int,
-                  centre: bool = False) -> dict[str, dict]:
+                  centres: tuple[bool, ...] = (False,)) -> dict[bool, dict[str, dict]]:
     """1- and 3-shot episodes on each seed's set of held-out frames and on all sets pooled.
 
     The episodes of a set are drawn with its seed, as ``evaluate_model`` does;
-    the pool's with the first seed. ``centre``: per-frame feature centring of
-    the instance embeddings (``instance_embeddings(..., centre=True)``).
+    the pool's with the first seed. One result per entry of ``centres``
+    (per-frame feature centring of the instance embeddings or not,
+    ``instance_embeddings(..., centre=...)``), from one embedding per frame.
     """
     import numpy as np
 
@@ -132,22 +133,29 @@ def _episode_sets(model: SegmentationModel, surface: str, seeds: list[int], fram
     from stm_live.model.prepare import to_model_grid
 
     size, pixels, pitch = _geometry(own_runs=False)[surface]  # the shared encoders' frames and pitch
-    per_set = []
+    per_set: dict[bool, list] = {centre: [] for centre in centres}
     for seed in seeds:
-        vectors, classes = [], []
+        vectors: dict[bool, list] = {centre: [] for centre in centres}
+        classes = []
         for _, scan, mask, _, _ in _simulated_items(surface, frames, seed, size, pixels):
             frame = scan.frame("Z", "forward")
             embedding, prepared = model.embed(frame, nm_per_px=pitch)
             small = to_model_grid(mask, prepared.shape, nm_per_px=frame.nm_per_px, target_nm_per_px=pitch)
-            v, c = instance_embeddings(embedding, small, centre=centre)
-            vectors.append(v)
+            for centre in centres:
+                v, c = instance_embeddings(embedding, small, centre=centre)
+                vectors[centre].append(v)
             classes.append(c)
-        per_set.append((np.concatenate(vectors), np.concatenate(classes)))
-    sets = [*per_set, (np.concatenate([v for v, _ in per_set]), np.concatenate([c for _, c in per_set]))]
+        for centre in centres:
+            per_set[centre].append((np.concatenate(vectors[centre]), np.concatenate(classes)))
     names = [str(s) for s in seeds] + ["pooled"]
-    return {name: {f"{k}-shot": run_episodes(v, c, shots=k, episodes=100, queries=15, seed=ep_seed).to_dict()
+    out = {}
+    for centre, sets in per_set.items():
+        pooled = (np.concatenate([v for v, _ in sets]), np.concatenate([c for _, c in sets]))
+        out[centre] = {
+            name: {f"{k}-shot": run_episodes(v, c, shots=k, episodes=100, queries=15, seed=ep_seed).to_dict()
                    for k in (1, 3)}
-            for name, ep_seed, (v, c) in zip(names, [*seeds, seeds[0]], sets, strict=True)}
+            for name, ep_seed, (v, c) in zip(names, [*seeds, seeds[0]], [*sets, pooled], strict=True)}
+    return out
 
 
 def _cell(r: dict) -> str:
@@ -169,10 +177,9 @@ def episodes(seeds: list[int], frames: int, train_loso: bool, loso_steps: int | 
             encoders["leave-one-surface-out"] = loso
         for label, path in encoders.items():
             model = SegmentationModel(path, provider="cpu")
-            for centre in (False, True):
+            for centre, sets in _episode_sets(model, name, seeds, frames, (False, True)).items():
                 key = f"{label}, frame-centred" if centre else label
-                row[key] = {"encoder": str(path), "id": model.id, "frame_centred": centre,
-                            **_episode_sets(model, name, seeds, frames, centre)}
+                row[key] = {"encoder": str(path), "id": model.id, "frame_centred": centre, **sets}
             print(f"{name} {label}: done", flush=True)
         results[name] = row
     print(f"| surface | encoder | ways | 1-shot ({len(seeds) * frames} frames) | 3-shot | "
@@ -208,8 +215,8 @@ def pooled(surface: str, encoders: list[Path], seeds: list[int], frames: int, sc
         trained = model.info.training.get("normalisation", own).get("scale", "mad")
         for scale in scales or [own_scale]:
             model.info = replace(model.info, normalisation={**own, "scale": scale})
-            for centred in (False, True) if centre else (False,):
-                row = _episode_sets(model, surface, seeds, frames, centred)
+            rows = _episode_sets(model, surface, seeds, frames, (False, True) if centre else (False,))
+            for centred, row in rows.items():
                 out[f"{path} {scale}{' frame-centred' if centred else ''}"] = {
                     "id": model.id, "input_scale": scale, "frame_centred": centred, **row}
                 cells = [f"{100 * r['1-shot']['accuracy_mean']:.1f} / {100 * r['3-shot']['accuracy_mean']:.1f} %"

@@ -356,9 +356,11 @@ def attach_head(model: onnx.ModelProto, prototypes: Prototypes) -> onnx.ModelPro
     graph = base.graph
     opset = next((o.version for o in base.opset_import if o.domain in ("", "ai.onnx")), 18)
     names: dict[str, str] = {}
+    values: dict[str, np.ndarray] = {}
 
     def init(key: str, value: np.ndarray) -> None:
         names[key] = HEAD_PREFIX + key
+        values[key] = value
         graph.initializer.append(numpy_helper.from_array(value, names[key]))
 
     def node(op: str, inputs: list[str], output: str, **attrs: Any) -> onnx.NodeProto:
@@ -370,8 +372,7 @@ def attach_head(model: onnx.ModelProto, prototypes: Prototypes) -> onnx.ModelPro
         # the reduction axes became an input (opset 13 for ReduceSum, 18 for ReduceMax)
         if opset >= axes_input_since:
             return node(op, [source, axes], output, keepdims=1)
-        return node(op, [source], output, axes=numpy_helper.to_array(_initializer(graph, names[axes])).tolist(),
-                    keepdims=1)
+        return node(op, [source], output, axes=values[axes].tolist(), keepdims=1)
 
     def softmax_per_class(logits: str, assign: str, prefix: str, output: str) -> list[onnx.NodeProto]:
         # softmax over prototypes, summed per class (see the module description for why spelled out)
@@ -434,10 +435,6 @@ def attach_head(model: onnx.ModelProto, prototypes: Prototypes) -> onnx.ModelPro
         )
     graph.output.append(helper.make_tensor_value_info(PROBS_NAME, TensorProto.FLOAT, ["N", n_classes, "H", "W"]))
     return base
-
-
-def _initializer(graph: onnx.GraphProto, name: str) -> onnx.TensorProto:
-    return next(i for i in graph.initializer if i.name == name)
 
 
 def model_id(model: onnx.ModelProto, normalisation: Mapping[str, Any] | None = None) -> str:
