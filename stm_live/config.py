@@ -147,7 +147,21 @@ class LiveSection(_Section):
 
     cadence_lines: PositiveInt = 1
     freeze_rows: PositiveInt = 32
-    queue_messages: PositiveInt = 10000
+
+
+Megabytes = Annotated[int, Field(ge=1, le=1 << 20)]
+
+
+class LimitsSection(_Section):
+    """Memory for inputs waiting to be processed, and the largest frame the model runs in one piece."""
+
+    assembler_mb: Megabytes = 768
+    ingest_queue_mb: Megabytes = 128
+    frames_queue_mb: Megabytes = 256
+    sink_queue_mb: Megabytes = 64
+    store_queue_mb: Megabytes = 512
+    tile_model_px: Annotated[int, Field(ge=64, le=16384)] = 1024
+    max_upsample: Annotated[float, Field(ge=1, le=64, allow_inf_nan=False)] = 4.0
 
 
 class ResultsSection(_Section):
@@ -155,6 +169,8 @@ class ResultsSection(_Section):
 
     dir: Path = Path("stm-live-results")
     overlay_png: bool = True
+    events_max_mb: Megabytes = 64
+    events_backups: Annotated[int, Field(ge=0, le=100)] = 5
 
 
 class LogSection(_Section):
@@ -173,6 +189,7 @@ class Config(_Section):
     ingest: IngestSection = IngestSection()
     publish: PublishSection = PublishSection()
     live: LiveSection = LiveSection()
+    limits: LimitsSection = LimitsSection()
     results: ResultsSection = ResultsSection()
     log: LogSection = LogSection()
 

@@ -210,15 +210,13 @@ class Detection:
     id: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """The wire / JSON form: ``{"id", "class", "x_nm", "y_nm", "area_nm2", "score"}``."""
-        return {
-            "id": self.id,
-            "class": self.class_name,
-            "x_nm": round(self.x_nm, 4),
-            "y_nm": round(self.y_nm, 4),
-            "area_nm2": round(self.area_nm2, 4),
-            "score": round(self.score, 4),
-        }
+        """The wire / JSON form: ``{"id", "class", "x_nm", "y_nm", "area_nm2", "score"}`` (4 decimals).
+
+        Built by :func:`stm_live.publish.documents.detection_json`, the one composer.
+        """
+        from .publish.documents import detection_json  # the composer imports this module
+
+        return detection_json(self)
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,7 +18,12 @@ Publish (daemon -> subscribers):
 
 * ``seg.partial`` / ``seg.frame``: segmentation of a partial / finished
   frame, :class:`SegMessage`;
+* ``level.line``: one levelled scan line as it arrived, :class:`LevelLineMessage`;
 * ``status``: the heartbeat, :class:`StatusMessage`.
+
+The daemon's headers are built by :mod:`stm_live.publish.documents` (the one
+composer); :func:`encode_document` checks a document's header with the same
+checks as the decoders and returns its parts.
 
 Every ``encode_*`` function is pure and returns ``list[bytes]`` ready for
 ``socket.send_multipart``; every ``decode_*`` function checks the part count,
@@ -66,6 +71,7 @@ __all__ = [
     "EndMessage",
     "FrameMessage",
     "IngestMessage",
+    "LevelLineMessage",
     "LineMessage",
     "Message",
     "ScanInfo",
@@ -75,10 +81,12 @@ __all__ = [
     "decode_end",
     "decode_frame",
     "decode_ingest",
+    "decode_level_line",
     "decode_line",
     "decode_seg",
     "decode_status",
     "encode",
+    "encode_document",
     "encode_end",
     "encode_frame",
     "encode_line",
@@ -96,11 +104,12 @@ TOPIC_END: Final = "stm.end"
 TOPIC_PARTIAL: Final = "seg.partial"
 TOPIC_SEG_FRAME: Final = "seg.frame"
 TOPIC_STATUS: Final = "status"
+TOPIC_LEVEL_LINE: Final = "level.line"
 
 #: Topics a controller bridge sends to the daemon.
 INGEST_TOPICS: Final = (TOPIC_LINE, TOPIC_FRAME, TOPIC_END)
 #: Topics the daemon publishes.
-PUBLISH_TOPICS: Final = (TOPIC_PARTIAL, TOPIC_SEG_FRAME, TOPIC_STATUS)
+PUBLISH_TOPICS: Final = (TOPIC_PARTIAL, TOPIC_SEG_FRAME, TOPIC_STATUS, TOPIC_LEVEL_LINE)
 #: Every topic of protocol v1.
 TOPICS: Final = INGEST_TOPICS + PUBLISH_TOPICS
 
@@ -112,6 +121,8 @@ MAX_SIDE: Final = 1 << 15
 MAX_PIXELS: Final = 1 << 26
 #: Physical sizes are in metres and below 1 cm (catches nanometres sent as metres).
 MAX_LENGTH_M: Final = 1e-2
+#: Pixel sizes (m per pixel) a scan may have: 0.1 pm .. 10 um. Outside, numbers are garbage (5e-324 m).
+PIXEL_SIZE_RANGE_M: Final = (1e-13, 1e-5)
 _MAX_ID = 128
 _MAX_NAME = 64
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -235,6 +246,10 @@ class SegMessage:
         ``seg.frame`` only: the file path, or ``"zmq"``.
     complete : bool, optional
         ``seg.frame`` only: the scan finished normally with every row.
+    position : Mapping, optional
+        Where on the sample (:func:`stm_live.publish.documents.position`).
+    not_segmented : str, optional
+        ``seg.frame`` only: why the model was not applied (then no detections).
     """
 
     scan_id: str
@@ -253,6 +268,8 @@ class SegMessage:
     final: bool = False
     source: str | None = None
     complete: bool | None = None
+    position: Mapping[str, Any] | None = None
+    not_segmented: str | None = None
 
     @property
     def topic(self) -> str:
@@ -279,8 +296,29 @@ class StatusMessage:
     model_name: str | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class LevelLineMessage:
+    """``level.line``: display row ``row`` of scan ``scan_id``, levelled, as it arrived.
+
+    ``data`` is ``(cols,)`` float32 (NaN: missing pixel); ``rows_done`` counts
+    the rows acquired so far from the scan's start edge (``scan_direction``).
+    """
+
+    scan_id: str
+    row: int
+    rows_done: int
+    rows: int
+    cols: int
+    width_m: float
+    height_m: float
+    channel: str
+    unit: str
+    scan_direction: Literal["down", "up"]
+    data: np.ndarray
+
+
 IngestMessage = LineMessage | FrameMessage | EndMessage
-Message = LineMessage | FrameMessage | EndMessage | SegMessage | StatusMessage
+Message = LineMessage | FrameMessage | EndMessage | SegMessage | StatusMessage | LevelLineMessage
 
 REQUIRED_COUNTERS: Final = ("frames", "lines", "errors", "dropped")
 STATES: Final = ("starting", "running", "stopping")
@@ -405,9 +443,16 @@ _FRAME_FIELDS = _SCAN_FIELDS
 _END_FIELDS = frozenset({"v", "scan_id", "complete"})
 _SEG_FIELDS = frozenset(
     {"v", "scan_id", "rows_done", "rows", "cols", "width_m", "height_m", "model", "classes", "detections",
-     "latency_ms", "dtype", "map_rows"}
+     "latency_ms", "dtype", "map_rows", "position"}
 )
-_SEG_FRAME_FIELDS = _SEG_FIELDS | {"source", "complete"}
+_SEG_FRAME_FIELDS = _SEG_FIELDS | {"source", "complete", "not_segmented"}
+_POSITION_FIELDS = frozenset(
+    {"centre_m", "size_m", "angle_deg", "scan_direction", "direction", "bias_v", "setpoint_a"}
+)
+_LEVEL_LINE_FIELDS = frozenset(
+    {"v", "scan_id", "row", "rows_done", "rows", "cols", "width_m", "height_m", "channel", "unit", "scan_direction",
+     "dtype"}
+)
 _STATUS_FIELDS = frozenset({"v", "state", "uptime_s", "counters", "queues", "model", "version", "t"})
 _DETECTION_FIELDS = frozenset({"id", "class", "x_nm", "y_nm", "area_nm2", "score"})
 
@@ -424,6 +469,10 @@ def _check_scan_header(h: _Header) -> tuple[ScanInfo, np.dtype[Any], float | Non
         )
     width_m = h.length_m("width_m")
     height_m = h.length_m("height_m")
+    lo, hi = PIXEL_SIZE_RANGE_M
+    for name, length, n, per in (("width_m", width_m, cols, "cols"), ("height_m", height_m, rows, "rows")):
+        if not lo <= length / n <= hi:
+            h.fail(name, length, f"a pixel size ({name} / {per} = {length / n:.3g} m) within {lo:g}..{hi:g} m")
     dtype_str = h.get("dtype", _MISSING)
     if dtype_str not in PAYLOAD_DTYPES or type(dtype_str) is not str:
         h.fail("dtype", dtype_str, "a numpy dtype.str with explicit byte order, one of " + ", ".join(PAYLOAD_DTYPES))
@@ -553,12 +602,68 @@ def _check_seg_header(h: _Header, final: bool) -> dict[str, Any]:
     out: dict[str, Any] = dict(
         scan_id=h.scan_id, rows_done=rows_done, rows=rows, cols=cols, width_m=width_m, height_m=height_m,
         model_id=model_id, model_name=model_name, classes=tuple(classes), detections=dets, latency_ms=latency,
-        final=final, map_rows=map_rows,
+        final=final, map_rows=map_rows, position=_check_position(h),
     )
     if final:
         out["source"] = h.text("source", max_len=4096)
         out["complete"] = h.boolean("complete")
+        out["not_segmented"] = h.text("not_segmented", None, max_len=1024)
+        if out["not_segmented"] is not None and dets:
+            h.fail("detections", detections, "none when the frame was not segmented ('not_segmented' is set)")
     h.check_fields(_SEG_FRAME_FIELDS if final else _SEG_FIELDS)
+    return out
+
+
+def _check_pair(h: _Header, name: str, value: Any, *, positive: bool) -> list[float]:
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(type(v) in (int, float) and math.isfinite(v) and (v > 0 or not positive) for v in value)
+    ):
+        h.fail(name, value, f"[x, y]: two finite{' positive' if positive else ''} numbers in metres")
+    return [float(value[0]), float(value[1])]
+
+
+def _check_position(h: _Header) -> dict[str, Any] | None:
+    """The optional ``position`` object: where on the sample the frame was taken."""
+    where = h.get("position", None)
+    if where is None:
+        return None
+    if not isinstance(where, dict) or set(where) != _POSITION_FIELDS:
+        h.fail("position", where, "an object with exactly " + ", ".join(sorted(_POSITION_FIELDS)))
+    sub = _Header(h.topic, where)
+    sub.scan_id = h.scan_id
+    try:
+        out: dict[str, Any] = {
+            "centre_m": None if where["centre_m"] is None else _check_pair(sub, "centre_m", where["centre_m"],
+                                                                          positive=False),
+            "size_m": _check_pair(sub, "size_m", where["size_m"], positive=True),
+            "angle_deg": sub.number("angle_deg", None),
+            "scan_direction": sub.choice("scan_direction", ("down", "up")),
+            "direction": sub.choice("direction", ("forward", "backward")),
+            "bias_v": sub.number("bias_v", None),
+            "setpoint_a": sub.number("setpoint_a", None),
+        }
+    except WireError as exc:
+        raise WireError(str(exc).replace(": field '", ": field 'position.", 1)) from None
+    return out
+
+
+def _check_level_line_header(h: _Header) -> dict[str, Any]:
+    h.version()
+    h.scan_id = h.text("scan_id", max_len=_MAX_ID)
+    rows = h.integer("rows", 1, MAX_SIDE)
+    cols = h.integer("cols", 1, MAX_SIDE)
+    row = h.integer("row", 0, rows - 1)
+    h.row = row
+    out = dict(
+        scan_id=h.scan_id, row=row, rows_done=h.integer("rows_done", 1, rows), rows=rows, cols=cols,
+        width_m=h.length_m("width_m"), height_m=h.length_m("height_m"), channel=h.text("channel"),
+        unit=h.text("unit", max_len=32, empty=True), scan_direction=h.choice("scan_direction", ("down", "up")),
+    )
+    if h.get("dtype", _MISSING) != "<f4":
+        h.fail("dtype", h.get("dtype", None), "'<f4' (little-endian float32 values)")
+    h.check_fields(_LEVEL_LINE_FIELDS)
     return out
 
 
@@ -620,6 +725,7 @@ def _header(topic: str, parts: Sequence[Buffer], n_parts: tuple[int, ...]) -> _H
             TOPIC_FRAME: "[topic, header, payload]",
             TOPIC_END: "[topic, header]",
             TOPIC_STATUS: "[topic, header]",
+            TOPIC_LEVEL_LINE: "[topic, header, payload]",
         }.get(topic, "[topic, header] or [topic, header, class map]")
         want = " or ".join(str(n) for n in n_parts)
         raise WireError(f"{topic}: expected {want} message parts {shape}, got {len(parts)}")
@@ -652,11 +758,14 @@ def _values(h: _Header, payload: Buffer, dtype: np.dtype[Any], shape: tuple[int,
 
 
 def _to_float32(raw: np.ndarray) -> np.ndarray:
-    """A native float32 copy; float64 values beyond its range become inf (reported by the check)."""
+    """Native float32: a view of native little-endian float32 bytes (no copy of a 256 MB frame), else a copy.
+
+    float64 values beyond float32's range become inf (reported by the check).
+    """
     if raw.dtype.itemsize == 8:
         with np.errstate(over="ignore"):
             return raw.astype(np.float32)
-    return raw.astype(np.float32)
+    return raw.astype(np.float32, copy=False)
 
 
 def _position(index: int, shape: tuple[int, ...]) -> str:
@@ -917,33 +1026,14 @@ def decode_ingest(parts: Sequence[Buffer]) -> IngestMessage:
 
 
 def _seg_header(msg: SegMessage) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "v": PROTOCOL_VERSION,
-        "scan_id": msg.scan_id,
-        "rows_done": _plain(msg.rows_done),
-        "rows": _plain(msg.rows),
-        "cols": _plain(msg.cols),
-        "width_m": _plain(msg.width_m),
-        "height_m": _plain(msg.height_m),
-        "model": {"id": msg.model_id, "name": msg.model_name},
-        "classes": list(msg.classes),
-        "detections": [
-            {
-                "id": int(d.id),
-                "class": str(d.class_name),
-                "x_nm": round(float(d.x_nm), 4),
-                "y_nm": round(float(d.y_nm), 4),
-                "area_nm2": round(float(d.area_nm2), 4),
-                "score": round(float(d.score), 4),
-            }
-            for d in msg.detections
-        ],
-        "latency_ms": round(float(msg.latency_ms), 3),
-    }
-    if msg.final:
-        obj["source"] = msg.source
-        obj["complete"] = msg.complete
-    return obj
+    from .publish.documents import seg_header  # the one composer (it imports nothing from here)
+
+    return seg_header(
+        scan_id=msg.scan_id, rows_done=_plain(msg.rows_done), rows=_plain(msg.rows), cols=_plain(msg.cols),
+        width_m=_plain(msg.width_m), height_m=_plain(msg.height_m), model_id=msg.model_id,
+        model_name=msg.model_name, classes=msg.classes, detections=msg.detections, latency_ms=msg.latency_ms,
+        final=msg.final, source=msg.source, complete=msg.complete, where=msg.position, reason=msg.not_segmented,
+    )
 
 
 def encode_seg(msg: SegMessage) -> list[bytes]:
@@ -974,6 +1064,7 @@ def encode_seg(msg: SegMessage) -> list[bytes]:
         obj["dtype"] = _LABEL_DTYPE
         obj["map_rows"] = [int(msg.map_row0), int(msg.map_row0) + int(cmap.shape[0])]
         payload = cmap.tobytes()
+        # The composer puts these before "position" and the frame fields; the order is cosmetic.
     _check_seg_header(_Header(msg.topic, obj), msg.final)
     parts = [msg.topic.encode(), _dumps(obj)]
     if payload is not None:
@@ -1056,6 +1147,69 @@ def decode_status(parts: Sequence[Buffer]) -> StatusMessage:
     return _check_status_header(_header(topic, parts, (2,)))
 
 
+def decode_level_line(parts: Sequence[Buffer]) -> LevelLineMessage:
+    """Check and decode a ``level.line`` message; ``data`` is a ``(cols,)`` native float32 array.
+
+    Raises
+    ------
+    WireError
+        Wrong topic or part count, bad header or payload.
+    """
+    topic = _topic(parts)
+    if topic != TOPIC_LEVEL_LINE:
+        raise WireError(f"expected topic {TOPIC_LEVEL_LINE!r}, got {topic!r}")
+    h = _header(topic, parts, (3,))
+    fields = _check_level_line_header(h)
+    n_bytes = memoryview(parts[2]).nbytes
+    if n_bytes != fields["cols"] * 4:
+        raise WireError(f"{h.where('payload')}: {n_bytes} bytes, expected {fields['cols'] * 4} "
+                        f"(cols = {fields['cols']} values of '<f4')")
+    data = np.frombuffer(parts[2], dtype="<f4").astype(np.float32)
+    return LevelLineMessage(data=data, **fields)
+
+
+def encode_document(doc: Any) -> list[Buffer]:
+    """The message parts of a published document (:class:`stm_live.publish.documents.Document`).
+
+    The header is checked with the decoder's checks first, so a subscriber
+    accepts whatever the daemon sends; the payload goes out without a copy.
+
+    Raises
+    ------
+    WireError
+        The topic is not published, or the header or payload is wrong (a bug
+        in the composer: the caller logs it and carries on).
+    """
+    topic = doc.topic
+    header = doc.header
+    h = _Header(topic, header)
+    payload = doc.payload
+    if topic in (TOPIC_PARTIAL, TOPIC_SEG_FRAME):
+        fields = _check_seg_header(h, topic == TOPIC_SEG_FRAME)
+        map_rows = fields["map_rows"]
+        if (map_rows is None) != (payload is None):
+            raise WireError(f"{h.where()}: a class-map payload and 'map_rows' come together")
+        if payload is not None and (
+            payload.dtype != np.uint8 or payload.shape != (map_rows[1] - map_rows[0], fields["cols"])
+        ):
+            raise WireError(f"{h.where('payload')}: class map {payload.dtype} {payload.shape}, expected uint8 "
+                            f"({map_rows[1] - map_rows[0]}, {fields['cols']})")
+    elif topic == TOPIC_LEVEL_LINE:
+        fields = _check_level_line_header(h)
+        if payload is None or payload.dtype != np.dtype("<f4") or payload.shape != (fields["cols"],):
+            raise WireError(f"{h.where('payload')}: expected ({fields['cols']},) little-endian float32 values")
+    elif topic == TOPIC_STATUS:
+        _check_status_header(h)
+        if payload is not None:
+            raise WireError(f"{h.where()}: a status message has no payload")
+    else:
+        raise WireError(f"topic {topic!r} is not published; expected one of {', '.join(PUBLISH_TOPICS)}")
+    parts: list[Buffer] = [topic.encode(), _dumps(header)]
+    if payload is not None:
+        parts.append(np.ascontiguousarray(payload).data.cast("B"))
+    return parts
+
+
 # --------------------------------------------------------------------------
 # Any message
 # --------------------------------------------------------------------------
@@ -1089,6 +1243,8 @@ def decode(parts: Sequence[Buffer]) -> Message:
         return decode_ingest(parts)
     if topic == TOPIC_STATUS:
         return decode_status(parts)
+    if topic == TOPIC_LEVEL_LINE:
+        return decode_level_line(parts)
     return decode_seg(parts)
 
 

@@ -10,261 +10,52 @@ missing (``TEST_STM_LIVE_MODEL`` may point at a candidate model meanwhile).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import jsonschema
 import numpy as np
 import pytest
-import yaml
 import zmq
-from tiny_models import bumps_image, write_tiny_model
+from daemon_kit import (
+    REPO,
+    DaemonProcess,
+    Subscriber,
+    base_settings,
+    bridge,
+    bumps_frame,
+    events,
+    frame_done,
+    processed,
+    summary,
+    wait_until,
+)
+from tiny_models import bumps_image
 from zmq_sockets import SocketFactory, make_socket_fixture  # noqa: F401 - the make_socket fixture
 
 from stm_live.cli import main
-from stm_live.config import load_config
 from stm_live.daemon import Daemon, read_state
 from stm_live.frame import Frame
 from stm_live.ingest.journal import ScanJournal
 from stm_live.io import sxm_bytes, write_sxm
 from stm_live.model.evaluate import match_class
 from stm_live.model.runtime import SegmentationModel
-from stm_live.sim.stream import LineStreamer, scan_info
+from stm_live.sim.stream import scan_info
 from stm_live.wire import (
     EndMessage,
     LineMessage,
     ScanInfo,
     SegMessage,
-    StatusMessage,
-    decode,
     encode_end,
     encode_line,
     load_schema,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-BRIGHT = [(12, 30), (60, 90), (100, 20)]
-DARK = [(40, 100), (110, 110)]
-T = TypeVar("T")
-
-
-# --------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------
-
-
-def bumps_frame(rows: int = 128, cols: int = 128, *, scan_direction: str = "down") -> Frame:
-    """A 0.1 nm/px image with three bright bumps and two dark pits (what the tiny model finds)."""
-    data = bumps_image((rows, cols), BRIGHT, DARK) * 1e-10
-    return Frame(data, cols * 0.1e-9, rows * 0.1e-9, scan_direction=scan_direction)  # type: ignore[arg-type]
-
-
-def summary(detections: Any) -> list[tuple[str, float, float, float, float]]:
-    """Detections as comparable tuples, rounded as the wire rounds them (4 decimals)."""
-    return [(d.class_name, round(d.x_nm, 3), round(d.y_nm, 3), round(d.area_nm2, 3), round(d.score, 3))
-            for d in detections]
-
-
-def wait_until(condition: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll ``condition`` until it is truthy (no fixed sleeps: the deadline is only an upper bound)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
-
-
-def processed(results: Path) -> list[dict[str, Any]]:
-    path = results / "processed.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def events(results: Path, kind: str) -> list[dict[str, Any]]:
-    path = results / "events.jsonl"
-    if not path.exists():
-        return []
-    return [e for e in map(json.loads, path.read_text().splitlines()) if e["kind"] == kind]
-
-
-class Subscriber:
-    """A SUB socket on the daemon's publish endpoint that keeps every message it decodes."""
-
-    def __init__(self, make_socket: SocketFactory, endpoint: str) -> None:
-        self.socket = make_socket(zmq.SUB, subscribe=b"")
-        self.socket.connect(endpoint)
-        self.messages: list[Any] = []
-        self.headers: list[tuple[str, dict[str, Any]]] = []  # (topic, raw header), to check against the schemas
-
-    def wait_for(self, match: Callable[[Any], bool], timeout: float = 30.0, what: str = "a message") -> Any:
-        for msg in self.messages:
-            if match(msg):
-                return msg
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            if self.socket.poll(int(remaining * 1000) + 1):
-                parts = self.socket.recv_multipart()
-                msg = decode(parts)
-                self.headers.append((parts[0].decode(), json.loads(parts[1])))
-                self.messages.append(msg)
-                if match(msg):
-                    return msg
-        pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-
-    def wait_heartbeat(self) -> StatusMessage:
-        """A heartbeat arrived: the subscription has reached the daemon (no sleep needed)."""
-        return self.wait_for(lambda m: isinstance(m, StatusMessage), what="a status heartbeat")
-
-    def seg(self, scan_id: str, *, final: bool) -> list[SegMessage]:
-        return [m for m in self.messages if isinstance(m, SegMessage) and m.scan_id == scan_id and m.final == final]
-
-
-def frame_done(scan_id: str, source: str | None = None) -> Callable[[Any], bool]:
-    def match(m: Any) -> bool:
-        return (isinstance(m, SegMessage) and m.final and m.scan_id == scan_id
-                and (source is None or str(m.source).endswith(source)))
-
-    return match
-
-
-@pytest.fixture(autouse=True)
-def plain_logging() -> Iterator[None]:
-    """``main()`` points the stm_live logger at the sys.stderr of its moment (pytest's capture, closed later)."""
-    logger = logging.getLogger("stm_live")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    logger.handlers[:], logger.propagate = [], True
-    logger.setLevel(logging.NOTSET)
-    yield
-    logger.handlers[:], logger.propagate = saved[0], saved[2]
-    logger.setLevel(saved[1])
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
-    write_tiny_model(path, nm_per_px=0.2)
-    return path
-
-
-def base_settings(tmp_path: Path, model: Path, **extra: Any) -> dict[str, Any]:
-    settings: dict[str, Any] = {
-        "model.path": str(model),
-        "model.provider": "cpu",
-        "results.dir": str(tmp_path / "results"),
-        "ingest.endpoint": "tcp://127.0.0.1:*",
-        "publish.endpoint": "tcp://127.0.0.1:*",
-        "publish.heartbeat_s": 0.2,
-        "watch.retry_initial_s": 0.05,
-        "watch.retry_max_s": 0.2,
-    }
-    settings.update(extra)
-    return settings
-
-
-@pytest.fixture
-def make_daemon(tmp_path: Path, tiny_model: Path) -> Iterator[Callable[..., Daemon]]:
-    """``make_daemon(**{"dotted.key": value})``: a started in-process daemon, closed after the test."""
-    started: list[Daemon] = []
-
-    def make(**extra: Any) -> Daemon:
-        config = load_config(None, use_default_file=False, environ={},
-                             overrides=base_settings(tmp_path, tiny_model, **extra))
-        daemon = Daemon(config)
-        daemon.start()
-        started.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in started:
-        daemon.stop()
-        daemon.close()
-
-
-def bridge(make_socket: SocketFactory, endpoint: str) -> LineStreamer:
-    streamer = LineStreamer(endpoint, context=make_socket.context, connect_timeout_s=10.0)  # type: ignore[attr-defined]
-    streamer.socket.setsockopt(zmq.LINGER, 0)
-    return streamer
-
-
-class DaemonProcess:
-    """``python -m stm_live run --config FILE`` in a subprocess; its log goes to a file."""
-
-    def __init__(self, tmp_path: Path, settings: dict[str, Any], name: str = "daemon") -> None:
-        tree: dict[str, Any] = {}
-        for dotted, value in settings.items():
-            section, key = dotted.split(".")
-            tree.setdefault(section, {})[key] = value
-        self.config = tmp_path / f"{name}.yaml"
-        self.config.write_text(yaml.safe_dump(tree))
-        self.results = Path(settings["results.dir"])
-        self.log_path = tmp_path / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STM_LIVE_")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "stm_live", "run", "--config", str(self.config)],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-        self.state: dict[str, Any] = {}
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
-        def ready() -> dict[str, Any] | None:
-            if self.proc.poll() is not None:
-                pytest.fail(f"the daemon exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                state = read_state(self.results)
-            except (FileNotFoundError, ValueError):
-                return None
-            return state if state.get("pid") == self.proc.pid and state.get("state") == "running" else None
-
-        self.state = wait_until(ready, timeout, "the daemon to start")
-        return self.state
-
-    @property
-    def ingest(self) -> str:
-        return str(self.state["endpoints"]["ingest"])
-
-    @property
-    def publish(self) -> str:
-        return str(self.state["endpoints"]["publish"])
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.kill()
-        self._log.close()
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    procs: list[DaemonProcess] = []
-
-    def make(settings: dict[str, Any], name: str = "daemon") -> DaemonProcess:
-        proc = DaemonProcess(tmp_path, settings, name)
-        procs.append(proc)
-        proc.wait_ready()
-        return proc
-
-    yield make
-    for proc in procs:
-        proc.close()
+pytestmark = pytest.mark.usefixtures("plain_logging")
 
 
 # --------------------------------------------------------------------------
@@ -414,7 +205,7 @@ def test_every_kind_of_malformed_message_is_counted_logged_and_the_daemon_carrie
     daemon = make_daemon()
     assert daemon.publish_endpoint and daemon.ingest_endpoint
     sub = Subscriber(make_socket, daemon.publish_endpoint)
-    assert daemon.wait_for_subscriber(10.0)
+    sub.wait_heartbeat()
     frame = bumps_frame(32, 32)
     info = scan_info(frame, "good")
     good = [_line_parts(info, row, frame.data[row]) for row in range(frame.rows)]
@@ -447,7 +238,7 @@ def test_every_kind_of_malformed_message_is_counted_logged_and_the_daemon_carrie
         streamer.send(encode_end(EndMessage("good", complete=True)))
         final = sub.wait_for(frame_done("good"), what="the good scan's result after the bad messages")
     assert final.complete and len(final.detections) >= 1
-    counters = daemon.status().counters
+    counters = daemon.counts()
     assert counters["bad_messages"] == len(bad) and counters["errors"] == len(bad)
     assert counters["lines"] == frame.rows + 1  # the good ones and the decodable line of the wrong size
     logged = events(daemon.results_dir, "bad_message")
@@ -476,7 +267,7 @@ def test_bad_files_are_quarantined_with_their_reason_and_good_ones_still_process
     (watch / "good.sxm").write_bytes(blob)
     daemon = make_daemon(**{"watch.folders": [str(watch)], "watch.settle_timeout_s": 0.5, "input.width_nm": 6.4})
     results = daemon.results_dir
-    wait_until(lambda: daemon.status().counters["quarantined"] == 6, what="six files in quarantine")
+    wait_until(lambda: daemon.counts()["quarantined"] == 6, what="six files in quarantine")
     wait_until(lambda: len(processed(results)) == 1, what="the good file's result")
     quarantine = results / "quarantine"
     reasons = {p.name.removesuffix(".reason.txt"): p.read_text() for p in quarantine.glob("*.reason.txt")}
@@ -490,7 +281,7 @@ def test_bad_files_are_quarantined_with_their_reason_and_good_ones_still_process
     for name in reasons:
         assert (quarantine / name).exists() and not (watch / name).exists()
     assert (watch / "good.sxm").exists() and processed(results)[0]["source"] == str(watch / "good.sxm")
-    counters = daemon.status().counters
+    counters = daemon.counts()
     assert counters["errors"] == 6 and counters["files"] == 1
     # Each event is logged just after its file is quarantined: the last may lag a moment.
     wait_until(lambda: len(events(results, "bad_file")) == 6, what="six bad_file events")
@@ -504,7 +295,7 @@ def test_a_file_written_slowly_in_chunks_is_processed_once_when_complete(
     daemon = make_daemon(**{"watch.folders": [str(watch)]})
     assert daemon.publish_endpoint
     sub = Subscriber(make_socket, daemon.publish_endpoint)
-    assert daemon.wait_for_subscriber(10.0)
+    sub.wait_heartbeat()
     frame = bumps_frame()
     blob = sxm_bytes([frame])
     path = watch / "slow.sxm"
@@ -516,7 +307,7 @@ def test_a_file_written_slowly_in_chunks_is_processed_once_when_complete(
     final = sub.wait_for(frame_done("slow", "slow.sxm"), what="the slowly written file's result")
     assert final.complete and sorted(d.class_name for d in final.detections) == ["bright"] * 3 + ["dark"] * 2
     wait_until(lambda: len(processed(daemon.results_dir)) == 1, what="the stored result")
-    assert daemon.status().counters["quarantined"] == 0
+    assert daemon.counts()["quarantined"] == 0
     assert len(sub.seg("slow", final=True)) == 1
 
 
@@ -531,7 +322,7 @@ def test_out_of_order_duplicate_and_missing_lines_and_an_upward_scan(
     daemon = make_daemon()
     assert daemon.publish_endpoint and daemon.ingest_endpoint
     sub = Subscriber(make_socket, daemon.publish_endpoint)
-    assert daemon.wait_for_subscriber(10.0)
+    sub.wait_heartbeat()
     frame = bumps_frame()
     info = scan_info(frame, "shuffled")
     rows = [r for r in range(frame.rows) if r != 7]
@@ -562,7 +353,7 @@ def test_cadence_and_coalescing_keep_partials_few_and_fresh(
     daemon = make_daemon(**{"live.cadence_lines": 16})
     assert daemon.publish_endpoint and daemon.ingest_endpoint
     sub = Subscriber(make_socket, daemon.publish_endpoint)
-    assert daemon.wait_for_subscriber(10.0)
+    sub.wait_heartbeat()
     with bridge(make_socket, daemon.ingest_endpoint) as streamer:
         streamer.stream([("every16", bumps_frame())], line_time_s=0.001)
         streamer.stream([("burst", bumps_frame())], line_time_s=0.0)  # faster than segmentation
@@ -575,7 +366,7 @@ def test_cadence_and_coalescing_keep_partials_few_and_fresh(
     assert 1 <= len(every16) <= 128 // 16 and min(gaps) >= 16, every16
     burst = [p.rows_done for p in sub.seg("burst", final=False)]
     assert len(burst) < 128 // 16 + 1 and burst == sorted(set(burst))
-    assert daemon.status().counters["lines"] == 256
+    assert daemon.counts()["lines"] == 256
 
 
 def test_a_subscriber_that_never_reads_does_not_stop_ingest_or_storage(
@@ -585,7 +376,8 @@ def test_a_subscriber_that_never_reads_does_not_stop_ingest_or_storage(
     assert daemon.publish_endpoint and daemon.ingest_endpoint
     stuck = make_socket(zmq.SUB, subscribe=b"", rcvhwm=1, rcvbuf=4096)
     stuck.connect(daemon.publish_endpoint)
-    assert daemon.wait_for_subscriber(10.0)
+    assert daemon.publisher is not None
+    wait_until(lambda: daemon.publisher.poll_subscriptions(0.05) > 0, what="the subscription to reach the daemon")
     frame = bumps_frame(256, 512)
     # How many results fit in the kernel's socket buffers depends on the machine and its
     # load; keep scanning (up to 8 frames) until the stuck subscriber makes the daemon drop.
@@ -595,9 +387,9 @@ def test_a_subscriber_that_never_reads_does_not_stop_ingest_or_storage(
             scan = frame.with_data(frame.data + np.float32(n * 1e-12))
             streamer.stream([(f"big{n}", scan)], line_time_s=0.0005)
             wait_until(lambda n=n: len(processed(daemon.results_dir)) == n, what=f"result {n} stored")
-            if daemon.status().counters["dropped"] > 0:
+            if daemon.counts()["dropped"] > 0:
                 break
-    counters = daemon.status().counters
+    counters = daemon.counts()
     # Ingest and storage went on regardless: every line counted, every frame stored.
     assert counters["lines"] == 256 * n and counters["frames"] == n
     assert counters["dropped"] > 0, counters
@@ -613,11 +405,10 @@ def test_a_journal_left_by_a_crash_is_processed_unless_its_result_was_stored(
 ) -> None:
     frame = bumps_frame(32, 32)
     info = scan_info(frame, "crashed")
-    key = ("crashed", "Z", "forward")
-    journal = ScanJournal(tmp_path / "results" / "journal")
+    writer = ScanJournal(tmp_path / "results" / "journal").open(info)
     for row in range(frame.rows):
-        journal.line(key, info, row, frame.data[row], None)
-    journal.finish(key, complete=True, reason="all rows")
+        writer.line(row, frame.data[row], None)
+    writer.finish(complete=True, reason="all rows")
     daemon = make_daemon()
     wait_until(lambda: len(processed(daemon.results_dir)) == 1, what="the journalled scan stored")
     wait_until(lambda: not list((daemon.results_dir / "journal").glob("*.journal")), what="the journal deleted")
@@ -627,10 +418,10 @@ def test_a_journal_left_by_a_crash_is_processed_unless_its_result_was_stored(
     daemon.close()
 
     # Killed after storing but before deleting the journal: the next start only deletes it.
-    journal = ScanJournal(tmp_path / "results" / "journal")
+    writer = ScanJournal(tmp_path / "results" / "journal").open(info)
     for row in range(frame.rows):
-        journal.line(key, info, row, frame.data[row], None)
-    journal.finish(key, complete=True, reason="all rows")
+        writer.line(row, frame.data[row], None)
+    writer.finish(complete=True, reason="all rows")
     again = make_daemon()
     wait_until(lambda: not list((again.results_dir / "journal").glob("*.journal")), what="the journal deleted")
     again.stop()
@@ -718,7 +509,7 @@ def test_a_graceful_stop_keeps_open_scans_which_continue_after_the_next_start(
     daemon = make_daemon()
     assert daemon.publish_endpoint and daemon.ingest_endpoint
     sub = Subscriber(make_socket, daemon.publish_endpoint)
-    assert daemon.wait_for_subscriber(10.0)
+    sub.wait_heartbeat()
     frame = bumps_frame(64, 64)
     info = scan_info(frame, "open")
     with bridge(make_socket, daemon.ingest_endpoint) as streamer:

@@ -14,7 +14,8 @@ from stm_live.errors import ModelError
 from stm_live.frame import Frame
 from stm_live.io import write_sxm
 from stm_live.model.instances import class_map_from_probs
-from stm_live.model.runtime import SegmentationModel, result_record, select_providers
+from stm_live.model.runtime import SegmentationModel, select_providers
+from stm_live.publish.documents import result_record
 
 
 @pytest.fixture

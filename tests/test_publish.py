@@ -22,7 +22,7 @@ from zmq_sockets import SocketFactory, make_socket_fixture  # noqa: F401 - the m
 
 from stm_live.frame import Detection
 from stm_live.publish import EventLog, Publisher, ResultStore, array_sha256, overlay_rgb, stored_record
-from stm_live.wire import SegMessage, StatusMessage, decode, decode_status, load_schema
+from stm_live.wire import Message, SegMessage, StatusMessage, decode, decode_status, encode, load_schema
 
 CLASSES = ("AsH3", "DB", "DV")
 
@@ -40,6 +40,17 @@ def status_message(t: float = 1.0) -> StatusMessage:
     return StatusMessage(state="running", uptime_s=t, counters=counters, queues={}, version="0.1.0", t=t)
 
 
+def publish(publisher: Publisher, msg: Message) -> bool:
+    return publisher.send(encode(msg))
+
+
+def subscribed(publisher: Publisher, n: int = 1, timeout_s: float = 5.0) -> None:
+    """Wait until ``n`` subscriptions reached the XPUB socket (no sleep: it reports them as they arrive)."""
+    deadline = time.monotonic() + timeout_s
+    while publisher.poll_subscriptions(0.1) < n:
+        assert time.monotonic() < deadline, "the subscriptions never arrived"
+
+
 @pytest.fixture
 def publisher(make_socket: SocketFactory) -> Iterator[Publisher]:
     pub = Publisher.bind(make_socket.context, "tcp://127.0.0.1:*", send_hwm=4)  # type: ignore[attr-defined]
@@ -55,8 +66,8 @@ def publisher(make_socket: SocketFactory) -> Iterator[Publisher]:
 def test_a_subscriber_receives_what_is_published(publisher: Publisher, make_socket: SocketFactory) -> None:
     sub = make_socket(zmq.SUB, subscribe=b"")
     sub.connect(publisher.endpoint)
-    assert publisher.wait_for_subscriber(5.0)  # no sleep: the XPUB sees the subscription arrive
-    assert publisher.publish(seg_message(1)) and publisher.publish(status_message())
+    subscribed(publisher)
+    assert publish(publisher, seg_message(1)) and publish(publisher, status_message())
     got = decode(sub.recv_multipart())
     assert isinstance(got, SegMessage) and got.scan_id == "scan-1" and got.class_map is not None
     assert decode_status(sub.recv_multipart()) == status_message()
@@ -66,9 +77,9 @@ def test_a_subscriber_receives_what_is_published(publisher: Publisher, make_sock
 def test_topic_subscriptions_filter(publisher: Publisher, make_socket: SocketFactory) -> None:
     sub = make_socket(zmq.SUB, subscribe=b"status")
     sub.connect(publisher.endpoint)
-    assert publisher.wait_for_subscriber(5.0)
-    publisher.publish(seg_message())
-    publisher.publish(status_message(2.0))
+    subscribed(publisher)
+    publish(publisher, seg_message())
+    publish(publisher, status_message(2.0))
     assert decode_status(sub.recv_multipart()).t == 2.0  # the seg message was not for it
 
 
@@ -80,18 +91,16 @@ def test_a_subscriber_that_never_reads_does_not_block_the_publisher(
     # Another prefix than the healthy one's: an XPUB reports each distinct subscription once.
     stuck = make_socket(zmq.SUB, subscribe=b"seg.", rcvhwm=4, rcvbuf=4096)
     stuck.connect(publisher.endpoint)
-    deadline = time.monotonic() + 5.0
-    while publisher.poll_subscriptions(0.1) < 2:
-        assert time.monotonic() < deadline, "the subscriptions never arrived"
+    subscribed(publisher, 2)
     n = 400
-    results = [publisher.publish(seg_message(i, rows=256, cols=256)) for i in range(n)]  # 64 kB each
+    results = [publish(publisher, seg_message(i, rows=256, cols=256)) for i in range(n)]  # 64 kB each
     assert publisher.sent + publisher.dropped == n
     assert publisher.dropped > 0 and not all(results)  # counted, not waited for
     # Once the stuck subscriber is gone, the healthy one gets messages again.
     stuck.close(linger=0)
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
-        publisher.publish(status_message(99.0))
+        publish(publisher, status_message(99.0))
         try:
             msg = healthy.recv_multipart()
         except zmq.Again:

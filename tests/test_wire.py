@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from zmq_sockets import SocketFactory, make_socket_fixture  # noqa: F401 - the make_socket fixture
 
 from stm_live.errors import StmLiveError, WireError
-from stm_live.frame import Detection
+from stm_live.frame import Detection, Frame
+from stm_live.publish import documents
 from stm_live.wire import (
     INGEST_TOPICS,
     PAYLOAD_DTYPES,
@@ -35,6 +36,7 @@ from stm_live.wire import (
     decode_seg,
     decode_status,
     encode,
+    encode_document,
     encode_end,
     encode_frame,
     encode_line,
@@ -54,7 +56,12 @@ def _line(row: int = 1, scan: ScanInfo = SCAN, dtype: str = "<f4", t: float | No
     return LineMessage(scan, row=row, data=(np.arange(scan.cols) + row * 10).astype(dtype), t=t)
 
 
-def _seg(final: bool = False, with_map: bool = True, detections: int = 2) -> SegMessage:
+POSITION = {"centre_m": [1e-7, -2e-7], "size_m": [20e-9, 16e-9], "angle_deg": 135.0, "scan_direction": "up",
+            "direction": "backward", "bias_v": -1.5, "setpoint_a": 5e-11}
+
+
+def _seg(final: bool = False, with_map: bool = True, detections: int = 2, *, where: bool = False,
+         reason: str | None = None) -> SegMessage:
     dets = tuple(
         Detection("AsH3", x_nm=1.0 + i, y_nm=2.0 + i, area_nm2=0.5, score=0.9, id=i) for i in range(detections)
     )
@@ -63,7 +70,16 @@ def _seg(final: bool = False, with_map: bool = True, detections: int = 2) -> Seg
         model_name="si001-ash3", classes=("AsH3", "DB"), detections=dets, latency_ms=4.25,
         class_map=np.arange(15, dtype=np.uint8).reshape(3, 5) % 3 if with_map else None,
         final=final, source="zmq" if final else None, complete=True if final else None,
+        position=POSITION if where else None, not_segmented=reason,
     )
+
+
+def _level_line(full: bool) -> list[Any]:
+    scan = FULL_SCAN if full else SCAN
+    frame = Frame(np.zeros((scan.rows, scan.cols), np.float32), scan.width_m, scan.height_m, channel=scan.channel,
+                  unit=scan.unit, scan_direction="up" if full else "down")
+    doc = documents.level_line(scan.scan_id, frame, 3, np.arange(scan.cols, dtype=">f8"), rows_done=1)
+    return encode_document(doc)
 
 
 def _status() -> StatusMessage:
@@ -193,8 +209,11 @@ def _minimal_and_full(topic: str) -> tuple[dict[str, Any], dict[str, Any]]:
         return h, h
     if topic in ("seg.partial", "seg.frame"):
         final = topic == "seg.frame"
-        return (_header(encode_seg(_seg(final=final, with_map=False, detections=0))),
-                _header(encode_seg(_seg(final=final, with_map=True))))
+        full = (_seg(final=True, with_map=True, detections=0, where=True, reason="not segmented: too coarse")
+                if final else _seg(final=final, with_map=True, where=True))
+        return _header(encode_seg(_seg(final=final, with_map=False, detections=0))), _header(encode_seg(full))
+    if topic == "level.line":
+        return _header(_level_line(False)), _header(_level_line(True))  # type: ignore[arg-type]
     h = _header(encode_status(_status()))
     return h, h
 
@@ -228,8 +247,10 @@ def test_schema_and_code_agree_on_which_fields_exist(topic: str) -> None:
 def test_schema_required_fields_are_exactly_those_the_decoder_requires(topic: str) -> None:
     schema = load_schema(topic)
     if topic.startswith("seg"):
-        msg = _seg(final=topic == "seg.frame", with_map=False)
+        msg = _seg(final=topic == "seg.frame", with_map=False, where=True)
         parts = encode_seg(msg)
+    elif topic == "level.line":
+        parts = [bytes(p) for p in _level_line(True)]
     elif topic == "status":
         parts = encode_status(_status())
     elif topic == "stm.end":

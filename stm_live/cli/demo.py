@@ -163,6 +163,17 @@ def _stream(args: argparse.Namespace, endpoint: str, truth: dict[str, tuple[Inst
         failure.append(exc)
 
 
+def _subscribed(daemon: Any, sub: Any, timeout_s: float) -> bool:
+    """Heartbeat until ``sub`` hears one: then its subscription has reached the daemon (no sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        daemon.heartbeat()
+        if sub.poll(100):
+            sub.recv_multipart()
+            return True
+    return False
+
+
 def run(args: argparse.Namespace) -> int:
     import zmq
 
@@ -195,9 +206,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, b"seg.")
+        sub.setsockopt(zmq.SUBSCRIBE, b"status")
         assert daemon.publish_endpoint is not None and daemon.ingest_endpoint is not None
         sub.connect(daemon.publish_endpoint)
-        if not daemon.wait_for_subscriber(10.0):
+        if not _subscribed(daemon, sub, 10.0):
             raise StmLiveError(f"could not subscribe to the daemon's results at {daemon.publish_endpoint}")
         assert daemon.model is not None
         per_frame = args.pixels * args.line_time

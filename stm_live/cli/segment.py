@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..io import read_frame
-    from ..model.runtime import SegmentationModel, result_record
+    from ..model.runtime import SegmentationModel
+    from ..publish.documents import result_record
 
     model = SegmentationModel(resolve_model_path(args.model), provider=args.provider)
     status = 0

@@ -28,6 +28,13 @@ Rules (protocol v1, ``docs/protocol.md``):
 * A line or frame whose geometry (rows, cols, physical size, unit) differs
   from its open scan's raises :class:`~stm_live.errors.WireError` for that
   message alone; the scan carries on.
+* Open scans hold at most ``max_bytes`` of image buffers together: a new scan
+  ends the ones idle longest until it fits, and a scan larger than the whole
+  budget is refused (:class:`~stm_live.errors.WireError`).
+
+Each open scan is one :class:`ScanBuffer` object (``scan_type``, a subclass of
+it, lets the daemon keep its live state for the scan on the same object), and
+the events carry it.
 * Lines for a scan finished less than ``late_window_s`` ago are ignored
   (:class:`MessageIgnored`); after that the same id starts a new scan (a
   restarted bridge re-using its ids must not be ignored for ever).
@@ -61,6 +68,7 @@ __all__ = [
     "LineAdded",
     "LineAssembler",
     "MessageIgnored",
+    "ScanBuffer",
     "ScanFinished",
     "ScanKey",
 ]
@@ -76,19 +84,24 @@ _FINISHED_MEMORY: Final = 1024
 
 @dataclass(frozen=True, eq=False)
 class LineAdded:
-    """A line went into the open scan ``key``.
+    """A line went into the open scan ``key`` (the object ``scan``).
 
-    ``frame`` is a read-only *view* of the scan's live buffer: later lines
-    of the same scan appear in it. Copy ``frame.data`` to keep a snapshot.
-    ``arrived`` is the clock time the line was fed (for latency).
+    :attr:`frame` is a read-only *view* of the scan's live buffer: later
+    lines of the same scan appear in it. Copy ``frame.data`` to keep a
+    snapshot. ``arrived`` is the clock time the line was fed (for latency).
     """
 
     key: ScanKey
     row: int
-    frame: Frame
+    scan: ScanBuffer
     rows_received: int
     duplicate: bool
     arrived: float
+
+    @property
+    def frame(self) -> Frame:
+        """The scan so far (a view of its buffer)."""
+        return self.scan.frame()
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,6 +123,7 @@ class ScanFinished:
     rows_missing: int
     started: float
     arrived: float
+    scan: ScanBuffer | None = None
 
 
 @dataclass(frozen=True)
@@ -138,8 +152,12 @@ def _describe(info: ScanInfo) -> str:
     return f"{info.cols} x {info.rows} px, {info.width_m * 1e9:.6g} x {info.height_m * 1e9:.6g} nm, unit {info.unit!r}"
 
 
-class _Scan:
-    """The assembly state of one open scan."""
+class ScanBuffer:
+    """The assembly state of one open scan: its image buffer, which rows arrived, when.
+
+    Subclass it (with ``__slots__`` of your own) and give the subclass to
+    :class:`LineAssembler` as ``scan_type`` to keep more state per scan.
+    """
 
     __slots__ = (
         "data", "info", "key", "last_seen", "max_row", "min_row", "n_received", "received", "scan_direction",
@@ -163,7 +181,13 @@ class _Scan:
         self.time = _iso(t)
 
     @property
+    def nbytes(self) -> int:
+        """Memory of the image buffer."""
+        return int(self.data.nbytes)
+
+    @property
     def rows_valid(self) -> int:
+        """Rows acquired, counted from the scan's start edge."""
         if self.n_received == 0:
             return 0
         if self.scan_direction == "up":
@@ -171,6 +195,7 @@ class _Scan:
         return self.max_row + 1
 
     def frame(self, data: np.ndarray | None = None, rows_valid: int | None = None) -> Frame:
+        """The scan as a :class:`Frame` (a view of the buffer unless ``data`` is given)."""
         info = self.info
         return Frame(
             data=self.data if data is None else data,
@@ -204,6 +229,11 @@ class LineAssembler:
     late_window_s : float
         Lines for a scan finished less than this long ago are ignored as
         late; later ones start a new scan with that id.
+    max_bytes : int, optional
+        Budget for the image buffers of all open scans (config
+        ``ingest.assembler_mb``); None: no limit.
+    scan_type : type
+        :class:`ScanBuffer` or a subclass: what each open scan is.
     clock : callable, optional
         Monotonic seconds (default :func:`time.monotonic`), used when
         :meth:`feed` gets no ``now``.
@@ -226,6 +256,8 @@ class LineAssembler:
         max_open_scans: int = 4,
         scan_timeout_s: float = 600.0,
         late_window_s: float = 30.0,
+        max_bytes: int | None = None,
+        scan_type: type[ScanBuffer] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_open_scans < 1:
@@ -237,9 +269,11 @@ class LineAssembler:
         self.max_open_scans = max_open_scans
         self.scan_timeout_s = scan_timeout_s
         self.late_window_s = late_window_s
+        self.max_bytes = max_bytes
+        self._scan_type = scan_type or ScanBuffer
         self._clock = clock
         # Insertion order = order of last activity (moved to the end on every line).
-        self._open: OrderedDict[ScanKey, _Scan] = OrderedDict()
+        self._open: OrderedDict[ScanKey, ScanBuffer] = OrderedDict()
         # Finished scans: key -> (finish time, reason).
         self._finished: OrderedDict[ScanKey, tuple[float, FinishReason]] = OrderedDict()
         #: Running totals: lines, duplicates, frames, ends, ignored, rejected, scans_started, scans_finished.
@@ -256,6 +290,15 @@ class LineAssembler:
 
     def __len__(self) -> int:
         return len(self._open)
+
+    def scans(self) -> tuple[ScanBuffer, ...]:
+        """The open scans, idle longest first."""
+        return tuple(self._open.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the open scans' image buffers."""
+        return sum(s.nbytes for s in self._open.values())
 
     # -- feeding -----------------------------------------------------------
 
@@ -301,7 +344,7 @@ class LineAssembler:
 
     # -- internals ---------------------------------------------------------
 
-    def _check_geometry(self, scan: _Scan, info: ScanInfo, what: str) -> None:
+    def _check_geometry(self, scan: ScanBuffer, info: ScanInfo, what: str) -> None:
         old = scan.info
         if info.geometry != old.geometry or info.unit != old.unit:
             self.counts["rejected"] += 1
@@ -323,14 +366,28 @@ class LineAssembler:
         self.counts["ignored"] += 1
         return [MessageIgnored(key=key, scan_id=scan_id, reason=reason, arrived=now)]
 
-    def _make_room(self, key: ScanKey, now: float, *, slot: bool = True) -> list[AssemblerEvent]:
-        """End scans a new ``key`` supersedes, then (if it needs a ``slot``) the idlest beyond the limit."""
+    def _make_room(self, key: ScanKey, now: float, *, slot: bool = True, nbytes: int = 0) -> list[AssemblerEvent]:
+        """End scans a new ``key`` supersedes, then (if it needs a ``slot``) the idlest beyond the limits."""
         events: list[AssemblerEvent] = [
             self._finish(k, "superseded", now) for k in list(self._open) if k[1:] == key[1:] and k[0] != key[0]
         ]
-        while slot and len(self._open) >= self.max_open_scans:
+        while slot and self._open and (
+            len(self._open) >= self.max_open_scans
+            or (self.max_bytes is not None and self.nbytes + nbytes > self.max_bytes)
+        ):
             events.append(self._finish(next(iter(self._open)), "evicted", now))
         return events
+
+    def _check_size(self, info: ScanInfo, what: str) -> int:
+        nbytes = info.rows * info.cols * 4
+        if self.max_bytes is not None and nbytes > self.max_bytes:
+            self.counts["rejected"] += 1
+            raise WireError(
+                f"{what} (scan {info.scan_id!r}): a {info.cols} x {info.rows} px scan needs "
+                f"{nbytes / 2**20:.0f} MB, more than the {self.max_bytes / 2**20:.0f} MB allowed for scans being "
+                "assembled (limits.assembler_mb); message dropped"
+            )
+        return nbytes
 
     def _line(self, msg: LineMessage, now: float) -> list[AssemblerEvent]:
         info = msg.scan
@@ -346,8 +403,9 @@ class LineAssembler:
         if scan is None:
             if self._is_late(key, now):
                 return self._ignore(key, info.scan_id, f"late line {row}: the scan has already finished", now)
-            events = self._make_room(key, now)
-            scan = self._open[key] = _Scan(key, info, msg.row, now, msg.t)
+            nbytes = self._check_size(info, f"stm.line row {row}")
+            events = self._make_room(key, now, nbytes=nbytes)
+            scan = self._open[key] = self._scan_type(key, info, msg.row, now, msg.t)
             self.counts["scans_started"] += 1
         else:
             self._check_geometry(scan, info, f"stm.line row {msg.row}")
@@ -366,8 +424,7 @@ class LineAssembler:
         scan.last_seen = now
         self.counts["lines"] += 1
         events.append(
-            LineAdded(key=key, row=row, frame=scan.frame(), rows_received=scan.n_received, duplicate=duplicate,
-                      arrived=now)
+            LineAdded(key=key, row=row, scan=scan, rows_received=scan.n_received, duplicate=duplicate, arrived=now)
         )
         if scan.n_received == info.rows:
             events.append(self._finish(key, "all rows", now))
@@ -388,7 +445,7 @@ class LineAssembler:
                 return self._ignore(key, info.scan_id, "late frame: the scan has already finished", now)
             events = self._make_room(key, now, slot=False)
             # Never registered as open: a whole frame finishes at once.
-            scan = _Scan(key, info, 0, now, msg.t, data)
+            scan = self._scan_type(key, info, 0, now, msg.t, data)
             self.counts["scans_started"] += 1
         else:
             self._check_geometry(scan, info, "stm.frame")
@@ -422,7 +479,7 @@ class LineAssembler:
         scan = self._open.pop(key)
         return self._finished_event(scan, reason, now)
 
-    def _finished_event(self, scan: _Scan, reason: FinishReason, now: float) -> ScanFinished:
+    def _finished_event(self, scan: ScanBuffer, reason: FinishReason, now: float) -> ScanFinished:
         self._finished[scan.key] = (now, reason)
         self._finished.move_to_end(scan.key)
         while len(self._finished) > _FINISHED_MEMORY:
@@ -440,4 +497,5 @@ class LineAssembler:
             rows_missing=missing,
             started=scan.started,
             arrived=now,
+            scan=scan,
         )

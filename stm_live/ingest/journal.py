@@ -5,14 +5,14 @@ result is stored. :class:`ScanJournal` keeps a copy of every accepted line
 (or whole frame) on disk, one file per scan, from the moment it is accepted
 until the scan's result is in the :class:`~stm_live.publish.ResultStore`:
 
-* :meth:`ScanJournal.line` / :meth:`ScanJournal.frame` append to the scan's
-  file, one ``write`` call per record on an unbuffered file: once it returns,
-  the record is in the operating system's hands and survives the process
-  being killed (not a power cut: records are not fsynced, to keep a line
-  cheap; stored results are);
-* :meth:`ScanJournal.finish` appends the end record (complete or not, and
-  why) and closes the file; the daemon calls :meth:`ScanJournal.discard`
-  once the result is stored;
+* :meth:`ScanJournal.open` gives each scan a :class:`JournalWriter`, whose
+  :meth:`~JournalWriter.line` / :meth:`~JournalWriter.frame` append to the
+  scan's file, one ``write`` call per record on an unbuffered file: once it
+  returns, the record is in the operating system's hands and survives the
+  process being killed (lines are not fsynced, to keep a line cheap);
+* :meth:`JournalWriter.finish` appends the end record (complete or not, and
+  why), fsyncs and closes the file (a scan boundary survives a power cut);
+  the daemon calls :meth:`ScanJournal.discard` once the result is stored;
 * :func:`recover` reads a journal folder after a restart: finished scans
   whose result may not have been stored, and open scans to continue. A
   record cut short by the kill is dropped (and cut off the file, so that
@@ -41,7 +41,7 @@ import numpy as np
 
 from ..wire import ScanInfo
 
-__all__ = ["JournalFile", "ScanJournal", "recover"]
+__all__ = ["JournalFile", "JournalWriter", "ScanJournal", "read_journal", "recover"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _safe(text: str, limit: int = 60) -> str:
     return (_UNSAFE.sub("_", text).strip("._") or "scan")[:limit]
 
 
-def _write_all(fh: IO[bytes], data: bytes) -> None:
+def _write_all(fh: IO[bytes], data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         n = fh.write(view)
@@ -90,8 +90,82 @@ class JournalFile:
         return (self.info.scan_id, self.info.channel, self.info.direction)
 
 
+class JournalWriter:
+    """The journal file of one scan: lines, a whole frame, then its end; the file is made on the first record.
+
+    Once :meth:`finish` returns, the file is fsynced (a scan boundary): the
+    finished scan survives a power cut, not only a crash. Lines in between are
+    not fsynced, to keep a line cheap.
+    """
+
+    def __init__(self, journal: ScanJournal, info: ScanInfo, path: Path | None = None,
+                 fh: IO[bytes] | None = None) -> None:
+        self._journal = journal
+        self.info = info
+        self.path = path
+        self._fh = fh
+        self.finished = False
+
+    def _file(self) -> IO[bytes]:
+        if self._fh is None:
+            if self.finished:
+                raise ValueError(f"journal of scan {self.info.scan_id!r} is finished")
+            self.path = self._journal._new_path(self.info)
+            fh = open(self.path, "xb", buffering=0)  # noqa: SIM115 - open for the scan's life
+            header = json.dumps(asdict(self.info), allow_nan=False).encode("utf-8")
+            _write_all(fh, _MAGIC + header + b"\n")
+            self._fh = fh
+            _fsync_dir(self.path.parent)
+        return self._fh
+
+    def line(self, row: int, values: np.ndarray, t: float | None) -> None:
+        """Append one accepted line (one ``write`` call)."""
+        record = _LINE.pack(b"L", row, math.nan if t is None else t)
+        _write_all(self._file(), record + np.ascontiguousarray(values, dtype=_VALUES).tobytes())
+
+    def frame(self, data: np.ndarray) -> None:
+        """Append a whole frame (``stm.frame``), written from its own memory (no copy of a 256 MB frame)."""
+        fh = self._file()
+        _write_all(fh, b"F")
+        _write_all(fh, np.ascontiguousarray(data, dtype=_VALUES).data.cast("B"))
+
+    def finish(self, *, complete: bool, reason: str) -> Path | None:
+        """Append the end record, fsync and close; return the file's path (None: nothing was written)."""
+        self.finished = True
+        self._journal._forget(self)
+        fh, self._fh = self._fh, None
+        if fh is None:
+            return None
+        try:
+            _write_all(fh, _END.pack(b"E", int(bool(complete))) + json.dumps(reason).encode() + b"\n")
+            os.fsync(fh.fileno())
+        finally:
+            fh.close()
+        return self.path
+
+    def close(self) -> None:
+        """Close the file without ending the scan (it continues after a restart)."""
+        self._journal._forget(self)
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class ScanJournal:
-    """The journal folder of the running daemon (one writer: the daemon's live worker).
+    """The journal folder of the running daemon (one writer per scan: :meth:`open`).
 
     Parameters
     ----------
@@ -102,11 +176,11 @@ class ScanJournal:
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._open: dict[ScanKey, tuple[Path, IO[bytes]]] = {}
+        self._writers: dict[int, JournalWriter] = {}
         self._serial = 0
 
     def __len__(self) -> int:
-        return len(self._open)
+        return len(self._writers)
 
     def _new_path(self, info: ScanInfo) -> Path:
         stem = f"{_safe(info.scan_id)}-{_safe(info.channel, 16)}-{info.direction}"
@@ -116,62 +190,35 @@ class ScanJournal:
             if not path.exists():
                 return path
 
-    def _file(self, key: ScanKey, info: ScanInfo) -> IO[bytes]:
-        entry = self._open.get(key)
-        if entry is not None:
-            return entry[1]
-        path = self._new_path(info)
-        fh = open(path, "xb", buffering=0)  # noqa: SIM115 - open for the scan's life
-        header = json.dumps(asdict(info), allow_nan=False).encode("utf-8")
-        _write_all(fh, _MAGIC + header + b"\n")
-        self._open[key] = (path, fh)
-        return fh
+    def _forget(self, writer: JournalWriter) -> None:
+        self._writers.pop(id(writer), None)
 
-    def adopt(self, recovered: JournalFile) -> None:
+    def open(self, info: ScanInfo) -> JournalWriter:
+        """A writer for a new scan (its file appears with the first record)."""
+        writer = JournalWriter(self, info)
+        self._writers[id(writer)] = writer
+        return writer
+
+    def adopt(self, recovered: JournalFile) -> JournalWriter:
         """Continue writing a file :func:`recover` found open (after cutting off a torn record)."""
         with open(recovered.path, "r+b") as fh:
             fh.truncate(recovered.size)
         fh2 = open(recovered.path, "ab", buffering=0)  # noqa: SIM115 - open for the scan's life
-        self._open[recovered.key] = (recovered.path, fh2)
-
-    def line(self, key: ScanKey, info: ScanInfo, row: int, values: np.ndarray, t: float | None) -> None:
-        """Append one accepted line of the scan ``key`` (opening its file on the first)."""
-        fh = self._file(key, info)
-        record = _LINE.pack(b"L", row, math.nan if t is None else t)
-        _write_all(fh, record + np.ascontiguousarray(values, dtype=_VALUES).tobytes())
-
-    def frame(self, key: ScanKey, info: ScanInfo, data: np.ndarray) -> None:
-        """Append a whole frame (``stm.frame``) of the scan ``key``."""
-        fh = self._file(key, info)
-        _write_all(fh, b"F" + np.ascontiguousarray(data, dtype=_VALUES).tobytes())
-
-    def finish(self, key: ScanKey, *, complete: bool, reason: str) -> Path | None:
-        """Append the end record and close the scan's file; return its path (None: no file)."""
-        entry = self._open.pop(key, None)
-        if entry is None:
-            return None
-        path, fh = entry
-        try:
-            _write_all(fh, _END.pack(b"E", int(bool(complete))) + json.dumps(reason).encode() + b"\n")
-        finally:
-            fh.close()
-        return path
+        writer = JournalWriter(self, recovered.info, recovered.path, fh2)
+        self._writers[id(writer)] = writer
+        return writer
 
     def discard(self, path: Path | None) -> None:
         """Delete a finished scan's file (its result is stored)."""
         if path is not None:
             path.unlink(missing_ok=True)
 
-    def close(self) -> None:
-        """Close the open files; they stay on disk, to be continued after a restart."""
-        for _, fh in self._open.values():
-            fh.close()
-        self._open.clear()
-
-    @property
-    def open_keys(self) -> tuple[ScanKey, ...]:
-        """Keys of the scans with an open file."""
-        return tuple(self._open)
+    def close(self) -> list[ScanInfo]:
+        """Close the open files; they stay on disk, to be continued after a restart. Returns their scans."""
+        open_scans = [w.info for w in self._writers.values() if w.path is not None]
+        for writer in list(self._writers.values()):
+            writer.close()
+        return open_scans
 
 
 def _read(path: Path) -> JournalFile | None:
@@ -206,7 +253,8 @@ def _read(path: Path) -> JournalFile | None:
             lines.append((row, values, None if math.isnan(t) else t))
             pos = start + line_bytes
         elif kind == b"F" and pos + 1 + frame_bytes <= len(blob):
-            frame = np.frombuffer(blob, _VALUES, info.rows * info.cols, pos + 1).astype(np.float32)
+            # A view of the file's bytes (no second copy of a large frame); read-only, like every frame.
+            frame = np.frombuffer(blob, _VALUES, info.rows * info.cols, pos + 1).astype(np.float32, copy=False)
             frame = frame.reshape(info.rows, info.cols)
             pos += 1 + frame_bytes
         elif kind == b"E" and (nl := blob.find(b"\n", pos + _END.size)) > 0:
@@ -221,6 +269,17 @@ def _read(path: Path) -> JournalFile | None:
             break  # a record cut short by a crash, or garbage: everything before it counts
         good = pos
     return JournalFile(path, info, tuple(lines), frame, end, good)
+
+
+def read_journal(path: str | os.PathLike[str]) -> JournalFile | None:
+    """One scan journal file; None when it is not one (logged).
+
+    Raises
+    ------
+    OSError
+        The file cannot be read.
+    """
+    return _read(Path(path))
 
 
 def recover(folder: str | os.PathLike[str]) -> list[JournalFile]:

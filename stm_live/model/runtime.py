@@ -27,7 +27,7 @@ from .format import EMBEDDING_NAME, INPUT_NAME, PROBS_NAME, ModelInfo, has_head,
 from .instances import class_map_from_probs, find_instances
 from .prepare import level_for_model, prepare_image, to_image_grid
 
-__all__ = ["DEFAULT_MODEL", "SegmentationModel", "bundled_model_path", "result_record", "select_providers"]
+__all__ = ["DEFAULT_MODEL", "SegmentationModel", "bundled_model_path", "select_providers"]
 
 log = logging.getLogger(__name__)
 
@@ -329,24 +329,3 @@ class SegmentationModel:
         """
         image, _ = self.prepare(frame, nm_per_px=nm_per_px)
         return self.run(image, embedding=True)[EMBEDDING_NAME][0], image
-
-
-def result_record(source: str, frame: Frame, seg: Segmentation) -> dict[str, object]:
-    """The JSON result of one input: what ``stm-live segment --json`` prints per line.
-
-    The daemon stores the same record per frame (plus its own fields).
-    """
-    return {
-        "source": source,
-        "image": {
-            "rows": frame.rows,
-            "cols": frame.cols,
-            "width_nm": round(frame.width_nm, 6),
-            "height_nm": round(frame.height_nm, 6),
-            "channel": frame.channel,
-        },
-        "model": {"id": seg.model_id, "name": seg.model_name},
-        "classes": list(seg.classes),
-        "detections": [d.to_dict() for d in seg.detections],
-        "timings_ms": {k: round(v, 3) for k, v in seg.timings_ms.items()},
-    }

@@ -1,33 +1,21 @@
-"""Sinks: the ZeroMQ PUB socket, the result store and the event log.
+"""The result store: per-frame results, the processed set and quarantine, written atomically.
 
-Everything here is an edge of the pipeline; what it writes is built by pure
-functions (:func:`stored_record`, :func:`overlay_rgb`,
-:func:`stm_live.wire.encode_seg`) that tests check on their own.
+What it writes is built by pure functions (:func:`overlay_rgb`, :func:`array_sha256`;
+records come from :mod:`stm_live.publish.documents`) that tests check on their own.
+:class:`ResultStore` keeps, in ``results.dir``::
 
-* :class:`Publisher` binds an ``XPUB`` socket with ``XPUB_NODROP`` and sends
-  without blocking: when a subscriber's queue (``publish.send_hwm``
-  messages) is full, :meth:`Publisher.send` returns False and counts the
-  message as dropped instead of waiting. (A plain PUB socket drops for slow
-  subscribers too, but silently, so drops could not be counted.) While one
-  subscriber is stuck with a full queue the message is dropped for every
-  subscriber: ZeroMQ decides per message, not per peer. The drop count goes
-  out in every ``status`` heartbeat.
-* :class:`ResultStore` keeps, in ``results.dir``::
+    frames/<name>-<sha256[:16]>.json   the result record (documents.stored_record)
+    frames/<name>-<sha256[:16]>.npy    the uint8 class map
+    frames/<name>-<sha256[:16]>.png    the overlay (results.overlay_png)
+    processed.jsonl                    one line per stored result: the processed set
+    quarantine/<file>, <file>.reason.txt   bad inputs and why
 
-      frames/<name>-<sha256[:16]>.json   the result record (stored_record)
-      frames/<name>-<sha256[:16]>.npy    the uint8 class map
-      frames/<name>-<sha256[:16]>.png    the overlay (results.overlay_png)
-      processed.jsonl                    one line per stored result: the processed set
-      quarantine/<file>, <file>.reason.txt   bad inputs and why
-      events.jsonl                       the event log (EventLog)
-
-  Every file is written to a temporary name, flushed, fsynced and renamed
-  (``os.replace``), and the result's line is appended to
-  ``processed.jsonl`` (and fsynced) only after its files are in place, so a
-  ``kill -9`` at any moment leaves either no trace of a result (it is
-  processed again after a restart, into the same file names) or a complete
-  one that is never processed again.
-* :class:`EventLog` appends one JSON object per event to ``events.jsonl``.
+Every file is written to a temporary name, flushed, fsynced and renamed
+(``os.replace``), and the result's line is appended to ``processed.jsonl``
+(and fsynced) only after its files are in place, so a ``kill -9`` at any
+moment leaves either no trace of a result (it is processed again after a
+restart, into the same file names) or a complete one that is never
+processed again.
 """
 
 from __future__ import annotations
@@ -42,24 +30,22 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
 import numpy as np
-import zmq
-
-from .wire import Message, encode
 
 __all__ = [
-    "EventLog",
-    "Publisher",
+    "CLASS_COLOURS",
     "ResultStore",
     "StoredResult",
     "array_sha256",
+    "atomic_write",
+    "jsonable",
     "overlay_rgb",
-    "stored_record",
+    "utc_iso",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,36 +79,6 @@ def array_sha256(data: np.ndarray) -> str:
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return hashlib.sha256(arr.tobytes()).hexdigest()
-
-
-def stored_record(record: Mapping[str, Any], *, scan_id: str, complete: bool, sha256: str) -> dict[str, Any]:
-    """The stored result of one frame: the ``stm-live segment --json`` record plus provenance.
-
-    Parameters
-    ----------
-    record : Mapping
-        What ``stm-live segment --json`` prints for the frame
-        (:func:`stm_live.model.runtime.result_record`): ``source``,
-        ``image``, ``model``, ``classes``, ``detections``, ``timings_ms``.
-    scan_id : str
-        The scan's id (for files, the file name without suffix).
-    complete : bool
-        Whether the input was a complete scan.
-    sha256 : str
-        Content hash of the input (file bytes, or :func:`array_sha256`).
-
-    Returns
-    -------
-    dict
-        A new dict: ``record`` plus ``scan_id``, ``complete`` and
-        ``sha256``; schema ``stm_live/schemas/result.json``.
-
-    Examples
-    --------
-    >>> stored_record({"source": "zmq"}, scan_id="s1", complete=True, sha256="ab")
-    {'source': 'zmq', 'scan_id': 's1', 'complete': True, 'sha256': 'ab'}
-    """
-    return {**record, "scan_id": scan_id, "complete": bool(complete), "sha256": sha256}
 
 
 def overlay_rgb(data: np.ndarray, class_map: np.ndarray) -> np.ndarray:
@@ -180,11 +136,11 @@ def _safe_name(name: str, limit: int = 80) -> str:
     return safe[:limit]
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float):
@@ -194,123 +150,8 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _utc_now_iso(t: float) -> str:
+def utc_iso(t: float) -> str:
     return _dt.datetime.fromtimestamp(t, tz=_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-# --------------------------------------------------------------------------
-# ZeroMQ PUB
-# --------------------------------------------------------------------------
-
-
-class Publisher:
-    """The daemon's PUB edge: non-blocking sends, dropped messages counted.
-
-    Parameters
-    ----------
-    socket : zmq.Socket
-        A bound ``XPUB`` socket (see :meth:`bind`); a plain ``PUB`` socket
-        works too but never reports drops.
-
-    Notes
-    -----
-    An XPUB socket queues the subscriptions it receives; call
-    :meth:`poll_subscriptions` now and then (with each heartbeat) to read
-    them. Thread-safe: sends are serialised by a lock.
-
-    Attributes
-    ----------
-    sent, dropped : int
-        Messages sent, and not sent because a subscriber's queue was full.
-    """
-
-    def __init__(self, socket: zmq.Socket[Any]) -> None:
-        self.socket = socket
-        self.sent = 0
-        self.dropped = 0
-        self._subscriptions: dict[bytes, int] = {}
-        self._lock = threading.Lock()
-
-    @classmethod
-    def bind(cls, context: zmq.Context[Any], endpoint: str, *, send_hwm: int = 1000) -> Publisher:
-        """Bind a new ``XPUB`` socket at ``endpoint`` (config ``publish.endpoint``, ``publish.send_hwm``).
-
-        Raises
-        ------
-        zmq.ZMQError
-            The endpoint cannot be bound (in use, bad address).
-        """
-        sock = context.socket(zmq.XPUB)
-        try:
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, send_hwm)
-            # Without NODROP a full subscriber silently loses messages and send never says so.
-            sock.setsockopt(zmq.XPUB_NODROP, 1)
-            sock.bind(endpoint)
-        except zmq.ZMQError:
-            sock.close(linger=0)
-            raise
-        return cls(sock)
-
-    @property
-    def endpoint(self) -> str:
-        """The bound address (with the real port after binding port 0 or ``*``)."""
-        return str(self.socket.getsockopt_string(zmq.LAST_ENDPOINT))
-
-    def send(self, parts: Sequence[bytes]) -> bool:
-        """Send one multipart message without blocking; False (and counted) when dropped."""
-        with self._lock:
-            try:
-                self.socket.send_multipart(parts, flags=zmq.NOBLOCK)
-            except zmq.Again:
-                self.dropped += 1
-                if self.dropped == 1 or self.dropped % 1000 == 0:
-                    log.warning("a subscriber is not keeping up: %d message(s) dropped so far", self.dropped)
-                return False
-            self.sent += 1
-            return True
-
-    def publish(self, msg: Message) -> bool:
-        """Encode (:func:`stm_live.wire.encode`) and :meth:`send` a message."""
-        return self.send(encode(msg))
-
-    def poll_subscriptions(self, timeout_s: float = 0.0) -> int:
-        """Read pending (un)subscriptions, waiting up to ``timeout_s`` for the first; return the active count.
-
-        What is counted are distinct topic prefixes: an XPUB socket reports
-        a prefix once however many subscribers share it.
-        """
-        wait_ms = int(timeout_s * 1000)
-        with self._lock:
-            while self.socket.poll(wait_ms, zmq.POLLIN):
-                wait_ms = 0
-                msg = self.socket.recv()
-                if not msg:
-                    continue
-                prefix = bytes(msg[1:])
-                if msg[0] == 1:
-                    self._subscriptions[prefix] = self._subscriptions.get(prefix, 0) + 1
-                elif msg[0] == 0 and self._subscriptions.get(prefix, 0) > 0:
-                    self._subscriptions[prefix] -= 1
-            return sum(self._subscriptions.values())
-
-    def wait_for_subscriber(self, timeout_s: float) -> bool:
-        """Block until at least one subscription arrived, up to ``timeout_s``; True if one did.
-
-        ZeroMQ drops what a PUB socket sends before a subscription reaches it
-        ("slow joiner"); this is how to know a subscriber is listening.
-        """
-        deadline = time.monotonic() + timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if self.poll_subscriptions(max(0.0, min(remaining, 0.1))) > 0:
-                return True
-            if remaining <= 0:
-                return False
-
-    def close(self) -> None:
-        """Close the socket (linger 0: queued messages are discarded)."""
-        self.socket.close(linger=0)
 
 
 # --------------------------------------------------------------------------
@@ -360,7 +201,7 @@ class StoredResult:
     """Where :meth:`ResultStore.store` put one result."""
 
     record: Path
-    class_map: Path
+    class_map: Path | None
     overlay: Path | None
     sha256: str
 
@@ -446,7 +287,7 @@ class ResultStore:
     def store(
         self,
         record: Mapping[str, Any],
-        class_map: np.ndarray,
+        class_map: np.ndarray | None,
         *,
         image: np.ndarray | None = None,
     ) -> StoredResult:
@@ -455,12 +296,14 @@ class ResultStore:
         Parameters
         ----------
         record : Mapping
-            From :func:`stored_record` (needs ``sha256`` and ``source``).
-        class_map : numpy.ndarray
-            ``(rows, cols)`` uint8 class map, saved as ``.npy``.
+            From :func:`stm_live.publish.documents.stored_record` (needs ``sha256`` and ``source``).
+        class_map : numpy.ndarray or None
+            ``(rows, cols)`` uint8 class map, saved as ``.npy``; None for a
+            frame that was not segmented (the record says why).
         image : numpy.ndarray, optional
             The frame's image, for the overlay PNG (skipped when None or
-            ``overlay_png`` is off).
+            ``overlay_png`` is off); it may be the frame subsampled by a
+            whole step in both directions.
 
         Returns
         -------
@@ -468,16 +311,22 @@ class ResultStore:
             The paths written.
         """
         sha = str(record["sha256"])
-        cmap = np.ascontiguousarray(class_map)
-        if cmap.dtype != np.uint8 or cmap.ndim != 2:
+        cmap = None if class_map is None else np.ascontiguousarray(class_map)
+        if cmap is not None and (cmap.dtype != np.uint8 or cmap.ndim != 2):
             raise ValueError(f"class_map must be a 2-D uint8 array, got {cmap.dtype} {cmap.shape}")
         stem = self.result_stem(record)
-        rgb = overlay_rgb(image, cmap) if self.overlay_png and image is not None else None
-        text = json.dumps(_jsonable(record), indent=1, allow_nan=False).encode("utf-8") + b"\n"
+        rgb = None
+        if self.overlay_png and image is not None and cmap is not None:
+            # A large frame's image comes subsampled (every step-th pixel): subsample its map alike.
+            step = max(1, -(-cmap.shape[0] // max(1, image.shape[0])))
+            rgb = overlay_rgb(image, cmap[::step, ::step] if step > 1 else cmap)
+        text = json.dumps(jsonable(record), indent=1, allow_nan=False).encode("utf-8") + b"\n"
         with self._lock:
-            map_path = self.frames_dir / f"{stem}.npy"
-            atomic_write(map_path, lambda fh: np.save(fh, cmap, allow_pickle=False), fsync=self.fsync,
-                         fsync_dir=False)
+            map_path = None
+            if cmap is not None:
+                map_path = self.frames_dir / f"{stem}.npy"
+                atomic_write(map_path, lambda fh: np.save(fh, cmap, allow_pickle=False), fsync=self.fsync,
+                             fsync_dir=False)
             overlay_path = None
             if rgb is not None:
                 overlay_path = self.frames_dir / f"{stem}.png"
@@ -514,7 +363,7 @@ class ResultStore:
                 log.warning("%s: cannot quarantine, the file is gone (%s)", src, reason)
                 return None
             note = (
-                f"file: {src}\nquarantined: {_utc_now_iso(time.time())}\nreason: {reason}\n"
+                f"file: {src}\nquarantined: {utc_iso(time.time())}\nreason: {reason}\n"
             ).encode()
             atomic_write(dest.with_name(dest.name + ".reason.txt"), lambda fh: fh.write(note), fsync=self.fsync)
         log.warning("%s: quarantined as %s: %s", src, dest, reason)
@@ -528,49 +377,3 @@ def _save_png(fh: IO[bytes], rgb: np.ndarray) -> None:
     Image.fromarray(rgb).save(fh, format="PNG", compress_level=1)
 
 
-class EventLog:
-    """Append-only JSON-lines event log (``events.jsonl``), thread-safe.
-
-    Each line is ``{"time": ISO 8601 UTC, "kind": ..., **context}``; values
-    that JSON cannot hold are written as text, non-finite floats as null.
-    Lines are flushed at once (not fsynced: the processed set is what makes
-    results durable; the log is for people).
-
-    Parameters
-    ----------
-    path : path-like
-        The log file; its folder is created if missing.
-    clock : callable
-        Unix seconds (default :func:`time.time`).
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._fh: IO[str] | None = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the service's life
-
-    def write(self, kind: str, **context: Any) -> dict[str, Any]:
-        """Append one event; return it as written. Never raises for unserialisable context."""
-        event = {"time": _utc_now_iso(self._clock()), "kind": kind, **_jsonable(context)}
-        line = json.dumps(event, allow_nan=False, ensure_ascii=False)
-        with self._lock:
-            if self._fh is None:
-                raise ValueError(f"event log {self.path} is closed")
-            self._fh.write(line + "\n")
-            self._fh.flush()
-        return event
-
-    def close(self) -> None:
-        """Close the file (later writes raise ValueError)."""
-        with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
-
-    def __enter__(self) -> EventLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

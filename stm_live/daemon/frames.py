@@ -1,0 +1,286 @@
+"""The whole-frame path: finished streamed scans and complete files -> one result each.
+
+One thread takes jobs from :class:`FrameInbox` in this order (the queue
+policy, ``docs/daemon.md``):
+
+1. finished streamed scans (``limits.frames_queue_mb`` of them in memory);
+2. finished streamed scans that did not fit and wait in the journal on disk;
+3. complete files from the watched folders (two at a time: the rest wait in
+   the folder, where they are safe).
+
+Each frame is checked first (:func:`stm_live.model.tiles.applicability`): a
+frame too coarse for the model, or constant, gets a ``seg.frame`` saying why
+it was not segmented, stored like any result so it is never retried. The
+others are segmented whole, or in tiles within a fixed memory budget
+(:func:`stm_live.model.tiles.segment_frame`), through the same code for a
+streamed scan and a file, so the same scan gives the same detections either
+way. Whatever happens to one frame, the next one is processed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+
+from ..config import Config
+from ..errors import ScanReadError
+from ..frame import Frame
+from ..ingest.journal import ScanJournal, read_journal
+from ..ingest.watch import ReadyFile
+from ..io import read_frame
+from ..level import LevelError, level_frame
+from ..model.runtime import SegmentationModel
+from ..model.tiles import applicability, segment_frame
+from ..publish import documents as docs
+from ..publish.documents import Document
+from ..publish.store import ResultStore
+from .scans import replay_finished, scan_sha256
+
+__all__ = ["FileJob", "FrameInbox", "FramesWorker", "StreamJob", "display_image"]
+
+log = logging.getLogger("stm_live.daemon")
+
+#: Complete files handed on by the watcher that wait for the frames worker (the rest wait in the folder).
+FILES_QUEUED: Final = 2
+#: Largest side of the image kept for an overlay PNG (bigger frames are shown subsampled).
+OVERLAY_MAX_SIDE: Final = 2048
+
+
+@dataclass(frozen=True, eq=False)
+class StreamJob:
+    """A finished streamed scan; ``journal`` is deleted once its result is stored."""
+
+    scan_id: str
+    frame: Frame
+    complete: bool
+    journal: Path | None
+    arrived: float | None
+    recovered: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.frame.data.nbytes)
+
+
+@dataclass(frozen=True, eq=False)
+class FileJob:
+    """A complete file from a watched folder; ``handed`` is the clock time the watcher handed it on."""
+
+    ready: ReadyFile
+    handed: float
+
+
+class FrameInbox:
+    """The frames worker's jobs: streamed scans (bounded by bytes), then deferred ones, then files.
+
+    Parameters
+    ----------
+    stream_bytes : int
+        Budget of finished streamed scans held in memory; beyond it
+        :meth:`put_stream` refuses and the caller leaves the scan in the
+        journal (:meth:`defer`).
+    """
+
+    def __init__(self, stream_bytes: int) -> None:
+        self._cond = threading.Condition()
+        self._stream: deque[StreamJob] = deque()
+        self._deferred: deque[Path] = deque()
+        self._files: deque[FileJob] = deque()
+        self.max_stream_bytes = stream_bytes
+        self.stream_bytes = 0
+        self._closed = False
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._stream) + len(self._deferred) + len(self._files)
+
+    def put_stream(self, job: StreamJob) -> bool:
+        """Queue a finished scan if it fits (never waits); False when it does not."""
+        with self._cond:
+            if self._stream and self.stream_bytes + job.nbytes > self.max_stream_bytes:
+                return False
+            self._stream.append(job)
+            self.stream_bytes += job.nbytes
+            self._cond.notify_all()
+            return True
+
+    def defer(self, journal: Path) -> None:
+        """A finished scan waits in its journal file until the streamed scans in memory are done."""
+        with self._cond:
+            self._deferred.append(journal)
+            self._cond.notify_all()
+
+    def put_file(self, job: FileJob, stopping: threading.Event) -> bool:
+        """Queue a file, waiting while :data:`FILES_QUEUED` wait already; False when stopping."""
+        with self._cond:
+            while len(self._files) >= FILES_QUEUED:
+                if stopping.is_set() or self._closed:
+                    return False
+                self._cond.wait(0.2)
+            self._files.append(job)
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float) -> StreamJob | Path | FileJob | None:
+        """The next job by priority; None on timeout (or once closed and empty: see :meth:`drained`)."""
+        with self._cond:
+            if not (self._stream or self._deferred or self._files or self._closed):
+                self._cond.wait(timeout)
+            item: StreamJob | Path | FileJob | None = None
+            if self._stream:
+                item = self._stream.popleft()
+                self.stream_bytes -= item.nbytes
+            elif self._deferred:
+                item = self._deferred.popleft()
+            elif self._files:
+                item = self._files.popleft()
+            self._cond.notify_all()
+            return item
+
+    def drained(self) -> bool:
+        with self._cond:
+            return self._closed and not (self._stream or self._deferred or self._files)
+
+    def close(self) -> None:
+        """No more jobs will come; the worker ends once the lanes are empty."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def display_image(frame: Frame) -> np.ndarray:
+    """The frame for the overlay PNG: each line's median removed (shows the lattice); unscanned rows NaN.
+
+    Frames larger than :data:`OVERLAY_MAX_SIDE` are subsampled first (a PNG of
+    8192 x 8192 pixels helps nobody and would cost a gigabyte to draw).
+    """
+    step = max(1, -(-max(frame.rows, frame.cols) // OVERLAY_MAX_SIDE))
+    data = frame.data[::step, ::step]
+    rows = frame.valid_rows
+    rows = slice(-(-rows.start // step), -(-rows.stop // step))
+    image = np.full(data.shape, np.nan, np.float32)
+    try:
+        image[rows] = level_frame(data[rows], method="median")
+    except (LevelError, ValueError):
+        image[rows] = data[rows]
+    return image
+
+
+class FramesWorker:
+    """The frames worker's loop: one result document per job, whatever happens to the previous one."""
+
+    def __init__(
+        self,
+        config: Config,
+        model: SegmentationModel,
+        *,
+        inbox: FrameInbox,
+        store: ResultStore,
+        journal: ScanJournal,
+        emit: Callable[[Document], None],
+        on_bad_file: Callable[[Path, str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.inbox = inbox
+        self.store = store
+        self.journal = journal
+        self._emit = emit
+        self._on_bad_file = on_bad_file
+        self._clock = clock
+
+    def run(self) -> None:
+        while True:
+            job = self.inbox.get(0.5)
+            if job is None:
+                if self.inbox.drained():
+                    return
+                continue
+            try:
+                if isinstance(job, StreamJob):
+                    self.process_stream(job)
+                elif isinstance(job, FileJob):
+                    self.process_file(job)
+                else:
+                    self.process_deferred(job)
+            except Exception as exc:  # a bug for one frame: say so, and take the next
+                log.exception("unexpected error while processing %s; carrying on", job)
+                self._emit(docs.event("error", where="whole-frame path", error=f"{type(exc).__name__}: {exc}"))
+
+    # ------------------------------------------------------------------ jobs
+
+    def process_deferred(self, path: Path) -> None:
+        """A finished scan that waited in the journal: read it back and process it like any other."""
+        try:
+            item = read_journal(path)
+        except OSError as exc:
+            self._emit(docs.event("error", where="reading a deferred scan", source=str(path), error=str(exc)))
+            return
+        finished = replay_finished(item) if item is not None else None
+        if item is None or finished is None:
+            self.journal.discard(path)
+            return
+        self.process_stream(StreamJob(item.info.scan_id, finished.frame, finished.complete, path, None))
+
+    def process_stream(self, job: StreamJob) -> None:
+        frame = job.frame
+        sha = scan_sha256(frame)
+        journal = job.journal
+
+        def stored() -> None:
+            self.journal.discard(journal)
+
+        if job.recovered and self.store.is_processed(sha):
+            log.info("scan %s: its result was stored before the restart", job.scan_id)
+            stored()
+            return
+        self._segment_and_emit(job.scan_id, frame, source="zmq", complete=job.complete, sha256=sha,
+                               arrived=job.arrived, on_stored=stored)
+
+    def process_file(self, job: FileJob) -> None:
+        cfg = self.config.input
+        path = job.ready.path
+        try:
+            frame = read_frame(path, channel=cfg.channel, direction=cfg.direction, width_nm=cfg.width_nm,
+                               height_nm=cfg.height_nm)
+        except ScanReadError as exc:
+            if not path.exists():
+                log.warning("%s: gone before it could be read", path)
+                return
+            self._on_bad_file(path, exc.reason)
+            return
+        self._segment_and_emit(path.stem, frame, source=str(path), complete=frame.complete,
+                               sha256=job.ready.sha256, arrived=job.handed, on_stored=None)
+
+    def _segment_and_emit(
+        self, scan_id: str, frame: Frame, *, source: str, complete: bool, sha256: str, arrived: float | None,
+        on_stored: Callable[[], None] | None,
+    ) -> None:
+        cfg = self.config
+        reason = applicability(self.model, frame, max_upsample=cfg.limits.max_upsample)
+        if reason is None:
+            try:
+                seg = segment_frame(self.model, frame, min_score=cfg.model.min_score,
+                                    min_area_nm2=cfg.model.min_area_nm2, tile_model_px=cfg.limits.tile_model_px)
+            except Exception as exc:  # the model cannot take this frame: say why, once, and store that
+                log.error("%s (%s): cannot segment it: %s: %s", scan_id, source, type(exc).__name__, exc)
+                reason = f"not segmented: segmentation failed: {type(exc).__name__}: {exc}"[:1000]
+            else:
+                image = display_image(frame) if self.store.overlay_png else None
+                self._emit(docs.frame_result(scan_id, frame, seg, source=source, complete=complete, sha256=sha256,
+                                             label_maps=cfg.publish.label_maps, arrived=arrived, image=image,
+                                             on_stored=on_stored))
+                return
+        log.info("%s (%s): %s", scan_id, source, reason)
+        self._emit(docs.not_segmented(scan_id, frame, model_id=self.model.id, model_name=self.model.name,
+                                      reason=reason, source=source, complete=complete, sha256=sha256,
+                                      arrived=arrived, on_stored=on_stored))

@@ -1,0 +1,335 @@
+"""The live path: messages from the ingest socket -> scans assembled line by line -> levelled lines and partials.
+
+Two threads:
+
+* the **receiver** takes each message off the SUB socket as it arrives (so
+  ZeroMQ never buffers more than a message or two), refuses what is malformed
+  or over a source's rate, and queues the rest for the live worker, bounded
+  by bytes (``limits.ingest_queue_mb``: what does not fit is refused and
+  reported, the receiver never waits);
+* the **live worker** feeds the :class:`~stm_live.ingest.assemble.LineAssembler`,
+  journals each accepted line, levels it (:class:`~stm_live.level.LineLeveller`,
+  in arrival order), adds it to the scan's :class:`~stm_live.model.live.LiveSegmenter`,
+  and emits ``level.line`` and, every ``live.cadence_lines`` new lines of a
+  scan, ``seg.partial`` documents. It takes every message waiting (up to
+  :data:`BATCH`) before it segments, so when segmenting takes longer than a
+  line the lines that arrived meanwhile are coalesced into one update of the
+  latest state: requests never pile up. Finished scans go to the whole-frame
+  path (:mod:`stm_live.daemon.frames`).
+
+The live worker has its own queue and thread, and whole frames from files
+never enter it: a live scan's lines are never queued behind files.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from ..config import Config
+from ..errors import ModelError, WireError
+from ..ingest.assemble import LineAdded, LineAssembler, MessageIgnored, ScanFinished
+from ..ingest.journal import JournalFile, ScanJournal
+from ..ingest.stream import LineSource, Received
+from ..level import LevelError, LineLeveller
+from ..model.live import LiveSegmenter
+from ..model.prepare import model_grid_shape
+from ..model.runtime import SegmentationModel
+from ..model.tiles import pitch_problem
+from ..publish import documents as docs
+from ..publish.documents import Document
+from ..publish.sinks import Counters
+from ..wire import FrameMessage, LineMessage
+from .frames import FrameInbox, StreamJob
+from .queues import ByteQueue
+from .scans import LiveScan, replay_finished
+
+__all__ = ["BATCH", "LiveWorker", "Receiver"]
+
+log = logging.getLogger("stm_live.daemon")
+
+#: Most messages the live worker takes from its queue before it segments.
+BATCH: Final = 512
+#: Largest model grid the live path keeps for one scan (its buffers grow with it: 16 M px is about 300 MB).
+LIVE_MAX_MODEL_PX: Final = 16 << 20
+
+
+def channel_key(name: str) -> str:
+    """Channel names compare ignoring case, spaces, ``_`` and ``-``."""
+    return "".join(ch for ch in name.lower() if ch not in " \t_-")
+
+
+class Receiver:
+    """The receiver thread's loop: socket -> live queue; never waits on the live worker."""
+
+    def __init__(
+        self,
+        source: LineSource,
+        lines: ByteQueue[Received],
+        *,
+        emit: Callable[[Document], None],
+        counters: Counters,
+        stop: threading.Event,
+    ) -> None:
+        self.source = source
+        self.lines = lines
+        self._emit = emit
+        self._counters = counters
+        self._stop = stop
+
+    def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    received = self.source.receive(0.1)
+                except Exception as exc:  # not a malformed message (those come back as errors): the socket
+                    log.exception("receiving from %s failed; retrying", self.source.endpoint)
+                    self._emit(docs.event("error", where="receiving", error=f"{type(exc).__name__}: {exc}"))
+                    self._stop.wait(1.0)
+                    continue
+                if received is None:
+                    continue
+                self._counters.add("messages")
+                if received.error is not None or received.message is None:
+                    self._emit(docs.bad_input("zmq", str(received.error), kind="message", n_bytes=received.n_bytes))
+                elif not self.lines.put(received, received.n_bytes):
+                    msg = received.message
+                    scan_id = getattr(getattr(msg, "scan", msg), "scan_id", None)
+                    self._emit(docs.bad_input(
+                        "zmq", f"refused: {self.lines.nbytes >> 20} MB of received messages already wait for the "
+                        f"live worker (limits.ingest_queue_mb = {self.lines.max_bytes >> 20})",
+                        kind="refused", n_bytes=received.n_bytes, scan_id=scan_id,
+                    ))
+        finally:
+            self.lines.close()  # the live worker ends after the last message received
+
+
+class LiveWorker:
+    """The live worker's loop and state: assembler, journal, levelling, live segmentation."""
+
+    def __init__(
+        self,
+        config: Config,
+        model: SegmentationModel,
+        *,
+        journal: ScanJournal,
+        inbox: FrameInbox,
+        emit: Callable[[Document], None],
+        counters: Counters,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.journal = journal
+        self.inbox = inbox
+        self._emit = emit
+        self._counters = counters
+        self._clock = clock
+        self._channel = channel_key(config.input.channel)
+        self.assembler = LineAssembler(
+            max_open_scans=config.ingest.max_open_scans, scan_timeout_s=config.ingest.scan_timeout_s,
+            max_bytes=config.limits.assembler_mb << 20, scan_type=LiveScan, clock=clock,
+        )
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, lines: ByteQueue[Received], recovered: list[JournalFile]) -> None:
+        """Serve ``lines`` until it is closed and empty; first continue the scans ``recovered`` from the journal."""
+        self._safely("recovering the scan journal", self.recover, recovered)
+        next_expire = self._clock() + 1.0
+        while True:
+            batch = lines.get_batch(0.5, BATCH)
+            for received in batch:
+                self._safely("handling a message", self.ingest, received)
+            if batch:
+                self._safely("segmenting partial frames", self.publish_partials)
+            now = self._clock()
+            if now >= next_expire:
+                next_expire = now + 1.0
+                for finished in self.assembler.expire(now=now):
+                    self._safely("finishing a scan", self.scan_finished, finished)
+            if not batch and lines.drained():
+                return
+
+    def _safely(self, what: str, func: Callable[..., None], *args: Any) -> None:
+        try:
+            func(*args)
+        except Exception as exc:  # one bad input never stops the service
+            log.exception("unexpected error while %s; carrying on", what)
+            self._emit(docs.event("error", where=what, error=f"{type(exc).__name__}: {exc}"))
+
+    def close(self) -> list[str]:
+        """At shut-down: open scans stay in the journal (they continue after the next start); their ids."""
+        return [info.scan_id for info in self.journal.close()]
+
+    @property
+    def open_scans(self) -> int:
+        return len(self.assembler)
+
+    # ------------------------------------------------------------------ messages
+
+    def _wanted(self, scan: LiveScan) -> bool:
+        if scan.wanted is None:
+            scan.wanted = (channel_key(scan.key[1]) == self._channel
+                           and scan.key[2] == self.config.input.direction)
+        return scan.wanted
+
+    def ingest(self, received: Received) -> None:
+        msg = received.message
+        assert msg is not None
+        if isinstance(msg, LineMessage):
+            self._counters.add("lines")
+        try:
+            events = self.assembler.feed(msg, now=received.arrived)
+        except WireError as exc:
+            self._emit(docs.bad_input("zmq", str(exc), kind="message", n_bytes=received.n_bytes))
+            return
+        for event in events:
+            if isinstance(event, LineAdded):
+                assert isinstance(msg, LineMessage)
+                self.line_added(event, msg)
+            elif isinstance(event, ScanFinished):
+                self.scan_finished(event, msg if isinstance(msg, FrameMessage) and event.reason == "frame" else None)
+            elif isinstance(event, MessageIgnored):
+                self._emit(docs.event("ignored", scan_id=event.scan_id, reason=event.reason))
+
+    def line_added(self, event: LineAdded, msg: LineMessage, *, journal: bool = True) -> None:
+        scan = event.scan
+        assert isinstance(scan, LiveScan)
+        if not self._wanted(scan):
+            return
+        if journal:
+            if scan.journal is None:
+                scan.journal = self.journal.open(msg.scan)
+            try:
+                scan.journal.line(event.row, msg.data, msg.t)
+            except OSError as exc:
+                log.error("scan %s: cannot journal line %d (%s); a crash now would lose it", event.key[0],
+                          event.row, exc)
+        if scan.leveller is None:
+            self._start_live(scan)
+        assert scan.leveller is not None
+        levelled = scan.leveller.push(scan.data[event.row])
+        self._emit(docs.level_line(event.key[0], scan.frame(), event.row, levelled, rows_done=scan.rows_valid,
+                                   arrived=event.arrived))
+        if scan.segmenter is not None:
+            scan.segmenter.add_row(event.row, levelled)
+            scan.new_lines += 1
+            scan.arrived = event.arrived
+
+    def _start_live(self, scan: LiveScan) -> None:
+        cfg = self.config
+        frame = scan.frame()
+        scan.leveller = LineLeveller(
+            frame.cols, reference_lines=cfg.level.stream_reference_lines,
+            restore_slope_lines=cfg.level.stream_restore_slope_lines,
+            restore_offset_lines=cfg.level.stream_restore_offset_lines, reject=cfg.level.stream_reject,
+        )
+        reason = pitch_problem(self.model, frame, max_upsample=cfg.limits.max_upsample)
+        grid = model_grid_shape(frame.data.shape, nm_per_px=frame.nm_per_px, target_nm_per_px=self.model.info.nm_per_px)
+        if reason is None and grid[0] * grid[1] > LIVE_MAX_MODEL_PX:
+            reason = (f"{grid[1]} x {grid[0]} model pixels is more than the live path takes "
+                      f"({LIVE_MAX_MODEL_PX >> 20} M); the finished frame is segmented in tiles")
+        if reason is not None:
+            log.info("scan %s: no live results (%s)", scan.key[0], reason)
+        else:
+            try:
+                scan.segmenter = LiveSegmenter(
+                    self.model, rows=frame.rows, cols=frame.cols, nm_per_px=frame.nm_per_px,
+                    scan_direction=frame.scan_direction, min_score=cfg.model.min_score,
+                    min_area_nm2=cfg.model.min_area_nm2, freeze_rows=cfg.live.freeze_rows,
+                )
+            except (ValueError, ModelError) as exc:
+                log.warning("scan %s: no live results (%s); the finished frame is still segmented", scan.key[0], exc)
+        self._emit(docs.scan_started(scan.key[0], frame))
+
+    def publish_partials(self) -> None:
+        cadence = self.config.live.cadence_lines
+        for scan in self.assembler.scans():
+            assert isinstance(scan, LiveScan)
+            if scan.segmenter is None or scan.new_lines < cadence:
+                continue
+            scan.new_lines = 0
+            try:
+                seg = scan.segmenter.segment()
+            except (ValueError, ModelError, LevelError) as exc:
+                scan.segmenter = None
+                log.warning("scan %s: live segmentation failed (%s); no more partial results for it", scan.key[0],
+                            exc)
+                self._emit(docs.event("error", scan_id=scan.key[0], where="live segmentation", error=str(exc)))
+                continue
+            if seg.rows_done:
+                self._emit(docs.partial(scan.key[0], scan.frame(), seg, label_maps=self.config.publish.label_maps,
+                                        arrived=scan.arrived))
+
+    def scan_finished(self, finished: ScanFinished, whole: FrameMessage | None = None) -> None:
+        scan = finished.scan
+        if isinstance(scan, LiveScan) and not self._wanted(scan):
+            log.debug("scan %s %s %s finished (%s); not the configured channel/direction", *finished.key,
+                      finished.reason)
+            return
+        path = None
+        writer = scan.journal if isinstance(scan, LiveScan) else None
+        try:
+            if whole is not None:
+                if writer is None:
+                    writer = self.journal.open(whole.scan)
+                writer.frame(finished.frame.data)
+            if writer is not None:
+                path = writer.finish(complete=finished.complete, reason=finished.reason)
+        except OSError as exc:
+            log.error("scan %s: cannot journal its end (%s)", finished.key[0], exc)
+        self._emit(docs.scan_finished(finished.key[0], reason=finished.reason, complete=finished.complete,
+                                      rows_received=finished.rows_received, rows_missing=finished.rows_missing,
+                                      rows=finished.frame.rows))
+        job = StreamJob(finished.key[0], finished.frame, finished.complete, path, finished.arrived)
+        if not self.inbox.put_stream(job):
+            if path is not None:
+                self.inbox.defer(path)
+                log.info("scan %s waits in the journal: %d MB of finished scans are queued before it",
+                         finished.key[0], self.inbox.stream_bytes >> 20)
+            else:
+                self._emit(docs.bad_input(
+                    "zmq", f"refused: {self.inbox.stream_bytes >> 20} MB of finished scans already wait "
+                    "(limits.frames_queue_mb) and the scan could not be journalled", kind="refused",
+                    scan_id=finished.key[0],
+                ))
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self, recovered: list[JournalFile]) -> None:
+        """Continue where a killed daemon stopped: finished scans to the frames worker, open ones to the assembler.
+
+        Each journal is handled on its own: one that cannot be replayed is
+        reported and the others still come back.
+        """
+        for item in recovered:
+            self._safely(f"recovering scan {item.info.scan_id} from {item.path.name}", self._recover_one, item)
+
+    def _recover_one(self, item: JournalFile) -> None:
+        if item.end is not None:
+            finished = replay_finished(item)
+            if finished is None:
+                self.journal.discard(item.path)
+                return
+            log.info("recovered finished scan %s from the journal", item.info.scan_id)
+            job = StreamJob(item.info.scan_id, finished.frame, finished.complete, item.path, None, recovered=True)
+            if not self.inbox.put_stream(job):
+                self.inbox.defer(item.path)
+            return
+        log.info("recovered open scan %s from the journal (%d lines); it continues", item.info.scan_id,
+                 len(item.lines))
+        writer = self.journal.adopt(item)
+        now = self._clock()
+        for row, values, t in item.lines:
+            line = LineMessage(item.info, row, values, t)
+            for event in self.assembler.feed(line, now=now):
+                if isinstance(event, LineAdded):
+                    assert isinstance(event.scan, LiveScan)
+                    event.scan.journal = writer
+                    self.line_added(event, line, journal=False)
+                elif isinstance(event, ScanFinished):
+                    self.scan_finished(event)
