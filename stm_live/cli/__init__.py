@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "discover": "discover",
     "evaluate": "evaluate",
     "train": "train",
+    "model-id": "model_id",
     "run": "run",
     "status": "status",
     "demo": "demo",

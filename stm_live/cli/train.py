@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained in {report['timings_s']['total']:.0f} s "
           f"(data {report['timings_s']['data']:.0f} s, fit {report['timings_s']['fit']:.0f} s)")
     for name, model in report["models"].items():
-        line = f"  {name}: {model['path']} [{model['id']}]"
+        line = f"  {name}: {Path(settings.out_dir) / (name + '.onnx')} [{model['id']}]"
         metrics = report["metrics"].get(name)
         if metrics:
             line += "  F1 " + ", ".join(f"{c} {s['f1']:.3f}" for c, s in metrics["objects"].items())

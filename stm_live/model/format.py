@@ -38,8 +38,9 @@ sees: the whole frame, or the live path's window of rows.
 Metadata (``metadata_props``, JSON values under ``stm_live.*`` keys) carries
 everything the runtime needs: class names, pixel size, normalisation,
 levelling, the prototypes and their provenance, training provenance and
-metrics, the stm-live version, and the model id (a hash of the graph and
-weights, and of the input normalisation when it is not the default).
+metrics, the stm-live version, and the model id: a hash of everything that decides
+what the model does (graph, weights, prototypes, pitch, levelling, normalisation,
+detection thresholds, ...; :func:`model_id`) and of nothing else.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__
 from ..errors import ModelError
-from .prepare import DEFAULT_NORMALISATION
 
 __all__ = [
+    "BEHAVIOUR_KEYS",
     "FORMAT_VERSION",
     "HEAD_PREFIX",
     "INPUT_NAME",
@@ -72,7 +73,9 @@ __all__ = [
     "load_onnx",
     "model_id",
     "read_info",
+    "restamp",
     "save_model",
+    "strip_debug_info",
 ]
 
 FORMAT_VERSION = 1
@@ -210,7 +213,8 @@ class ModelInfo:
         trained models, and ``"merge_within_nm"`` (pieces of one feature
         closer than this are merged) for models adapted from points.
     id : str
-        Hash of graph and weights (filled by :func:`save_model`).
+        Hash of everything that decides the model's behaviour (:func:`model_id`;
+        filled by :func:`save_model`).
     version : str
         stm-live version that wrote the file.
     """
@@ -437,35 +441,112 @@ def attach_head(model: onnx.ModelProto, prototypes: Prototypes) -> onnx.ModelPro
     return base
 
 
-def model_id(model: onnx.ModelProto, normalisation: Mapping[str, Any] | None = None) -> str:
-    """A short hash of the graph and weights, and of the input normalisation unless it is the default.
+#: The metadata that decides what a model does with an image, besides the graph: how the
+#: input is prepared, what the outputs are called, how features become detections.
+#: Everything else (name, surface, provenance, training record, version, the id itself)
+#: describes the model and stays out of its id.
+BEHAVIOUR_KEYS = ("format", "classes", "nm_per_px", "embedding_dim", "context_px", "normalisation", "levelling",
+                  "prototypes", "detection")
+#: Keys of ``detection`` that record how the thresholds were found, not what they are.
+_DETECTION_RECORD_KEYS = ("calibration",)
+_ID_SCHEME = b"stm-live model id 2\n"
 
-    ``normalisation`` is the one the model will carry (default: the one its
-    metadata names). Other metadata is excluded. The same weights run on
-    differently normalised inputs are a different model, so they get another
-    id; with exactly the default normalisation (``DEFAULT_NORMALISATION``, what
-    the trainer always wrote before the normalisation could change) the id is
-    that of the graph and weights alone, so the bundled models keep theirs.
+
+def strip_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` without what only debugging needs.
+
+    Removed: every node's ``metadata_props`` (torch's exporter stores the Python
+    stack that made each node there, with absolute paths of the machine it ran
+    on) and the doc strings of the model, its graph, nodes and functions, and the
+    producer's name and version. None of it changes what the graph computes.
     """
-    if normalisation is None:
-        text = _meta_dict(model).get(_META_PREFIX + "normalisation")
-        normalisation = json.loads(text) if text else DEFAULT_NORMALISATION
-    bare = onnx.ModelProto()
-    bare.CopyFrom(model)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.doc_string = ""
+    out.producer_name = ""
+    out.producer_version = ""
+    out.domain = ""
+    out.model_version = 0
+
+    def clean_graph(graph: onnx.GraphProto) -> None:
+        graph.doc_string = ""
+        del graph.metadata_props[:]
+        for value in [*graph.input, *graph.output, *graph.value_info]:
+            value.doc_string = ""
+        for init in graph.initializer:
+            init.doc_string = ""
+        for node in graph.node:
+            clean_node(node)
+
+    def clean_node(node: onnx.NodeProto) -> None:
+        node.doc_string = ""
+        del node.metadata_props[:]
+        for attr in node.attribute:
+            attr.doc_string = ""
+            if attr.HasField("g"):
+                clean_graph(attr.g)
+            for sub in attr.graphs:
+                clean_graph(sub)
+
+    clean_graph(out.graph)
+    for function in out.functions:
+        function.doc_string = ""
+        del function.metadata_props[:]
+        for node in function.node:
+            clean_node(node)
+    return out
+
+
+def _behaviour(info: ModelInfo) -> dict[str, Any]:
+    """The part of ``info`` that decides behaviour, in its metadata (JSON) form."""
+    values = {k[len(_META_PREFIX):]: json.loads(v) for k, v in info.to_metadata().items()}
+    out = {k: values[k] for k in BEHAVIOUR_KEYS}
+    out["detection"] = {k: v for k, v in out["detection"].items() if k not in _DETECTION_RECORD_KEYS}
+    return out
+
+
+def model_id(model: onnx.ModelProto, info: ModelInfo | None = None) -> str:
+    """A short hash of everything that decides what ``model`` does, and of nothing else.
+
+    That is the graph and its weights (the prototype head, feature centring and
+    temperature included), without the debugging information of
+    :func:`strip_debug_info`, and the metadata of :data:`BEHAVIOUR_KEYS`: classes,
+    pitch, embedding size, context, normalisation, levelling, prototypes and
+    detection thresholds (not the record of how they were calibrated). Not the
+    name, surface, provenance, training record, version or stored id, so that
+    re-describing a model, or re-saving it with another stm-live, keeps its id.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        The model; its own ``stm_live.*`` metadata is used unless ``info`` is given
+        (a graph without stm-live metadata is hashed alone).
+    info : ModelInfo, optional
+        The metadata the model will carry.
+
+    Returns
+    -------
+    str
+        16 hexadecimal digits. ``stm-live model-id FILE`` prints a file's stored and
+        recomputed id; ``--write`` re-stamps it.
+    """
+    if info is None and _META_PREFIX + "format" in _meta_dict(model):
+        info = read_info(model)
+    bare = strip_debug_info(model)
     del bare.metadata_props[:]
-    digest = hashlib.sha256(bare.SerializeToString(deterministic=True))
-    if dict(normalisation) != DEFAULT_NORMALISATION:
-        digest.update(json.dumps(dict(normalisation), sort_keys=True).encode())
+    digest = hashlib.sha256(_ID_SCHEME)
+    digest.update(bare.SerializeToString(deterministic=True))
+    if info is not None:
+        digest.update(json.dumps(_behaviour(info), sort_keys=True, separators=(",", ":")).encode())
     return digest.hexdigest()[:16]
 
 
 def with_info(model: onnx.ModelProto, info: ModelInfo) -> tuple[onnx.ModelProto, ModelInfo]:
-    """A copy of ``model`` carrying ``info`` as metadata, with the id filled in."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    """A copy of ``model`` without debugging information, carrying ``info`` as metadata, with the id filled in."""
+    out = strip_debug_info(model)
     out.producer_name = "stm-live"
     out.producer_version = __version__
-    info = replace(info, id=model_id(out, info.normalisation), version=__version__)
+    info = replace(info, id=model_id(out, info), version=__version__)
     del out.metadata_props[:]
     for key, value in info.to_metadata().items():
         out.metadata_props.add(key=key, value=value)
@@ -482,6 +563,21 @@ def save_model(model: onnx.ModelProto, info: ModelInfo, path: str | os.PathLike[
     tmp.write_bytes(out.SerializeToString())
     os.replace(tmp, p)
     return info
+
+
+def restamp(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """Re-save the model file at ``path`` with its id recomputed; return ``(stored, new)`` ids.
+
+    Everything else is kept but the debugging information (:func:`strip_debug_info`)
+    and the version, which becomes this stm-live's. The file is rewritten only when
+    something changes.
+    """
+    model = load_onnx(path)
+    info = read_info(model, source=str(path))
+    out, new = with_info(model, info)
+    if out.SerializeToString(deterministic=True) != model.SerializeToString(deterministic=True):
+        save_model(model, info, path)
+    return info.id, new.id
 
 
 def class_names_with_background(info: ModelInfo) -> Sequence[str]:

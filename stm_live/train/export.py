@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from ..model.format import EMBEDDING_NAME, INPUT_NAME, ModelInfo, Prototypes, attach_head, save_model
+from ..model.format import EMBEDDING_NAME, INPUT_NAME, ModelInfo, Prototypes, attach_head, save_model, strip_debug_info
 from .net import Encoder
 
 __all__ = ["OPSET", "encoder_to_onnx", "export_model"]
@@ -54,10 +54,8 @@ def encoder_to_onnx(encoder: Encoder) -> onnx.ModelProto:
         program.save(path)
         model = onnx.load(path)
     # The exporter tags each node with the Python stack that made it (absolute paths of
-    # this checkout, line numbers of net.py): nothing the runtime needs, and it would make
-    # the model id depend on where the trainer ran and on edits elsewhere in the source.
-    for node in [*model.graph.node, *(n for f in model.functions for n in f.node)]:
-        del node.metadata_props[:]
+    # this checkout, line numbers of net.py): nothing the runtime needs.
+    model = strip_debug_info(model)
     onnx.checker.check_model(model)
     return model
 

@@ -10,12 +10,15 @@ Outputs, in ``settings.out_dir``:
 
 and in ``settings.run_dir``: ``checkpoint.pt`` (resumable), the cached data
 sets and ``report.json`` (settings, data hash, losses, validation metrics).
+Paths in the report are relative to its folder, so that it says nothing about
+the machine it was made on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from dataclasses import replace
@@ -35,7 +38,7 @@ from .fit import TrainState, fit, summarise
 from .net import Encoder, receptive_field_px
 from .settings import SurfaceSettings, TrainSettings
 
-__all__ = ["train_models"]
+__all__ = ["held_out_geometry", "portable_settings", "relative_to", "train_models"]
 
 log = logging.getLogger(__name__)
 
@@ -144,15 +147,37 @@ def train_models(
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor()}".strip(),
         "threads": torch.get_num_threads(),
-        "settings": settings.model_dump(mode="json"),
+        "settings": portable_settings(settings),
         "training": training,
         "timings_s": {"data": round(t_data, 1), "fit": round(t_fit, 1), "total": round(time.perf_counter() - t0, 1)},
-        "models": exported,
+        "models": {name: {**entry, "path": relative_to(entry["path"], run_dir)} for name, entry in exported.items()},
         "metrics": metrics,
         "history": state.history,
     }
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def relative_to(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> str:
+    """``path`` relative to ``folder`` (POSIX separators), or its file name where there is no such path.
+
+    Reports say where their models went this way, without the absolute paths
+    of the machine that made them.
+    """
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), Path(folder).resolve())).as_posix()
+    except ValueError:  # another drive on Windows
+        return Path(path).name
+
+
+def portable_settings(settings: TrainSettings) -> dict[str, Any]:
+    """``settings`` as JSON with their paths relative to the run folder (where the report goes)."""
+    out = settings.model_dump(mode="json")
+    run_dir = Path(settings.run_dir)
+    out["run_dir"] = "."
+    out["out_dir"] = relative_to(settings.out_dir, run_dir)
+    out["unlabelled"] = [relative_to(p, run_dir) for p in settings.unlabelled]
+    return out
 
 
 def held_out_geometry(surface: SurfaceSettings) -> tuple[float, int]:
