@@ -21,17 +21,21 @@ without a hand-written type checker.
 
 from __future__ import annotations
 
+import math
 import os
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, ValidationError, ValidationInfo, field_validator
+from pydantic_core import core_schema
 
 from .errors import ConfigError
+from .limits import MAX_LENGTH_M, MIN_LENGTH_M
 
 __all__ = [
     "ENV_PREFIX",
@@ -44,9 +48,69 @@ __all__ = [
 ENV_PREFIX = "STM_LIVE_"
 _CONFIG_ENV = "STM_LIVE_CONFIG"
 
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-PositiveInt = Annotated[int, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0, le=1)]
+
+def _plain_number(value: float) -> str:
+    """``1000000`` rather than ``1e+06`` for whole numbers; ``0.001`` stays ``0.001``."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number's sane range, as ``Annotated`` metadata: ``Annotated[int, Range(1, 1000)]``.
+
+    Every numeric setting has one, so an absurd value (``ingest.rcv_hwm:
+    3000000000``, which ZeroMQ cannot take, or a timeout of ``1e300`` s)
+    stops start-up with the key, the value and the range, instead of failing
+    later deep inside a socket or a timer. Booleans are refused (YAML's
+    ``yes`` is not a number), NaN and infinities fall outside every range.
+    ``above=True`` makes the lower bound exclusive.
+    """
+
+    lo: float
+    hi: float
+    above: bool = False
+    unit: str = ""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_before_validator_function(
+            self._not_bool, core_schema.no_info_after_validator_function(self._check, handler(source))
+        )
+
+    def describe(self, integer: bool) -> str:
+        """``"an integer from 1 to 1000000"``, ``"a number above 0, up to 86400 s"``."""
+        kind = "an integer" if integer else "a number"
+        unit = f" {self.unit}" if self.unit else ""
+        lo, hi = _plain_number(self.lo), _plain_number(self.hi)
+        if self.above:
+            return f"{kind} above {lo}, up to {hi}{unit}"
+        return f"{kind} from {lo} to {hi}{unit}"
+
+    @staticmethod
+    def _not_bool(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("expected a number, not true/false")
+        return value
+
+    def _check(self, value: float) -> float:
+        low_ok = value > self.lo if self.above else value >= self.lo
+        if not (math.isfinite(value) and low_ok and value <= self.hi):
+            raise ValueError(f"out of range: expected {self.describe(isinstance(value, int))}")
+        return value
+
+
+#: Durations in seconds: at least a millisecond (no busy loops), at most a day
+#: (threading timers overflow near 1e9 s; nothing here waits longer than a day).
+Seconds = Annotated[float, Range(1e-3, 86400.0, unit="s")]
+#: A count of messages ZeroMQ may queue on one socket: a C int there, and each
+#: message may hold a line or a frame, so far below 2**31.
+Messages = Annotated[int, Range(1, 1_000_000)]
+#: A threshold in robust standard deviations.
+Sigmas = Annotated[float, Range(0.0, 100.0, above=True)]
+#: A number of scan lines (the largest scan has 32768).
+Lines = Annotated[float, Range(0.0, 32768.0, above=True)]
+#: A physical length in nanometres (the scan size limits of :mod:`stm_live.limits`).
+LengthNm = Annotated[float, Range(MIN_LENGTH_M * 1e9, MAX_LENGTH_M * 1e9, unit="nm")]
+Fraction = Annotated[float, Range(0.0, 1.0)]
 
 
 class _Section(BaseModel):
@@ -66,8 +130,8 @@ class InputSection(_Section):
 
     channel: str = "Z"
     direction: Literal["forward", "backward"] = "forward"
-    width_nm: PositiveFloat | None = None
-    height_nm: PositiveFloat | None = None
+    width_nm: LengthNm | None = None
+    height_nm: LengthNm | None = None
 
 
 class LevelSection(_Section):
@@ -77,11 +141,11 @@ class LevelSection(_Section):
         "step-aware", "plane", "plane2", "flatten", "median", "median_diff", "poly", "matching"
     ] = "step-aware"
     remove_scars: bool = False
-    reject: PositiveFloat = 3.0
-    stream_reference_lines: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 4.0
-    stream_reject: PositiveFloat = 3.0
-    stream_restore_slope_lines: PositiveFloat | None = 8.0
-    stream_restore_offset_lines: PositiveFloat | None = None
+    reject: Sigmas = 3.0
+    stream_reference_lines: Annotated[float, Range(1.0, 32768.0)] = 4.0
+    stream_reject: Sigmas = 3.0
+    stream_restore_slope_lines: Lines | None = 8.0
+    stream_restore_offset_lines: Lines | None = None
 
 
 class ModelSection(_Section):
@@ -89,9 +153,9 @@ class ModelSection(_Section):
 
     path: Path | None = None
     provider: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: Annotated[int, Field(ge=0)] = 0
+    threads: Annotated[int, Range(0, 1024)] = 0
     min_score: Fraction | None = None
-    min_area_nm2: Annotated[float, Field(ge=0)] | None = None
+    min_area_nm2: Annotated[float, Range(0.0, 1e6, unit="nm^2")] | None = None
 
 
 class WatchSection(_Section):
@@ -100,9 +164,9 @@ class WatchSection(_Section):
     folders: list[Path] = []
     patterns: list[str] = ["*.sxm", "*.npy", "*.npz"]
     recursive: bool = False
-    settle_timeout_s: PositiveFloat = 600.0
-    retry_initial_s: PositiveFloat = 0.1
-    retry_max_s: PositiveFloat = 5.0
+    settle_timeout_s: Seconds = 600.0
+    retry_initial_s: Seconds = 0.1
+    retry_max_s: Seconds = 5.0
     polling: bool = False
 
     @field_validator("retry_max_s")
@@ -118,9 +182,9 @@ class IngestSection(_Section):
     """ZeroMQ SUB socket that controller bridges publish scan lines to."""
 
     endpoint: str | None = "tcp://127.0.0.1:5555"
-    max_open_scans: PositiveInt = 4
-    scan_timeout_s: PositiveFloat = 600.0
-    rcv_hwm: PositiveInt = 10000
+    max_open_scans: Annotated[int, Range(1, 1024)] = 4
+    scan_timeout_s: Seconds = 600.0
+    rcv_hwm: Messages = 10000
 
     @field_validator("endpoint")
     @classmethod
@@ -133,8 +197,8 @@ class PublishSection(_Section):
 
     endpoint: str | None = "tcp://127.0.0.1:5556"
     label_maps: bool = True
-    heartbeat_s: PositiveFloat = 2.0
-    send_hwm: PositiveInt = 1000
+    heartbeat_s: Annotated[float, Range(1e-2, 3600.0, unit="s")] = 2.0
+    send_hwm: Messages = 1000
 
     @field_validator("endpoint")
     @classmethod
@@ -145,9 +209,9 @@ class PublishSection(_Section):
 class LiveSection(_Section):
     """Line-by-line segmentation of scans streamed over ZeroMQ (the daemon's live path)."""
 
-    cadence_lines: PositiveInt = 1
-    freeze_rows: PositiveInt = 32
-    queue_messages: PositiveInt = 10000
+    cadence_lines: Annotated[int, Range(1, 32768)] = 1
+    freeze_rows: Annotated[int, Range(1, 32768)] = 32
+    queue_messages: Messages = 10000
 
 
 class ResultsSection(_Section):
