@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -47,6 +48,43 @@ __all__ = [
 
 ENV_PREFIX = "STM_LIVE_"
 _CONFIG_ENV = "STM_LIVE_CONFIG"
+
+#: Largest configuration file read (the shipped one is about 6 kB).
+MAX_FILE_BYTES = 1 << 20
+#: Largest configuration after YAML aliases are expanded, in nodes plus characters:
+#: a few hundred times any real configuration, far below what an alias bomb
+#: ("billion laughs") expands to. Checked on the loaded structure, where aliases
+#: are shared references, in time proportional to the file.
+MAX_EXPANDED_SIZE = 1 << 20
+#: Longest message a configuration error carries, and the most problems it lists.
+MAX_ERROR_CHARS = 2000
+_MAX_ERROR_LINES = 20
+
+_SHOW = reprlib.Repr()  # values in messages: short, bounded work whatever their size
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxtuple, _SHOW.maxdict = 2, 6, 6, 6
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong = 80, 80, 40
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _first_lines(lines: list[str]) -> list[str]:
+    """As many problem lines as fit :data:`MAX_ERROR_CHARS` (and at most 20), then how many more."""
+    kept: list[str] = []
+    used = 0
+    for line in lines:
+        if len(kept) == _MAX_ERROR_LINES or used + len(line) + 3 > MAX_ERROR_CHARS - 60:
+            return [*kept, f"... and {len(lines) - len(kept)} more problems"]
+        kept.append(line)
+        used += len(line) + 3
+    return kept
+
+
+def _show(value: Any) -> str:
+    """A value as an error message shows it: ``repr`` for short values, bounded for any."""
+    return _clip(_SHOW.repr(value), 120)
 
 
 def _plain_number(value: float) -> str:
@@ -316,22 +354,87 @@ def default_config_path() -> Path | None:
     return local if local.is_file() else None
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _expanded_size(node: Any, limit: int) -> int:
+    """Nodes plus characters of ``node`` with every YAML alias expanded, counting up to ``limit``.
+
+    Aliases load as shared references, so the walk memoises by identity and
+    costs time proportional to the file, not to the expansion. Raises
+    ValueError for a structure that contains itself (``a: &a [*a]``) and
+    RecursionError for nesting deeper than Python's stack.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(item: Any) -> int:
+        key = id(item)
+        if key in sizes:
+            return sizes[key]
+        if isinstance(item, dict | list):
+            if key in active:
+                raise ValueError("an alias refers to a node that contains it (a structure without end)")
+            active.add(key)
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            total = 1
+            for child in children:
+                total += size(child)
+                if total > limit:
+                    break
+            active.discard(key)
+        else:
+            total = 1 + (len(item) if isinstance(item, str | bytes) else 0)
+        sizes[key] = total
+        return total
+
+    return size(node)
+
+
+def _check_size(source: str, raw: Any) -> None:
+    """Refuse a loaded YAML value that expands beyond :data:`MAX_EXPANDED_SIZE` (an alias bomb)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read configuration file: {exc}") from None
+        total = _expanded_size(raw, MAX_EXPANDED_SIZE)
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply (a configuration is a few levels of sections)") from None
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if total > MAX_EXPANDED_SIZE:
+        raise ConfigError(
+            f"{source}: too large once YAML aliases are expanded (over {MAX_EXPANDED_SIZE} nodes and "
+            "characters; an alias bomb?): a configuration needs no more than a few kilobytes"
+        )
+
+
+def _safe_load(source: str, text: str) -> Any:
+    """``yaml.safe_load`` with the size of what it builds checked (see :func:`_check_size`)."""
     try:
         raw = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply (a configuration is a few levels of sections)") from None
+    _check_size(source, raw)
+    return raw
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+        text = data.decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a configuration file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration file: {_clip(str(exc))}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES} bytes; not a configuration file")
+    try:
+        raw = _safe_load(str(path), text)
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+        raise ConfigError(f"{path}: invalid YAML{where}: {_clip(problem)}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -350,11 +453,11 @@ def _read_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str
         section, _, key = rest.partition("_")
         if section not in sections or not key:
             raise ConfigError(
-                f"environment variable {name}: unknown setting; expected {ENV_PREFIX}<SECTION>_<KEY> "
+                f"environment variable {_clip(name, 80)}: unknown setting; expected {ENV_PREFIX}<SECTION>_<KEY> "
                 f"with SECTION one of {', '.join(s.upper() for s in sorted(sections))}"
             )
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = _safe_load(f"environment variable {name}", text) if text.strip() else None
         except yaml.YAMLError:
             value = text
         dotted = f"{section}.{key}"
@@ -400,6 +503,23 @@ def load_config(
     ConfigError
         Naming the source, the key, the value and what was expected.
     """
+    try:
+        return _load_config(path, overrides=overrides, environ=environ, use_default_file=use_default_file)
+    except ConfigError as exc:
+        message = str(exc)
+        if len(message) <= MAX_ERROR_CHARS:
+            raise
+        # A backstop: every part is bounded already, but no error may echo megabytes.
+        raise ConfigError(_clip(message, MAX_ERROR_CHARS)) from None
+
+
+def _load_config(
+    path: str | os.PathLike[str] | None,
+    *,
+    overrides: Mapping[str, Any] | None,
+    environ: Mapping[str, str] | None,
+    use_default_file: bool,
+) -> Config:
     environ = os.environ if environ is None else environ
     file_path = Path(path) if path is not None else (default_config_path() if use_default_file else None)
     merged: dict[str, Any] = {}
@@ -429,8 +549,9 @@ def load_config(
                 "defaults",
             )
             value = err.get("input")
-            shown = "" if err.get("type") == "missing" else f" = {value!r}"
-            lines.append(f"{origin}: {dotted}{shown}: {_expected(err)}")
+            shown = "" if err.get("type") == "missing" else f" = {_show(value)}"
+            lines.append(f"{origin}: {_clip(dotted, 120)}{shown}: {_clip(_expected(err))}")
+        lines = _first_lines(lines)
         if len(lines) == 1:
             raise ConfigError(f"invalid configuration: {lines[0]}") from None
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -195,3 +195,98 @@ def test_run_with_an_impossible_hwm_exits_promptly_with_one_line(
 
 def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("STM_LIVE_")}
+
+
+def _alias_bomb(levels: int, *, mapping: bool = False) -> str:
+    """The "billion laughs" YAML: each level holds nine aliases of the one before (9**levels strings)."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        if mapping:
+            items = ", ".join(f"k{j}: *l{i - 1}" for j in range(9))
+            lines.append(f"l{i}: &l{i} {{{items}}}")
+        else:
+            lines.append(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+_LIMITED = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a bomb that escapes fails here, not the machine
+from stm_live.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(("levels", "mapping"), [(6, False), (9, False), (6, True), (8, True)])
+def test_a_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path: Path, levels: int, mapping: bool) -> None:
+    # Before the cap, 6 levels of lists printed a 4.3 MB error; 9 levels (the classic bomb)
+    # and mappings (expanded by the path resolution) ran out of memory or time.
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb(levels, mapping=mapping))
+    assert bomb.stat().st_size < 1000
+    proc = subprocess.run([sys.executable, "-c", _LIMITED, "config", str(bomb)],
+                          capture_output=True, text=True, timeout=60, env=_clean_env())
+    assert proc.returncode == 2, proc.stderr[-500:]
+    err = proc.stderr.strip()
+    assert len(err) < 400 and len(err.splitlines()) == 1, err[:500]
+    assert "bomb.yaml: too large once YAML aliases are expanded" in err and proc.stdout == ""
+
+
+def test_a_bomb_in_an_environment_variable_is_refused_too() -> None:
+    levels = ["&l0 [" + ", ".join(["lol"] * 9) + "]"]
+    levels += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    with pytest.raises(ConfigError, match=r"^environment variable STM_LIVE_WATCH_PATTERNS: too large") as info:
+        load_config(environ={"STM_LIVE_WATCH_PATTERNS": "[" + ", ".join(levels) + "]"}, use_default_file=False)
+    assert len(str(info.value)) < 400
+
+
+def test_a_long_string_repeated_by_aliases_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("input:\n  channel: &s " + "Z" * 5000 + "\nwatch:\n  patterns: [" + ", ".join(["*s"] * 300) + "]\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: too large once YAML aliases are expanded"):
+        load_config(cfg, environ={})
+
+
+def test_aliases_of_reasonable_size_still_work(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("input:\n  channel: &c Current\nwatch:\n  patterns: [*c, '*.sxm']\n")
+    assert load_config(cfg, environ={}).watch.patterns == ["Current", "*.sxm"]
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("a: &a {b: *a}\n", r"c\.yaml: an alias refers to a node that contains it"),
+        ("a: &a [1, *a]\n", r"c\.yaml: an alias refers to a node that contains it"),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", r"c\.yaml: nested too deeply"),
+    ],
+)
+def test_structures_without_end_are_refused_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, pattern: str,
+) -> None:
+    # Before: RecursionError tracebacks from the path resolution and from PyYAML itself.
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    assert main(["config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(pattern, err), err[:500]
+
+
+def test_errors_echo_long_values_and_many_problems_briefly(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    long_value = "y" * 10_000
+    cfg.write_text(f"input:\n  channel: [{long_value}]\npublish:\n"
+                   + "".join(f"  bad{i}: {long_value}\n" for i in range(60)))
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg, environ={})
+    message = str(info.value)
+    assert len(message) <= 2000
+    assert "input.channel = ['yyyy" in message and "publish.bad0 = 'yyyy" in message
+    assert re.search(r"\n  \.\.\. and \d+ more problems$", message), message
+
+
+def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("# " + "x" * (2 << 20) + "\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: larger than 1048576 bytes; not a configuration file$"):
+        load_config(cfg, environ={})
