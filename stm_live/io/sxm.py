@@ -37,10 +37,12 @@ from ..frame import Direction, Frame
 
 __all__ = [
     "DATA_MARKER",
+    "HEADER_MAX",
     "SxmChannel",
     "SxmHeader",
     "parse_sxm_header",
     "read_sxm",
+    "read_sxm_head",
     "read_sxm_header",
     "sxm_bytes",
     "write_sxm",
@@ -51,7 +53,8 @@ DATA_MARKER = b"\x1a\x04"
 _END_TAG = b":SCANIT_END:"
 _HEADER_PROBE = 1 << 16
 _MARKER_WINDOW = 64
-_HEADER_MAX = 16 << 20  # real headers are ~10 kB; anything past 16 MB is not one
+#: Most bytes read looking for the end of a header: real headers are ~10 kB, anything past 16 MB is not one.
+HEADER_MAX = 16 << 20
 _MAX_SIDE = 1 << 15  # largest pixel count per side a Nanonis controller offers is 8192
 _MAX_DATA_BYTES = 1 << 33
 _FORMATS = {
@@ -234,6 +237,11 @@ def parse_sxm_header(path: str | os.PathLike[str], head: bytes) -> SxmHeader:
         raise ScanReadError(spath, "not a Nanonis .sxm file (no ':KEY:' header at the start)")
     end = head.find(_END_TAG)
     if end < 0:
+        if len(head) >= HEADER_MAX:
+            raise ScanReadError(
+                spath, f"header too large: no :SCANIT_END: tag within the first {HEADER_MAX} bytes "
+                "(real .sxm headers are about 10 kB; not an .sxm file, or a corrupt one)"
+            )
         raise ScanReadError(spath, "header is incomplete: no :SCANIT_END: tag (truncated or not an .sxm file)")
     # Only whitespace (newlines) may separate the end tag from the marker;
     # searching further would find \x1a\x04 by chance inside the data.
@@ -294,12 +302,17 @@ def parse_sxm_header(path: str | os.PathLike[str], head: bytes) -> SxmHeader:
     return header
 
 
-def _read_head(fh: BinaryIO) -> bytes:
-    """The first bytes of an open file, enough to hold the header and its marker."""
+def read_sxm_head(fh: BinaryIO) -> bytes:
+    """The first bytes of an open file, enough to hold the header and its marker.
+
+    At most about :data:`HEADER_MAX` bytes, fewer when the end tag comes
+    earlier or the file ends; for :func:`parse_sxm_header`. ``OSError`` from
+    reading propagates (the caller knows whether "permission denied" is news).
+    """
     size = _HEADER_PROBE
     head = fh.read(size)
     while head.find(_END_TAG) < 0 or len(head) - head.find(_END_TAG) < _MARKER_WINDOW:
-        if len(head) < size or size >= _HEADER_MAX:
+        if len(head) < size or size >= HEADER_MAX:
             break
         head += fh.read(size)
         size *= 2
@@ -315,7 +328,7 @@ def read_sxm_header(path: str | os.PathLike[str]) -> SxmHeader:
     p = Path(path)
     try:
         with p.open("rb") as fh:
-            head = _read_head(fh)
+            head = read_sxm_head(fh)
     except OSError as exc:
         raise _open_error(p, exc) from exc
     return parse_sxm_header(p, head)
@@ -363,7 +376,7 @@ def read_sxm(path: str | os.PathLike[str]) -> tuple[SxmHeader, tuple[Frame, ...]
             size = os.fstat(fh.fileno()).st_size
             if size == 0:
                 raise ScanReadError(p, "file is empty (0 bytes)")
-            header = parse_sxm_header(p, _read_head(fh))
+            header = parse_sxm_header(p, read_sxm_head(fh))
             have = size - header.data_offset
             if have < header.data_bytes:
                 raise ScanReadError(
