@@ -27,6 +27,7 @@ __all__ = [
     "MAX_PITCH_M",
     "MIN_LENGTH_M",
     "MIN_PITCH_M",
+    "length_problem",
     "size_problem",
 ]
 
@@ -40,9 +41,38 @@ MIN_PITCH_M: Final = 1e-13
 MAX_PITCH_M: Final = 1e-4
 
 
+def _short(value: float) -> str:
+    """The shortest exact form when it is short (``5e-324``), else 6 significant digits."""
+    text = repr(value)
+    return text if len(text) <= 10 else f"{value:.6g}"
+
+
 def _outside(value: float, lo: float, hi: float) -> bool:
     # Written so that NaN is outside too (every comparison with NaN is False).
     return not (math.isfinite(value) and lo <= value <= hi)
+
+
+def length_problem(label: str, length_m: float, pixels: int) -> str | None:
+    """Why one side of a scan (``length_m`` over ``pixels``) is not sane, or None when it is.
+
+    >>> length_problem("width", 1e30, 512)
+    'width 1e+30 m is outside 1e-11..0.01 m'
+    >>> length_problem("height", 1e-11, 512)
+    'pixel pitch 1.95312e-14 m (height 1e-11 m / 512 px) is outside 1e-13..0.0001 m'
+    """
+    try:
+        length = float(length_m)
+    except (TypeError, ValueError):
+        return f"{label} {length_m!r} is not a number of metres"
+    if _outside(length, MIN_LENGTH_M, MAX_LENGTH_M):
+        return f"{label} {_short(length)} m is outside {MIN_LENGTH_M:g}..{MAX_LENGTH_M:g} m"
+    pitch = length / pixels
+    if _outside(pitch, MIN_PITCH_M, MAX_PITCH_M):
+        return (
+            f"pixel pitch {pitch:g} m ({label} {_short(length)} m / {pixels} px) is outside "
+            f"{MIN_PITCH_M:g}..{MAX_PITCH_M:g} m"
+        )
+    return None
 
 
 def size_problem(width_m: float, height_m: float, *, rows: int, cols: int) -> str | None:
@@ -62,14 +92,4 @@ def size_problem(width_m: float, height_m: float, *, rows: int, cols: int) -> st
         (``"width 1e+30 m is outside 1e-11..0.01 m"``), for the caller to
         put in its own error with the file or field name.
     """
-    for label, value in (("width", width_m), ("height", height_m)):
-        if type(value) not in (int, float) or _outside(float(value), MIN_LENGTH_M, MAX_LENGTH_M):
-            return f"{label} {value!r} m is outside {MIN_LENGTH_M:g}..{MAX_LENGTH_M:g} m"
-    for label, value, pixels in (("width", width_m, cols), ("height", height_m, rows)):
-        pitch = float(value) / pixels
-        if _outside(pitch, MIN_PITCH_M, MAX_PITCH_M):
-            return (
-                f"pixel pitch {pitch:g} m ({label} {value:g} m / {pixels} px) is outside "
-                f"{MIN_PITCH_M:g}..{MAX_PITCH_M:g} m"
-            )
-    return None
+    return length_problem("width", width_m, cols) or length_problem("height", height_m, rows)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ScanReadError
 from ..frame import Frame
+from ..limits import length_problem, size_problem
 
 __all__ = ["read_array"]
 
@@ -41,21 +42,31 @@ def _size_m(
     stored: dict[str, float],
 ) -> tuple[float, float]:
     rows, cols = shape
-    width_m = width_nm * 1e-9 if width_nm is not None else stored.get("width_m")
-    height_m = height_nm * 1e-9 if height_nm is not None else stored.get("height_m")
-    if width_m is None and height_m is None:
+    given = {"width": width_nm, "height": height_nm}
+    sizes: dict[str, float] = {}
+    for label, pixels in (("width", cols), ("height", rows)):
+        nm = given[label]
+        value = nm * 1e-9 if nm is not None else stored.get(f"{label}_m")
+        if value is None:
+            continue
+        # Each value on its own: the square-pixel rule below must not carry an absurd one over.
+        problem = length_problem(label, value, pixels)
+        if problem is not None:
+            where = f"the given {label} {nm!r} nm" if nm is not None else f"the stored {label}_m {value!r}"
+            raise ScanReadError(path, f"impossible physical size: {where}: {problem}")
+        sizes[label] = float(value)
+    if not sizes:
         raise ScanReadError(
             path, "physical size unknown: a bare array stores none; give the width in nm (--width-nm)"
         )
     # Square pixels unless told otherwise.
-    if height_m is None:
-        height_m = width_m * rows / cols  # type: ignore[operator]
-    if width_m is None:
-        width_m = height_m * cols / rows
-    for label, value in (("width", width_m), ("height", height_m)):
-        if not (np.isfinite(value) and 0 < value < 1e-2):
-            raise ScanReadError(path, f"impossible {label} {value!r} m; expected a positive size below 1 cm")
-    return float(width_m), float(height_m)
+    width_m = sizes["width"] if "width" in sizes else sizes["height"] * cols / rows
+    height_m = sizes["height"] if "height" in sizes else width_m * rows / cols
+    problem = size_problem(width_m, height_m, rows=rows, cols=cols)
+    if problem is not None:
+        raise ScanReadError(path, f"impossible physical size {width_m:g} x {height_m:g} m for {cols} x {rows} px: "
+                                  f"{problem}")
+    return width_m, height_m
 
 
 def read_array(

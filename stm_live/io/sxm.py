@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import ScanReadError
 from ..frame import Direction, Frame
+from ..limits import size_problem
 
 __all__ = [
     "DATA_MARKER",
@@ -260,9 +261,11 @@ def parse_sxm_header(path: str | os.PathLike[str], head: bytes) -> SxmHeader:
             f"(expected whole numbers 1..{_MAX_SIDE})"
         )
     width_m, height_m = _floats(spath, fields, "SCAN_RANGE", 2)
-    if not (0 < width_m < 1e-2 and 0 < height_m < 1e-2):
+    problem = size_problem(width_m, height_m, rows=rows, cols=cols)
+    if problem is not None:
         raise ScanReadError(
-            spath, f"header field :SCAN_RANGE: is impossible: {width_m:g} x {height_m:g} m (expected 0 < size < 1 cm)"
+            spath, f"header field :SCAN_RANGE: is impossible: {width_m:g} x {height_m:g} m for {cols} x {rows} px: "
+            f"{problem}"
         )
     scan_type = tuple(fields.get("SCANIT_TYPE", "").split())
     if scan_type not in _FORMATS:
