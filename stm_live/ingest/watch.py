@@ -19,7 +19,9 @@ only once it is complete, and each content only once.
   one worker thread, which checks files when due, hashes complete ones
   (SHA-256 of the bytes), skips contents already handed on (this session) or
   already processed (``is_processed``, the result store), and calls
-  ``on_file`` / ``on_bad``. Files present at start-up are checked too.
+  ``on_file`` / ``on_bad``. Files present at start-up are checked too; with a
+  ``hash_cache`` file (:class:`~.hash_cache.HashCache`) those unchanged since an
+  earlier run (size, mtime, inode) are not read again.
 
 Nothing that matches the patterns is passed over in silence: a folder named
 ``x.sxm``, a symbolic link to nothing or a FIFO is reported once through
@@ -52,6 +54,7 @@ from watchdog.observers.polling import PollingObserver
 
 from ..errors import ConfigError, ScanReadError
 from ..io.sxm import DATA_MARKER, parse_sxm_header, read_sxm_head
+from .hash_cache import HashCache
 
 __all__ = [
     "Bad",
@@ -545,6 +548,12 @@ class FolderWatcher:
         Poll the folders instead of OS events (network shares; config ``watch.polling``).
     clock : callable
         Monotonic seconds.
+    hash_cache : path-like, optional
+        A JSON file (in the results folder: ``<results>/watch_hashes.json``)
+        remembering each file's SHA-256 by path, size, mtime and inode across
+        restarts, so that files unchanged since an earlier run are not read
+        and hashed again at start-up. Written when the watcher is idle and at
+        :meth:`stop`; None (default): no cache, every file is hashed.
     """
 
     def __init__(
@@ -564,6 +573,7 @@ class FolderWatcher:
         exclude: Sequence[str | os.PathLike[str]] = (),
         polling: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        hash_cache: str | os.PathLike[str] | None = None,
     ) -> None:
         self.folders = tuple(Path(f).resolve() for f in folders)
         self.patterns = tuple(p.lower() for p in patterns)
@@ -587,11 +597,15 @@ class FolderWatcher:
         # Names reported as ignored or unreadable, with the reason: each is said once, not per event.
         self._ignored: dict[Path, str] = {}
         self._unreadable: set[Path] = set()
+        self._hashes = HashCache(hash_cache) if hash_cache is not None else None
         self._observer: Any = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        #: Running totals: handed (on_file), duplicates, bad, ignored (not files), checks.
-        self.counts: dict[str, int] = dict.fromkeys(("handed", "duplicates", "bad", "ignored", "checks"), 0)
+        #: Running totals: handed (on_file), duplicates, bad, ignored (not files), checks, hashed (files
+        #: read whole to hash them), cached (hashes taken from the hash cache instead).
+        self.counts: dict[str, int] = dict.fromkeys(
+            ("handed", "duplicates", "bad", "ignored", "checks", "hashed", "cached"), 0
+        )
 
     # -- life cycle --------------------------------------------------------
 
@@ -629,6 +643,8 @@ class FolderWatcher:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._hashes is not None and self._hashes.dirty:
+            self._hashes.save()
 
     def __enter__(self) -> FolderWatcher:
         self.start()
@@ -674,6 +690,8 @@ class FolderWatcher:
     def _run(self) -> None:
         while not self._stopping.is_set():
             next_due = self._tracker.next_due()
+            if next_due is None and self._hashes is not None and self._hashes.dirty and self._inbox.empty():
+                self._hashes.save()  # idle: the start-up scan (or a burst) is done
             wait = None if next_due is None else max(0.0, next_due - self._clock())
             try:
                 item = self._inbox.get(timeout=wait)
@@ -699,16 +717,24 @@ class FolderWatcher:
                     log.exception("%s: unexpected error while checking it; it is skipped", path)
 
     def _check(self, path: Path) -> None:
+        try:
+            st: os.stat_result | None = path.stat()
+        except OSError:
+            st = None
         done = self._done.get(path)
         if done is not None:
-            try:
-                st = path.stat()
-            except OSError:
-                st = None
             if st is not None and (st.st_size, st.st_mtime_ns) == done:
                 self._tracker.forget(path)
                 return
             del self._done[path]
+        if st is not None and self._hashes is not None and stat.S_ISREG(st.st_mode):
+            known = self._hashes.lookup(path, st)
+            if known is not None:
+                # Unchanged since it was hashed complete in an earlier run: neither checked nor read again.
+                self._tracker.forget(path)
+                self.counts["cached"] += 1
+                self._ready(path, st.st_size, known=(st, known))
+                return
         self.counts["checks"] += 1
         state = file_state(path, previous_size=self._tracker.previous_size(path))
         decision = self._tracker.update(state, self._clock())
@@ -739,12 +765,18 @@ class FolderWatcher:
         if self._on_ignored is not None:
             self._on_ignored(path, reason)
 
-    def _ready(self, path: Path, size: int) -> None:
-        try:
-            st = path.stat()
-            sha = file_sha256(path)
-        except FileNotFoundError:
-            return
+    def _ready(self, path: Path, size: int, known: tuple[os.stat_result, str] | None = None) -> None:
+        if known is not None:
+            st, sha = known
+        else:
+            try:
+                st = path.stat()
+                sha = file_sha256(path)
+            except FileNotFoundError:
+                return
+            self.counts["hashed"] += 1
+            if self._hashes is not None:
+                self._hashes.remember(path, st, sha)
         self._done[path] = (st.st_size, st.st_mtime_ns)
         ready = ReadyFile(path=path, sha256=sha, size=size)
         if sha in self._seen or self._is_processed(sha):
