@@ -21,17 +21,22 @@ without a hand-written type checker.
 
 from __future__ import annotations
 
+import math
 import os
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, ValidationError, ValidationInfo, field_validator
+from pydantic_core import core_schema
 
 from .errors import ConfigError
+from .limits import MAX_LENGTH_M, MIN_LENGTH_M
 
 __all__ = [
     "ENV_PREFIX",
@@ -44,9 +49,106 @@ __all__ = [
 ENV_PREFIX = "STM_LIVE_"
 _CONFIG_ENV = "STM_LIVE_CONFIG"
 
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-PositiveInt = Annotated[int, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0, le=1)]
+#: Largest configuration file read (the shipped one is about 6 kB).
+MAX_FILE_BYTES = 1 << 20
+#: Largest configuration after YAML aliases are expanded, in nodes plus characters:
+#: a few hundred times any real configuration, far below what an alias bomb
+#: ("billion laughs") expands to. Checked on the loaded structure, where aliases
+#: are shared references, in time proportional to the file.
+MAX_EXPANDED_SIZE = 1 << 20
+#: Longest message a configuration error carries, and the most problems it lists.
+MAX_ERROR_CHARS = 2000
+_MAX_ERROR_LINES = 20
+
+_SHOW = reprlib.Repr()  # values in messages: short, bounded work whatever their size
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxtuple, _SHOW.maxdict = 2, 6, 6, 6
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong = 80, 80, 40
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _first_lines(lines: list[str]) -> list[str]:
+    """As many problem lines as fit :data:`MAX_ERROR_CHARS` (and at most 20), then how many more."""
+    kept: list[str] = []
+    used = 0
+    for line in lines:
+        if len(kept) == _MAX_ERROR_LINES or used + len(line) + 3 > MAX_ERROR_CHARS - 60:
+            return [*kept, f"... and {len(lines) - len(kept)} more problems"]
+        kept.append(line)
+        used += len(line) + 3
+    return kept
+
+
+def _show(value: Any) -> str:
+    """A value as an error message shows it: ``repr`` for short values, bounded for any."""
+    return _clip(_SHOW.repr(value), 120)
+
+
+def _plain_number(value: float) -> str:
+    """``1000000`` rather than ``1e+06`` for whole numbers; ``0.001`` stays ``0.001``."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number's sane range, as ``Annotated`` metadata: ``Annotated[int, Range(1, 1000)]``.
+
+    Every numeric setting has one, so an absurd value (``ingest.rcv_hwm:
+    3000000000``, which ZeroMQ cannot take, or a timeout of ``1e300`` s)
+    stops start-up with the key, the value and the range, instead of failing
+    later deep inside a socket or a timer. Booleans are refused (YAML's
+    ``yes`` is not a number), NaN and infinities fall outside every range.
+    ``above=True`` makes the lower bound exclusive.
+    """
+
+    lo: float
+    hi: float
+    above: bool = False
+    unit: str = ""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_before_validator_function(
+            self._not_bool, core_schema.no_info_after_validator_function(self._check, handler(source))
+        )
+
+    def describe(self, integer: bool) -> str:
+        """``"an integer from 1 to 1000000"``, ``"a number above 0, up to 86400 s"``."""
+        kind = "an integer" if integer else "a number"
+        unit = f" {self.unit}" if self.unit else ""
+        lo, hi = _plain_number(self.lo), _plain_number(self.hi)
+        if self.above:
+            return f"{kind} above {lo}, up to {hi}{unit}"
+        return f"{kind} from {lo} to {hi}{unit}"
+
+    @staticmethod
+    def _not_bool(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("expected a number, not true/false")
+        return value
+
+    def _check(self, value: float) -> float:
+        low_ok = value > self.lo if self.above else value >= self.lo
+        if not (math.isfinite(value) and low_ok and value <= self.hi):
+            raise ValueError(f"out of range: expected {self.describe(isinstance(value, int))}")
+        return value
+
+
+#: Durations in seconds: at least a millisecond (no busy loops), at most a day
+#: (threading timers overflow near 1e9 s; nothing here waits longer than a day).
+Seconds = Annotated[float, Range(1e-3, 86400.0, unit="s")]
+#: A count of messages ZeroMQ may queue on one socket: a C int there, and each
+#: message may hold a line or a frame, so far below 2**31.
+Messages = Annotated[int, Range(1, 1_000_000)]
+#: A threshold in robust standard deviations.
+Sigmas = Annotated[float, Range(0.0, 100.0, above=True)]
+#: A number of scan lines (the largest scan has 32768).
+Lines = Annotated[float, Range(0.0, 32768.0, above=True)]
+#: A physical length in nanometres (the scan size limits of :mod:`stm_live.limits`).
+LengthNm = Annotated[float, Range(MIN_LENGTH_M * 1e9, MAX_LENGTH_M * 1e9, unit="nm")]
+Fraction = Annotated[float, Range(0.0, 1.0)]
 
 
 class _Section(BaseModel):
@@ -66,8 +168,8 @@ class InputSection(_Section):
 
     channel: str = "Z"
     direction: Literal["forward", "backward"] = "forward"
-    width_nm: PositiveFloat | None = None
-    height_nm: PositiveFloat | None = None
+    width_nm: LengthNm | None = None
+    height_nm: LengthNm | None = None
 
 
 class LevelSection(_Section):
@@ -77,11 +179,11 @@ class LevelSection(_Section):
         "step-aware", "plane", "plane2", "flatten", "median", "median_diff", "poly", "matching"
     ] = "step-aware"
     remove_scars: bool = False
-    reject: PositiveFloat = 3.0
-    stream_reference_lines: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 4.0
-    stream_reject: PositiveFloat = 3.0
-    stream_restore_slope_lines: PositiveFloat | None = 8.0
-    stream_restore_offset_lines: PositiveFloat | None = None
+    reject: Sigmas = 3.0
+    stream_reference_lines: Annotated[float, Range(1.0, 32768.0)] = 4.0
+    stream_reject: Sigmas = 3.0
+    stream_restore_slope_lines: Lines | None = 8.0
+    stream_restore_offset_lines: Lines | None = None
 
 
 class ModelSection(_Section):
@@ -89,9 +191,9 @@ class ModelSection(_Section):
 
     path: Path | None = None
     provider: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: Annotated[int, Field(ge=0)] = 0
+    threads: Annotated[int, Range(0, 1024)] = 0
     min_score: Fraction | None = None
-    min_area_nm2: Annotated[float, Field(ge=0)] | None = None
+    min_area_nm2: Annotated[float, Range(0.0, 1e6, unit="nm^2")] | None = None
 
 
 class WatchSection(_Section):
@@ -100,9 +202,9 @@ class WatchSection(_Section):
     folders: list[Path] = []
     patterns: list[str] = ["*.sxm", "*.npy", "*.npz"]
     recursive: bool = False
-    settle_timeout_s: PositiveFloat = 600.0
-    retry_initial_s: PositiveFloat = 0.1
-    retry_max_s: PositiveFloat = 5.0
+    settle_timeout_s: Seconds = 600.0
+    retry_initial_s: Seconds = 0.1
+    retry_max_s: Seconds = 5.0
     polling: bool = False
 
     @field_validator("retry_max_s")
@@ -118,9 +220,9 @@ class IngestSection(_Section):
     """ZeroMQ SUB socket that controller bridges publish scan lines to."""
 
     endpoint: str | None = "tcp://127.0.0.1:5555"
-    max_open_scans: PositiveInt = 4
-    scan_timeout_s: PositiveFloat = 600.0
-    rcv_hwm: PositiveInt = 10000
+    max_open_scans: Annotated[int, Range(1, 1024)] = 4
+    scan_timeout_s: Seconds = 600.0
+    rcv_hwm: Messages = 10000
 
     @field_validator("endpoint")
     @classmethod
@@ -133,8 +235,8 @@ class PublishSection(_Section):
 
     endpoint: str | None = "tcp://127.0.0.1:5556"
     label_maps: bool = True
-    heartbeat_s: PositiveFloat = 2.0
-    send_hwm: PositiveInt = 1000
+    heartbeat_s: Annotated[float, Range(1e-2, 3600.0, unit="s")] = 2.0
+    send_hwm: Messages = 1000
 
     @field_validator("endpoint")
     @classmethod
@@ -145,11 +247,11 @@ class PublishSection(_Section):
 class LiveSection(_Section):
     """Line-by-line segmentation of scans streamed over ZeroMQ (the daemon's live path)."""
 
-    cadence_lines: PositiveInt = 1
-    freeze_rows: PositiveInt = 32
+    cadence_lines: Annotated[int, Range(1, 32768)] = 1
+    freeze_rows: Annotated[int, Range(1, 32768)] = 32
 
 
-Megabytes = Annotated[int, Field(ge=1, le=1 << 20)]
+Megabytes = Annotated[int, Range(1, 1 << 20, unit="MB")]
 
 
 class LimitsSection(_Section):
@@ -160,8 +262,8 @@ class LimitsSection(_Section):
     frames_queue_mb: Megabytes = 256
     sink_queue_mb: Megabytes = 64
     store_queue_mb: Megabytes = 512
-    tile_model_px: Annotated[int, Field(ge=64, le=16384)] = 1024
-    max_upsample: Annotated[float, Field(ge=1, le=64, allow_inf_nan=False)] = 4.0
+    tile_model_px: Annotated[int, Range(64, 16384, unit="px")] = 1024
+    max_upsample: Annotated[float, Range(1.0, 64.0)] = 4.0
 
 
 class ResultsSection(_Section):
@@ -170,7 +272,7 @@ class ResultsSection(_Section):
     dir: Path = Path("stm-live-results")
     overlay_png: bool = True
     events_max_mb: Megabytes = 64
-    events_backups: Annotated[int, Field(ge=0, le=100)] = 5
+    events_backups: Annotated[int, Range(0, 100)] = 5
 
 
 class LogSection(_Section):
@@ -269,22 +371,87 @@ def default_config_path() -> Path | None:
     return local if local.is_file() else None
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _expanded_size(node: Any, limit: int) -> int:
+    """Nodes plus characters of ``node`` with every YAML alias expanded, counting up to ``limit``.
+
+    Aliases load as shared references, so the walk memoises by identity and
+    costs time proportional to the file, not to the expansion. Raises
+    ValueError for a structure that contains itself (``a: &a [*a]``) and
+    RecursionError for nesting deeper than Python's stack.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(item: Any) -> int:
+        key = id(item)
+        if key in sizes:
+            return sizes[key]
+        if isinstance(item, dict | list):
+            if key in active:
+                raise ValueError("an alias refers to a node that contains it (a structure without end)")
+            active.add(key)
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            total = 1
+            for child in children:
+                total += size(child)
+                if total > limit:
+                    break
+            active.discard(key)
+        else:
+            total = 1 + (len(item) if isinstance(item, str | bytes) else 0)
+        sizes[key] = total
+        return total
+
+    return size(node)
+
+
+def _check_size(source: str, raw: Any) -> None:
+    """Refuse a loaded YAML value that expands beyond :data:`MAX_EXPANDED_SIZE` (an alias bomb)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read configuration file: {exc}") from None
+        total = _expanded_size(raw, MAX_EXPANDED_SIZE)
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply (a configuration is a few levels of sections)") from None
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if total > MAX_EXPANDED_SIZE:
+        raise ConfigError(
+            f"{source}: too large once YAML aliases are expanded (over {MAX_EXPANDED_SIZE} nodes and "
+            "characters; an alias bomb?): a configuration needs no more than a few kilobytes"
+        )
+
+
+def _safe_load(source: str, text: str) -> Any:
+    """``yaml.safe_load`` with the size of what it builds checked (see :func:`_check_size`)."""
     try:
         raw = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply (a configuration is a few levels of sections)") from None
+    _check_size(source, raw)
+    return raw
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+        text = data.decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a configuration file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration file: {_clip(str(exc))}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES} bytes; not a configuration file")
+    try:
+        raw = _safe_load(str(path), text)
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+        raise ConfigError(f"{path}: invalid YAML{where}: {_clip(problem)}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -303,11 +470,11 @@ def _read_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str
         section, _, key = rest.partition("_")
         if section not in sections or not key:
             raise ConfigError(
-                f"environment variable {name}: unknown setting; expected {ENV_PREFIX}<SECTION>_<KEY> "
+                f"environment variable {_clip(name, 80)}: unknown setting; expected {ENV_PREFIX}<SECTION>_<KEY> "
                 f"with SECTION one of {', '.join(s.upper() for s in sorted(sections))}"
             )
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = _safe_load(f"environment variable {name}", text) if text.strip() else None
         except yaml.YAMLError:
             value = text
         dotted = f"{section}.{key}"
@@ -353,6 +520,23 @@ def load_config(
     ConfigError
         Naming the source, the key, the value and what was expected.
     """
+    try:
+        return _load_config(path, overrides=overrides, environ=environ, use_default_file=use_default_file)
+    except ConfigError as exc:
+        message = str(exc)
+        if len(message) <= MAX_ERROR_CHARS:
+            raise
+        # A backstop: every part is bounded already, but no error may echo megabytes.
+        raise ConfigError(_clip(message, MAX_ERROR_CHARS)) from None
+
+
+def _load_config(
+    path: str | os.PathLike[str] | None,
+    *,
+    overrides: Mapping[str, Any] | None,
+    environ: Mapping[str, str] | None,
+    use_default_file: bool,
+) -> Config:
     environ = os.environ if environ is None else environ
     file_path = Path(path) if path is not None else (default_config_path() if use_default_file else None)
     merged: dict[str, Any] = {}
@@ -382,8 +566,9 @@ def load_config(
                 "defaults",
             )
             value = err.get("input")
-            shown = "" if err.get("type") == "missing" else f" = {value!r}"
-            lines.append(f"{origin}: {dotted}{shown}: {_expected(err)}")
+            shown = "" if err.get("type") == "missing" else f" = {_show(value)}"
+            lines.append(f"{origin}: {_clip(dotted, 120)}{shown}: {_clip(_expected(err))}")
+        lines = _first_lines(lines)
         if len(lines) == 1:
             raise ConfigError(f"invalid configuration: {lines[0]}") from None
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -58,6 +58,7 @@ import numpy as np
 
 from .errors import WireError
 from .frame import Detection, Direction
+from .limits import MAX_LENGTH_M, length_problem
 
 __all__ = [
     "INGEST_TOPICS",
@@ -120,9 +121,6 @@ MAX_SIDE: Final = 1 << 15
 #: Largest ``rows * cols`` of one scan: 64 Mpx, 256 MB as float32.
 MAX_PIXELS: Final = 1 << 26
 #: Physical sizes are in metres and below 1 cm (catches nanometres sent as metres).
-MAX_LENGTH_M: Final = 1e-2
-#: Pixel sizes (m per pixel) a scan may have: 0.1 pm .. 10 um. Outside, numbers are garbage (5e-324 m).
-PIXEL_SIZE_RANGE_M: Final = (1e-13, 1e-5)
 _MAX_ID = 128
 _MAX_NAME = 64
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -469,10 +467,10 @@ def _check_scan_header(h: _Header) -> tuple[ScanInfo, np.dtype[Any], float | Non
         )
     width_m = h.length_m("width_m")
     height_m = h.length_m("height_m")
-    lo, hi = PIXEL_SIZE_RANGE_M
-    for name, length, n, per in (("width_m", width_m, cols, "cols"), ("height_m", height_m, rows, "rows")):
-        if not lo <= length / n <= hi:
-            h.fail(name, length, f"a pixel size ({name} / {per} = {length / n:.3g} m) within {lo:g}..{hi:g} m")
+    for name, length, n in (("width_m", width_m, cols), ("height_m", height_m, rows)):
+        problem = length_problem(name, length, n)
+        if problem is not None:  # the same sane ranges as every other door (stm_live.limits)
+            h.fail(name, length, f"a sane size: {problem}")
     dtype_str = h.get("dtype", _MISSING)
     if dtype_str not in PAYLOAD_DTYPES or type(dtype_str) is not str:
         h.fail("dtype", dtype_str, "a numpy dtype.str with explicit byte order, one of " + ", ".join(PAYLOAD_DTYPES))

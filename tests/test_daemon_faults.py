@@ -84,7 +84,7 @@ def test_one_bad_journal_does_not_stop_the_recovery_of_the_others_and_bad_sizes_
 ) -> None:
     """Fault 3: ``width_m = 5e-324`` passed the header check and raised in the resampler; recovery stopped there.
 
-    Fix: pixel sizes checked at the door (``stm_live.wire.PIXEL_SIZE_RANGE_M``); recovery handles each
+    Fix: physical sizes and pixel pitches checked at every door (``stm_live.limits``); recovery handles each
     journal on its own; a frame whose pixels the model cannot take is stored as not segmented.
     """
     journal = ScanJournal(tmp_path / "results" / "journal")
@@ -113,7 +113,7 @@ def test_one_bad_journal_does_not_stop_the_recovery_of_the_others_and_bad_sizes_
     wait_until(lambda: (sock.send_multipart([parts[0], json.dumps(header).encode(), parts[2]]) or True)
                and events(daemon.results, "bad_message"), what="the refusal")
     reason = events(daemon.results, "bad_message")[0]["reason"]
-    assert "field 'width_m' = 5e-324: expected a pixel size (width_m / cols = 0 m) within 1e-13..1e-05 m" in reason
+    assert "field 'width_m' = 5e-324: expected a sane size: width_m 5e-324 m is outside 1e-11..0.01 m" in reason
     assert daemon.terminate() == 0
 
 

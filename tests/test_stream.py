@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -55,3 +57,26 @@ def test_messages_arrive_decoded_or_refused_with_a_reason(source: LineSource, ma
 def test_binding_a_port_in_use_fails_clearly(source: LineSource, make_socket: SocketFactory) -> None:
     with pytest.raises(zmq.ZMQError, match="in use"):
         LineSource.bind(make_socket.context, source.endpoint)  # type: ignore[attr-defined]
+
+
+# A child process: bind with a receive queue ZeroMQ cannot take, then end the context.
+# Before sockets were closed on every error, term() waited for the open socket forever.
+_BIND_THEN_TERM = """
+import sys, zmq
+from stm_live.ingest.stream import LineSource
+ctx = zmq.Context()
+try:
+    LineSource.bind(ctx, "tcp://127.0.0.1:*", rcv_hwm=3_000_000_000)
+except OverflowError as exc:
+    print("refused:", type(exc).__name__)
+else:
+    sys.exit("bound with rcv_hwm=3e9?")
+ctx.term()
+print("terminated")
+"""
+
+
+def test_a_failed_bind_closes_its_socket_so_the_context_can_end() -> None:
+    proc = subprocess.run([sys.executable, "-c", _BIND_THEN_TERM], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["refused: OverflowError", "terminated"]

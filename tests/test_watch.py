@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stm_live.errors import ConfigError
+from stm_live.errors import ConfigError, ScanReadError
 from stm_live.frame import Frame
 from stm_live.ingest.watch import (
     Bad,
@@ -23,13 +28,14 @@ from stm_live.ingest.watch import (
     GiveUp,
     Gone,
     Incomplete,
+    NotAFile,
     Ready,
     ReadyFile,
     Retry,
     SettleTracker,
     file_state,
 )
-from stm_live.io import sxm_bytes
+from stm_live.io import read_scan, sxm_bytes
 from stm_live.publish import ResultStore
 
 WAIT_S = 10.0  # upper bound for anything the watcher should do; tests normally take milliseconds
@@ -340,3 +346,120 @@ def test_a_missing_folder_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"watch\.folders: .*nope is not an existing folder"):
         w.start()
     w.stop()
+
+
+# --------------------------------------------------------------------------
+# Reasons that say what is really wrong (issue 18, fault 8)
+# --------------------------------------------------------------------------
+
+
+def test_a_huge_header_is_reported_as_too_large_not_as_missing_its_end_tag(tmp_path: Path) -> None:
+    # Before: "header is incomplete: no :SCANIT_END: tag", as if the file were truncated.
+    path = tmp_path / "huge.sxm"
+    blob = scan_bytes()
+    filler = b":COMMENT:\n" + b"x" * (20 << 20) + b"\n"
+    path.write_bytes(blob.replace(b":SCAN_PIXELS:", filler + b":SCAN_PIXELS:", 1))
+    state = file_state(path)
+    assert isinstance(state, Bad), state
+    assert state.reason.startswith("header too large: no :SCANIT_END: tag within the first 16777216 bytes")
+    with pytest.raises(ScanReadError, match=r"huge\.sxm: header too large: no :SCANIT_END: tag within"):
+        read_scan(path)
+
+
+def test_folders_links_to_nothing_and_fifos_are_not_files(tmp_path: Path) -> None:
+    (tmp_path / "folder.sxm").mkdir()
+    (tmp_path / "dangling.sxm").symlink_to(tmp_path / "nowhere.sxm")
+    (tmp_path / "loop.sxm").symlink_to(tmp_path / "loop.sxm")
+    os.mkfifo(tmp_path / "pipe.sxm")  # opening it would block the watcher for ever
+    states = {name: file_state(tmp_path / name) for name in ("folder.sxm", "dangling.sxm", "loop.sxm", "pipe.sxm")}
+    assert all(isinstance(s, NotAFile) for s in states.values()), states
+    reasons = {name: s.reason for name, s in states.items() if isinstance(s, NotAFile)}
+    assert reasons["folder.sxm"].startswith("a folder named like a scan file, not a file")
+    assert reasons["dangling.sxm"].startswith(f"a symbolic link to {str(tmp_path / 'nowhere.sxm')!r}, which does not")
+    assert "symbolic link" in reasons["loop.sxm"] and "a FIFO" in reasons["pipe.sxm"]
+    # A link to a real scan is a scan.
+    (tmp_path / "real.sxm").write_bytes(scan_bytes())
+    (tmp_path / "link.sxm").symlink_to(tmp_path / "real.sxm")
+    assert isinstance(file_state(tmp_path / "link.sxm"), Complete)
+
+
+def test_a_folder_or_dangling_link_in_a_watched_folder_is_reported_once(
+    tmp_path: Path, sink: Sink, watch: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Before: both were passed over without a word, at start-up and when they appeared.
+    ignored: queue.Queue[tuple[Path, str]] = queue.Queue()
+    (tmp_path / "old-folder.sxm").mkdir()
+    (tmp_path / "old-link.sxm").symlink_to(tmp_path / "gone.sxm")
+    with caplog.at_level(logging.WARNING, logger="stm_live.ingest.watch"):
+        watcher = watch(tmp_path, on_ignored=lambda p, r: ignored.put((p, r)))
+        first = {ignored.get(timeout=WAIT_S)[0].name for _ in range(2)}
+        assert first == {"old-folder.sxm", "old-link.sxm"}
+        (tmp_path / "new-folder.sxm").mkdir()
+        (tmp_path / "new-link.npy").symlink_to(tmp_path / "missing.npy")
+        later = {ignored.get(timeout=WAIT_S) for _ in range(2)}
+        assert {p.name for p, _ in later} == {"new-folder.sxm", "new-link.npy"}
+        assert any("not a file" in r for _, r in later) and any("symbolic link" in r for _, r in later)
+        # Changes inside the folder are events for it; it is not reported again. Files still flow.
+        (tmp_path / "new-folder.sxm" / "inside.txt").write_text("x")
+        (tmp_path / "good.sxm").write_bytes(scan_bytes(11))
+        assert sink.files.get(timeout=WAIT_S).path.name == "good.sxm"
+    assert ignored.empty() and sink.bad.empty() and watcher.counts["ignored"] == 4
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("new-folder.sxm: a folder named like a scan file" in m for m in logged) == 1
+    assert all((tmp_path / n).exists() or (tmp_path / n).is_symlink() for n in ("old-folder.sxm", "old-link.sxm"))
+
+
+# Runs the watcher in a child process and prints what on_bad said about the unreadable file.
+# Root reads any file whatever its mode: as root, the child first gives up the two
+# capabilities that let it (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), as an ordinary user has none.
+_UNREADABLE = """
+import ctypes, json, os, queue, sys
+from pathlib import Path
+folder = Path(sys.argv[1])
+if os.geteuid() == 0:
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    if libc.capget(ctypes.byref(header), data) == 0:
+        keep = ~((1 << 1) | (1 << 2)) & 0xFFFFFFFF
+        data[0].effective &= keep
+        data[0].permitted &= keep
+        libc.capset(ctypes.byref(header), data)
+try:
+    open(folder / "locked.sxm", "rb").close()
+except PermissionError:
+    pass
+else:
+    print(json.dumps({"skip": "cannot make a file unreadable here (root, and dropping capabilities failed)"}))
+    sys.exit(0)
+from stm_live.ingest.watch import FolderWatcher, file_state
+print(json.dumps({"state": type(file_state(folder / "locked.sxm")).__name__}), flush=True)
+bad = queue.Queue()
+with FolderWatcher([folder], on_file=print, on_bad=lambda p, r: bad.put((p.name, r)),
+                   retry_initial_s=0.02, retry_max_s=0.05, settle_timeout_s=0.3):
+    name, reason = bad.get(timeout=20)
+print(json.dumps({"name": name, "reason": reason}))
+"""
+
+
+def test_a_permission_denied_file_is_reported_as_such(tmp_path: Path) -> None:
+    # Before: "still incomplete (0 bytes): cannot read it yet: Permission denied".
+    blob = scan_bytes(12)
+    locked = tmp_path / "locked.sxm"
+    locked.write_bytes(blob)
+    locked.chmod(0)
+    proc = subprocess.run([sys.executable, "-c", _UNREADABLE, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    if "skip" in lines[0]:
+        pytest.skip(lines[0]["skip"])
+    first, last = lines[-2:]
+    assert first == {"state": "Unreadable"}
+    assert last["name"] == "locked.sxm"
+    assert last["reason"].startswith("still unreadable after ")
+    assert "cannot open it: permission denied (Permission denied)" in last["reason"]
+    assert f"({len(blob)} bytes)" in last["reason"] and "incomplete" not in last["reason"]

@@ -19,7 +19,9 @@ way. Whatever happens to one frame, the next one is processed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -35,7 +37,7 @@ from ..errors import ScanReadError
 from ..frame import Frame
 from ..ingest.journal import ScanJournal, read_journal
 from ..ingest.watch import ReadyFile
-from ..io import read_frame
+from ..io import read_scan
 from ..level import LevelError, level_frame
 from ..model.runtime import SegmentationModel
 from ..model.tiles import applicability, segment_frame
@@ -187,6 +189,8 @@ class FramesWorker:
         journal: ScanJournal,
         emit: Callable[[Document], None],
         on_bad_file: Callable[[Path, str], None],
+        remember: Callable[[Path, os.stat_result, str], None] = lambda path, st, sha: None,
+        recheck: Callable[[Path], None] = lambda path: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -196,6 +200,8 @@ class FramesWorker:
         self.journal = journal
         self._emit = emit
         self._on_bad_file = on_bad_file
+        self._remember = remember
+        self._recheck = recheck
         self._clock = clock
 
     def run(self) -> None:
@@ -247,19 +253,39 @@ class FramesWorker:
                                arrived=job.arrived, on_stored=stored)
 
     def process_file(self, job: FileJob) -> None:
+        """Read the file once; hash, check and segment those same bytes (a file replaced meanwhile is re-checked)."""
         cfg = self.config.input
         path = job.ready.path
         try:
-            frame = read_frame(path, channel=cfg.channel, direction=cfg.direction, width_nm=cfg.width_nm,
-                               height_nm=cfg.height_nm)
+            with open(path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                data = fh.read()
+        except FileNotFoundError:
+            log.warning("%s: gone before it could be read", path)
+            return
+        except OSError as exc:
+            self._on_bad_file(path, f"cannot read it: {exc.strerror or exc}")
+            return
+        if len(data) != job.ready.size:
+            log.info("%s: changed since it was complete (%d -> %d bytes); checked again", path, job.ready.size,
+                     len(data))
+            self._recheck(path)
+            return
+        sha = hashlib.sha256(data).hexdigest()
+        if job.ready.sha256 is None:
+            self._remember(path, st, sha)
+        if self.store.is_processed(sha):
+            self._emit(docs.event("duplicate", scan_id=path.stem, source=str(path), sha256=sha))
+            return
+        try:
+            frame = read_scan(path, width_nm=cfg.width_nm, height_nm=cfg.height_nm, data=data).frame(
+                cfg.channel, cfg.direction)
         except ScanReadError as exc:
-            if not path.exists():
-                log.warning("%s: gone before it could be read", path)
-                return
             self._on_bad_file(path, exc.reason)
             return
-        self._segment_and_emit(path.stem, frame, source=str(path), complete=frame.complete,
-                               sha256=job.ready.sha256, arrived=job.handed, on_stored=None)
+        del data  # the frame holds what it needs
+        self._segment_and_emit(path.stem, frame, source=str(path), complete=frame.complete, sha256=sha,
+                               arrived=job.handed, on_stored=None)
 
     def _segment_and_emit(
         self, scan_id: str, frame: Frame, *, source: str, complete: bool, sha256: str, arrived: float | None,

@@ -232,7 +232,8 @@ class Daemon:
         self.live = LiveWorker(cfg, self.model, journal=self.journal, inbox=self.inbox, emit=bus.emit,
                                counters=self.counters, clock=self._clock)
         self.frames = FramesWorker(cfg, self.model, inbox=self.inbox, store=self.store, journal=self.journal,
-                                   emit=bus.emit, on_bad_file=self._on_bad_file, clock=self._clock)
+                                   emit=bus.emit, on_bad_file=self._on_bad_file, remember=self._remember_hash,
+                                   recheck=self._recheck, clock=self._clock)
         self._thread("frames", self.frames.run)
         self._thread("live", self.live.run, self.lines, recovered)
         if self.source is not None:
@@ -246,7 +247,8 @@ class Daemon:
                 is_processed=self.store.is_processed, on_duplicate=self._on_duplicate_file,
                 retry_initial_s=cfg.watch.retry_initial_s, retry_max_s=cfg.watch.retry_max_s,
                 settle_timeout_s=cfg.watch.settle_timeout_s, exclude=[self.results_dir],
-                polling=cfg.watch.polling, clock=self._clock,
+                polling=cfg.watch.polling, clock=self._clock, on_ignored=self._on_ignored_file,
+                hash_cache=self.results_dir / "watch_hashes.json", hash_files=False,
             )
             self.watcher.start()
         self._thread("heartbeat", self._heartbeats)
@@ -396,6 +398,17 @@ class Daemon:
 
     def _on_duplicate_file(self, ready: ReadyFile) -> None:
         self.counters.add("duplicates")
+
+    def _on_ignored_file(self, path: Path, reason: str) -> None:
+        self.emit(docs.event("ignored", source=str(path), reason=reason))
+
+    def _remember_hash(self, path: Path, st: os.stat_result, sha256: str) -> None:
+        if self.watcher is not None:
+            self.watcher.remember(path, st, sha256)
+
+    def _recheck(self, path: Path) -> None:
+        if self.watcher is not None:
+            self.watcher.recheck(path)
 
     def _dropped(self, sink: str, doc: Document) -> None:
         if sink == "store" and doc.topic == docs.SEG_FRAME:

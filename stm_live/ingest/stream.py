@@ -64,6 +64,11 @@ class LineSource:
         ------
         zmq.ZMQError
             The endpoint cannot be bound (in use, bad address).
+        OverflowError, TypeError
+            ``rcv_hwm`` is not a C int (the configuration's range prevents it).
+
+        On any error the socket is closed before the error propagates: an
+        open socket would make ``Context.term()`` wait for it forever.
         """
         sock = context.socket(zmq.SUB)
         try:
@@ -72,7 +77,7 @@ class LineSource:
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_PART_BYTES)
             sock.setsockopt(zmq.SUBSCRIBE, b"")
             sock.bind(endpoint)
-        except zmq.ZMQError:
+        except BaseException:
             sock.close(linger=0)
             raise
         return cls(sock, clock=clock)

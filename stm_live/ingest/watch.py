@@ -19,7 +19,15 @@ only once it is complete, and each content only once.
   one worker thread, which checks files when due, hashes complete ones
   (SHA-256 of the bytes), skips contents already handed on (this session) or
   already processed (``is_processed``, the result store), and calls
-  ``on_file`` / ``on_bad``. Files present at start-up are checked too.
+  ``on_file`` / ``on_bad``. Files present at start-up are checked too; with a
+  ``hash_cache`` file (:class:`~.hash_cache.HashCache`) those unchanged since an
+  earlier run (size, mtime, inode) are not read again.
+
+Nothing that matches the patterns is passed over in silence: a folder named
+``x.sxm``, a symbolic link to nothing or a FIFO is reported once through
+``on_ignored`` (and a WARNING in the log), a file that cannot be opened
+(permission denied; on Windows, locked by its writer) is retried like an
+incomplete one and, if it stays so, given up on with that reason.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import heapq
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 import zipfile
@@ -44,7 +53,8 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from ..errors import ConfigError, ScanReadError
-from ..io.sxm import DATA_MARKER, read_sxm_header
+from ..io.sxm import DATA_MARKER, parse_sxm_header, read_sxm_head
+from .hash_cache import HashCache
 
 __all__ = [
     "Bad",
@@ -52,9 +62,12 @@ __all__ = [
     "FileState",
     "FolderWatcher",
     "Gone",
+    "Ignore",
     "Incomplete",
+    "NotAFile",
     "ReadyFile",
     "SettleTracker",
+    "Unreadable",
     "file_sha256",
     "file_state",
 ]
@@ -110,13 +123,36 @@ class Gone:
     path: Path
 
 
-FileState = Complete | Incomplete | Bad | Gone
+@dataclass(frozen=True)
+class Unreadable:
+    """The file is there (``size`` bytes) but cannot be read: permission denied, locked by its writer, ...
+
+    Retried like :class:`Incomplete` (on Windows a controller's open file is
+    locked until it is closed), given up on with ``reason`` if it stays so.
+    """
+
+    path: Path
+    size: int
+    reason: str
+
+    def describe(self) -> str:
+        """One line for a log or reason file."""
+        return f"unreadable ({self.size} bytes): {self.reason}"
 
 
-def _sxm_header_unfinished(path: Path) -> bool:
-    """True when the file looks like the start of an .sxm header still being written."""
-    with path.open("rb") as fh:
-        head = fh.read(_HEADER_PROBE)
+@dataclass(frozen=True)
+class NotAFile:
+    """The name matches a pattern but it is no regular file: a folder, a dangling link, a FIFO."""
+
+    path: Path
+    reason: str
+
+
+FileState = Complete | Incomplete | Unreadable | Bad | NotAFile | Gone
+
+
+def _sxm_header_unfinished(head: bytes) -> bool:
+    """True when ``head`` looks like the start of an .sxm header still being written."""
     if head.lstrip()[:1] != b":":
         return False
     end = head.find(_END_TAG)
@@ -124,14 +160,12 @@ def _sxm_header_unfinished(path: Path) -> bool:
 
 
 def _sxm_state(path: Path, size: int) -> FileState:
+    with path.open("rb") as fh:  # OSError (permission denied, ...) is file_state's to report
+        head = read_sxm_head(fh)
     try:
-        header = read_sxm_header(path)
+        header = parse_sxm_header(path, head)
     except ScanReadError as exc:
-        try:
-            unfinished = _sxm_header_unfinished(path)
-        except FileNotFoundError:
-            return Gone(path)
-        if unfinished and size < _HEADER_PROBE:
+        if size < _HEADER_PROBE and _sxm_header_unfinished(head):
             return Incomplete(path, None, size, "the header is not complete yet")
         return Bad(path, exc.reason)
     expected = header.expected_size
@@ -210,19 +244,32 @@ def file_state(path: str | os.PathLike[str], *, previous_size: int | None = None
 
     Returns
     -------
-    Complete, Incomplete, Bad or Gone
+    Complete, Incomplete, Unreadable, Bad, NotAFile or Gone
         An empty file is :class:`Incomplete` (the controller may just have
         created it); a file larger than its header promises, a non-scan file
-        or one holding pickled objects is :class:`Bad`.
+        or one holding pickled objects is :class:`Bad`; one that cannot be
+        opened (permission denied) :class:`Unreadable`; a folder, a link to
+        nothing or a FIFO :class:`NotAFile`. Never opens anything but a
+        regular file (opening a FIFO would block).
     """
     p = Path(path)
     try:
-        size = p.stat().st_size
-        suffix = p.suffix.lower()
-        if suffix not in (".sxm", ".npy", ".npz"):
-            return Bad(p, f"unsupported file type {suffix or '(no suffix)'!r}; expected .sxm, .npy or .npz")
-        if size == 0:
-            return Incomplete(p, None, 0, "the file is empty")
+        st = p.stat()
+    except FileNotFoundError:
+        return _not_found(p)
+    except OSError as exc:  # a link loop, a folder we may not enter, ...
+        return _not_found(p) if p.is_symlink() else Unreadable(p, 0, _os_reason(exc))
+    if not stat.S_ISREG(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
+            return NotAFile(p, "a folder named like a scan file, not a file; ignored")
+        return NotAFile(p, f"not a regular file ({_kind(st.st_mode)}); ignored")
+    size = st.st_size
+    suffix = p.suffix.lower()
+    if suffix not in (".sxm", ".npy", ".npz"):
+        return Bad(p, f"unsupported file type {suffix or '(no suffix)'!r}; expected .sxm, .npy or .npz")
+    if size == 0:
+        return Incomplete(p, None, 0, "the file is empty")
+    try:
         if suffix == ".sxm":
             return _sxm_state(p, size)
         if suffix == ".npy":
@@ -230,10 +277,32 @@ def file_state(path: str | os.PathLike[str], *, previous_size: int | None = None
         return _npz_state(p, size, previous_size)
     except FileNotFoundError:
         return Gone(p)
-    except IsADirectoryError:
-        return Bad(p, "a folder, not a file")
     except OSError as exc:
-        return Incomplete(p, None, 0, f"cannot read it yet: {exc.strerror or exc}")
+        return Unreadable(p, size, _os_reason(exc))
+
+
+def _os_reason(exc: OSError) -> str:
+    """``"permission denied (EACCES)"``: what the operating system said, with its code."""
+    if isinstance(exc, PermissionError):
+        return f"cannot open it: permission denied ({exc.strerror or exc})"
+    return f"cannot read it: {exc.strerror or exc}"
+
+
+def _not_found(path: Path) -> FileState:
+    """``stat`` found nothing: gone, or a symbolic link to something that does not exist."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return Gone(path)
+    return NotAFile(path, f"a symbolic link to {target!r}, which does not exist (or is a loop); ignored")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return f"mode {mode:o}"
 
 
 def file_sha256(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
@@ -292,7 +361,15 @@ class Forget:
     path: Path
 
 
-Decision = Ready | Retry | GiveUp | Forget
+@dataclass(frozen=True)
+class Ignore:
+    """Decision: not a file (a folder, a dangling link): report ``reason`` once, leave it where it is."""
+
+    path: Path
+    reason: str
+
+
+Decision = Ready | Retry | GiveUp | Forget | Ignore
 
 
 class SettleTracker:
@@ -378,18 +455,22 @@ class SettleTracker:
         if isinstance(state, Bad):
             del self._pending[path]
             return GiveUp(path, state.reason)
-        if entry.size is not None and state.actual != entry.size:
+        if isinstance(state, NotAFile):
+            del self._pending[path]
+            return Ignore(path, state.reason)
+        size = state.actual if isinstance(state, Incomplete) else state.size
+        if entry.size is not None and size != entry.size:
             entry.attempts = 0
             entry.last_change = now
-        entry.size = state.actual
+        entry.size = size
         entry.last = state
         if now - entry.last_change >= self.settle_timeout_s:
             del self._pending[path]
-            return GiveUp(
-                path,
-                f"still {state.describe()} after {now - entry.last_change:.1f} s without change "
-                f"(watch.settle_timeout_s = {self.settle_timeout_s:g}); the write was probably interrupted",
-            )
+            waited = f"after {now - entry.last_change:.1f} s without change (watch.settle_timeout_s = " \
+                f"{self.settle_timeout_s:g})"
+            if isinstance(state, Unreadable):
+                return GiveUp(path, f"still unreadable {waited}: {state.reason} ({size} bytes)")
+            return GiveUp(path, f"still {state.describe()} {waited}; the write was probably interrupted")
         delay = min(self.retry_initial_s * 2.0**entry.attempts, self.retry_max_s)
         entry.attempts += 1
         # Never sleep past the moment the file would be given up on.
@@ -404,11 +485,17 @@ class SettleTracker:
 
 @dataclass(frozen=True)
 class ReadyFile:
-    """A complete file, handed on once per content."""
+    """A complete file, handed on once per content.
+
+    ``sha256`` is None when the watcher hands files on unhashed
+    (``hash_files=False``): the receiver reads the file once and hashes the
+    bytes it segments. ``stat`` is the file's status when it was judged complete.
+    """
 
     path: Path
-    sha256: str
+    sha256: str | None
     size: int
+    stat: os.stat_result | None = None
 
 
 class _Handler(FileSystemEventHandler):
@@ -416,8 +503,8 @@ class _Handler(FileSystemEventHandler):
         self._accept = accept
 
     def _file(self, event: FileSystemEvent, path: str | bytes) -> None:
-        if not event.is_directory:
-            self._accept(os.fsdecode(path))
+        # Folders too: one named like a scan file is reported (once), not passed over.
+        self._accept(os.fsdecode(path))
 
     def on_created(self, event: FileSystemEvent) -> None:
         self._file(event, event.src_path)
@@ -443,8 +530,8 @@ class FolderWatcher:
         ``on_file(ReadyFile)``, called from the watcher's thread for every
         complete file whose content is new.
     on_bad : callable
-        ``on_bad(path, reason)`` for files that are not scans or never
-        completed (the daemon quarantines them).
+        ``on_bad(path, reason)`` for files that are not scans, never
+        completed or stayed unreadable (the daemon quarantines them).
     patterns : sequence of str
         File name patterns, matched ignoring case (config ``watch.patterns``).
     recursive : bool
@@ -454,6 +541,11 @@ class FolderWatcher:
         earlier run (:meth:`stm_live.publish.ResultStore.is_processed`).
     on_duplicate : callable, optional
         ``on_duplicate(ReadyFile)`` for complete files skipped as already seen.
+    on_ignored : callable, optional
+        ``on_ignored(path, reason)``, once per path and reason, for names that
+        match the patterns but are no regular file (a folder ``x.sxm``, a
+        symbolic link to nothing, a FIFO); they are left where they are. Each
+        is logged as a WARNING whether or not this is given.
     retry_initial_s, retry_max_s, settle_timeout_s : float
         See :class:`SettleTracker`.
     exclude : sequence of path-like
@@ -462,6 +554,20 @@ class FolderWatcher:
         Poll the folders instead of OS events (network shares; config ``watch.polling``).
     clock : callable
         Monotonic seconds.
+    hash_cache : path-like, optional
+        A JSON file (in the results folder: ``<results>/watch_hashes.json``)
+        remembering each file's SHA-256 by path, size, mtime and inode across
+        restarts, so that files unchanged since an earlier run are not read
+        and hashed again at start-up. Written when the watcher is idle and at
+        :meth:`stop`; None (default): no cache, every file is hashed.
+    hash_files : bool
+        Hash each complete file before handing it on (and skip contents
+        already processed). False hands new files on unhashed: the receiver
+        reads each file once, hashes those bytes, checks them against the
+        processed set and tells the watcher with :meth:`remember` (the
+        daemon does this, so a file replaced between hashing and reading can
+        never get another file's record). Files known to the hash cache are
+        still skipped without being read.
     """
 
     def __init__(
@@ -474,12 +580,15 @@ class FolderWatcher:
         recursive: bool = False,
         is_processed: Callable[[str], bool] | None = None,
         on_duplicate: Callable[[ReadyFile], None] | None = None,
+        on_ignored: Callable[[Path, str], None] | None = None,
         retry_initial_s: float = 0.1,
         retry_max_s: float = 5.0,
         settle_timeout_s: float = 600.0,
         exclude: Sequence[str | os.PathLike[str]] = (),
         polling: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        hash_cache: str | os.PathLike[str] | None = None,
+        hash_files: bool = True,
     ) -> None:
         self.folders = tuple(Path(f).resolve() for f in folders)
         self.patterns = tuple(p.lower() for p in patterns)
@@ -489,6 +598,7 @@ class FolderWatcher:
         self._on_file = on_file
         self._on_bad = on_bad
         self._on_duplicate = on_duplicate
+        self._on_ignored = on_ignored
         self._is_processed = is_processed or (lambda _sha: False)
         self._clock = clock
         self._tracker = SettleTracker(
@@ -499,11 +609,19 @@ class FolderWatcher:
         # Files handed on or skipped, by (size, mtime): later events for them (a close after the
         # last write, a touch) are not news.
         self._done: dict[Path, tuple[int, int]] = {}
+        # Names reported as ignored or unreadable, with the reason: each is said once, not per event.
+        self._ignored: dict[Path, str] = {}
+        self._unreadable: set[Path] = set()
+        self._hashes = HashCache(hash_cache) if hash_cache is not None else None
+        self._hash_files = hash_files
         self._observer: Any = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        #: Running totals: handed (on_file), duplicates, bad, checks.
-        self.counts: dict[str, int] = dict.fromkeys(("handed", "duplicates", "bad", "checks"), 0)
+        #: Running totals: handed (on_file), duplicates, bad, ignored (not files), checks, hashed (files
+        #: read whole to hash them), cached (hashes taken from the hash cache instead).
+        self.counts: dict[str, int] = dict.fromkeys(
+            ("handed", "duplicates", "bad", "ignored", "checks", "hashed", "cached"), 0
+        )
 
     # -- life cycle --------------------------------------------------------
 
@@ -541,6 +659,8 @@ class FolderWatcher:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._hashes is not None and self._hashes.dirty:
+            self._hashes.save()
 
     def __enter__(self) -> FolderWatcher:
         self.start()
@@ -573,9 +693,10 @@ class FolderWatcher:
         for folder in self.folders:
             entries: Iterable[Path] = folder.rglob("*") if self.recursive else folder.iterdir()
             for path in entries:
+                # Whatever the name matches, file or not (lstat: a dangling link too): _check reports non-files.
                 try:
-                    if self.matches(path) and path.is_file():
-                        heapq.heappush(found, (path.stat().st_mtime, str(path), path))
+                    if self.matches(path):
+                        heapq.heappush(found, (path.lstat().st_mtime, str(path), path))
                 except OSError:
                     continue
         return [heapq.heappop(found)[2] for _ in range(len(found))]
@@ -585,6 +706,8 @@ class FolderWatcher:
     def _run(self) -> None:
         while not self._stopping.is_set():
             next_due = self._tracker.next_due()
+            if next_due is None and self._hashes is not None and self._hashes.dirty and self._inbox.empty():
+                self._hashes.save()  # idle: the start-up scan (or a burst) is done
             wait = None if next_due is None else max(0.0, next_due - self._clock())
             try:
                 item = self._inbox.get(timeout=wait)
@@ -610,33 +733,86 @@ class FolderWatcher:
                     log.exception("%s: unexpected error while checking it; it is skipped", path)
 
     def _check(self, path: Path) -> None:
+        try:
+            st: os.stat_result | None = path.stat()
+        except OSError:
+            st = None
         done = self._done.get(path)
         if done is not None:
-            try:
-                st = path.stat()
-            except OSError:
-                st = None
             if st is not None and (st.st_size, st.st_mtime_ns) == done:
                 self._tracker.forget(path)
                 return
             del self._done[path]
+        if st is not None and self._hashes is not None and stat.S_ISREG(st.st_mode):
+            known = self._hashes.lookup(path, st)
+            if known is not None:
+                # Unchanged since it was hashed complete in an earlier run: neither checked nor read again.
+                self._tracker.forget(path)
+                self.counts["cached"] += 1
+                self._ready(path, st.st_size, known=(st, known))
+                return
         self.counts["checks"] += 1
         state = file_state(path, previous_size=self._tracker.previous_size(path))
         decision = self._tracker.update(state, self._clock())
+        if not isinstance(decision, Ignore):
+            self._ignored.pop(path, None)
+        if isinstance(state, Unreadable):
+            if path not in self._unreadable:  # said at once, not only when given up on
+                self._unreadable.add(path)
+                log.warning("%s: %s; retrying until watch.settle_timeout_s", path, state.reason)
+        else:
+            self._unreadable.discard(path)
         if isinstance(decision, Retry):
             log.debug("%s: %s; next check in %.2f s", path, state, decision.at - self._clock())
         elif isinstance(decision, GiveUp):
             self.counts["bad"] += 1
             self._on_bad(path, decision.reason)
+        elif isinstance(decision, Ignore):
+            self._ignore(path, decision.reason)
         elif isinstance(decision, Ready):
             self._ready(path, decision.size)
 
-    def _ready(self, path: Path, size: int) -> None:
-        try:
-            st = path.stat()
-            sha = file_sha256(path)
-        except FileNotFoundError:
+    def _ignore(self, path: Path, reason: str) -> None:
+        if self._ignored.get(path) == reason:
+            return  # a folder's every change is an event; it was said once
+        self._ignored[path] = reason
+        self.counts["ignored"] += 1
+        log.warning("%s: %s", path, reason)
+        if self._on_ignored is not None:
+            self._on_ignored(path, reason)
+
+    def remember(self, path: Path, st: os.stat_result, sha256: str) -> None:
+        """The receiver of an unhashed file tells its hash (kept in the hash cache for the next start)."""
+        self._seen.add(sha256)
+        if self._hashes is not None:
+            self._hashes.remember(path, st, sha256)
+
+    def recheck(self, path: Path) -> None:
+        """Look at ``path`` again from the start (it changed after it was handed on)."""
+        self._done.pop(path, None)
+        self._accept(str(path))
+
+    def _ready(self, path: Path, size: int, known: tuple[os.stat_result, str] | None = None) -> None:
+        if known is None and not self._hash_files:
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                return
+            self._done[path] = (st.st_size, st.st_mtime_ns)
+            self.counts["handed"] += 1
+            self._on_file(ReadyFile(path=path, sha256=None, size=size, stat=st))
             return
+        if known is not None:
+            st, sha = known
+        else:
+            try:
+                st = path.stat()
+                sha = file_sha256(path)
+            except FileNotFoundError:
+                return
+            self.counts["hashed"] += 1
+            if self._hashes is not None:
+                self._hashes.remember(path, st, sha)
         self._done[path] = (st.st_size, st.st_mtime_ns)
         ready = ReadyFile(path=path, sha256=sha, size=size)
         if sha in self._seen or self._is_processed(sha):

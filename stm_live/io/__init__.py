@@ -91,6 +91,7 @@ def read_scan(
     *,
     width_nm: float | None = None,
     height_nm: float | None = None,
+    data: bytes | None = None,
 ) -> ScanFile:
     """Read a scan file of any supported kind.
 
@@ -101,6 +102,10 @@ def read_scan(
     width_nm, height_nm : float, optional
         Physical size for formats that do not store it (arrays). Ignored
         for ``.sxm``, whose header is authoritative.
+    data : bytes, optional
+        The file's bytes, already read: parsed instead of reading ``path``
+        (which still names the file and decides its kind), so what is hashed
+        is what is segmented.
 
     Raises
     ------
@@ -110,10 +115,10 @@ def read_scan(
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".sxm":
-        header, frames = read_sxm(p)
+        header, frames = read_sxm(p, data=data)
         return ScanFile(str(p), frames, header)
     if suffix in (".npy", ".npz"):
-        return ScanFile(str(p), read_array(p, width_nm=width_nm, height_nm=height_nm))
+        return ScanFile(str(p), read_array(p, width_nm=width_nm, height_nm=height_nm, data=data))
     raise ScanReadError(p, f"unsupported file type {suffix or '(no suffix)'!r}; expected one of {SCAN_SUFFIXES}")
 
 

@@ -9,6 +9,7 @@ us run code.
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 
 from ..errors import ScanReadError
 from ..frame import Frame
+from ..limits import length_problem, size_problem
 
 __all__ = ["read_array"]
 
@@ -41,21 +43,31 @@ def _size_m(
     stored: dict[str, float],
 ) -> tuple[float, float]:
     rows, cols = shape
-    width_m = width_nm * 1e-9 if width_nm is not None else stored.get("width_m")
-    height_m = height_nm * 1e-9 if height_nm is not None else stored.get("height_m")
-    if width_m is None and height_m is None:
+    given = {"width": width_nm, "height": height_nm}
+    sizes: dict[str, float] = {}
+    for label, pixels in (("width", cols), ("height", rows)):
+        nm = given[label]
+        value = nm * 1e-9 if nm is not None else stored.get(f"{label}_m")
+        if value is None:
+            continue
+        # Each value on its own: the square-pixel rule below must not carry an absurd one over.
+        problem = length_problem(label, value, pixels)
+        if problem is not None:
+            where = f"the given {label} {nm!r} nm" if nm is not None else f"the stored {label}_m {value!r}"
+            raise ScanReadError(path, f"impossible physical size: {where}: {problem}")
+        sizes[label] = float(value)
+    if not sizes:
         raise ScanReadError(
             path, "physical size unknown: a bare array stores none; give the width in nm (--width-nm)"
         )
     # Square pixels unless told otherwise.
-    if height_m is None:
-        height_m = width_m * rows / cols  # type: ignore[operator]
-    if width_m is None:
-        width_m = height_m * cols / rows
-    for label, value in (("width", width_m), ("height", height_m)):
-        if not (np.isfinite(value) and 0 < value < 1e-2):
-            raise ScanReadError(path, f"impossible {label} {value!r} m; expected a positive size below 1 cm")
-    return float(width_m), float(height_m)
+    width_m = sizes["width"] if "width" in sizes else sizes["height"] * cols / rows
+    height_m = sizes["height"] if "height" in sizes else width_m * rows / cols
+    problem = size_problem(width_m, height_m, rows=rows, cols=cols)
+    if problem is not None:
+        raise ScanReadError(path, f"impossible physical size {width_m:g} x {height_m:g} m for {cols} x {rows} px: "
+                                  f"{problem}")
+    return width_m, height_m
 
 
 def read_array(
@@ -64,6 +76,7 @@ def read_array(
     width_nm: float | None = None,
     height_nm: float | None = None,
     unit: str | None = None,
+    data: bytes | None = None,
 ) -> tuple[Frame, ...]:
     """Read an ``.npy`` image, or every 2-D image of an ``.npz``, as frames.
 
@@ -78,6 +91,8 @@ def read_array(
         ``width_m`` / ``height_m``.
     unit : str, optional
         Unit of the values; default the ``.npz``'s ``unit`` entry, else ``"a.u."``.
+    data : bytes, optional
+        The file's bytes, already read; ``path`` then only names it.
 
     Returns
     -------
@@ -95,7 +110,7 @@ def read_array(
     stored: dict[str, float] = {}
     stored_unit: str | None = None
     try:
-        loaded = np.load(p, allow_pickle=False)
+        loaded = np.load(io.BytesIO(data) if data is not None else p, allow_pickle=False)
         if isinstance(loaded, np.lib.npyio.NpzFile):
             with loaded:
                 for key in loaded.files:
@@ -123,11 +138,11 @@ def read_array(
     for name, arr in images.items():
         arr = _image(p, name, arr)
         width_m, height_m = _size_m(p, arr.shape, width_nm, height_nm, stored)
-        data = np.ascontiguousarray(arr, dtype=np.float32)
-        finite_rows = np.flatnonzero(np.isfinite(data).any(axis=1))
+        image = np.ascontiguousarray(arr, dtype=np.float32)
+        finite_rows = np.flatnonzero(np.isfinite(image).any(axis=1))
         frames.append(
             Frame(
-                data=data,
+                data=image,
                 width_m=width_m,
                 height_m=height_m,
                 channel=name if p.suffix == ".npz" else "Z",

@@ -23,6 +23,7 @@ big-endian array, and is faster (``benchmarks/bench_sxm_read.py``).
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -34,13 +35,16 @@ import numpy as np
 
 from ..errors import ScanReadError
 from ..frame import Direction, Frame
+from ..limits import size_problem
 
 __all__ = [
     "DATA_MARKER",
+    "HEADER_MAX",
     "SxmChannel",
     "SxmHeader",
     "parse_sxm_header",
     "read_sxm",
+    "read_sxm_head",
     "read_sxm_header",
     "sxm_bytes",
     "write_sxm",
@@ -51,7 +55,8 @@ DATA_MARKER = b"\x1a\x04"
 _END_TAG = b":SCANIT_END:"
 _HEADER_PROBE = 1 << 16
 _MARKER_WINDOW = 64
-_HEADER_MAX = 16 << 20  # real headers are ~10 kB; anything past 16 MB is not one
+#: Most bytes read looking for the end of a header: real headers are ~10 kB, anything past 16 MB is not one.
+HEADER_MAX = 16 << 20
 _MAX_SIDE = 1 << 15  # largest pixel count per side a Nanonis controller offers is 8192
 _MAX_DATA_BYTES = 1 << 33
 _FORMATS = {
@@ -234,6 +239,11 @@ def parse_sxm_header(path: str | os.PathLike[str], head: bytes) -> SxmHeader:
         raise ScanReadError(spath, "not a Nanonis .sxm file (no ':KEY:' header at the start)")
     end = head.find(_END_TAG)
     if end < 0:
+        if len(head) >= HEADER_MAX:
+            raise ScanReadError(
+                spath, f"header too large: no :SCANIT_END: tag within the first {HEADER_MAX} bytes "
+                "(real .sxm headers are about 10 kB; not an .sxm file, or a corrupt one)"
+            )
         raise ScanReadError(spath, "header is incomplete: no :SCANIT_END: tag (truncated or not an .sxm file)")
     # Only whitespace (newlines) may separate the end tag from the marker;
     # searching further would find \x1a\x04 by chance inside the data.
@@ -252,9 +262,11 @@ def parse_sxm_header(path: str | os.PathLike[str], head: bytes) -> SxmHeader:
             f"(expected whole numbers 1..{_MAX_SIDE})"
         )
     width_m, height_m = _floats(spath, fields, "SCAN_RANGE", 2)
-    if not (0 < width_m < 1e-2 and 0 < height_m < 1e-2):
+    problem = size_problem(width_m, height_m, rows=rows, cols=cols)
+    if problem is not None:
         raise ScanReadError(
-            spath, f"header field :SCAN_RANGE: is impossible: {width_m:g} x {height_m:g} m (expected 0 < size < 1 cm)"
+            spath, f"header field :SCAN_RANGE: is impossible: {width_m:g} x {height_m:g} m for {cols} x {rows} px: "
+            f"{problem}"
         )
     scan_type = tuple(fields.get("SCANIT_TYPE", "").split())
     if scan_type not in _FORMATS:
@@ -294,12 +306,17 @@ def parse_sxm_header(path: str | os.PathLike[str], head: bytes) -> SxmHeader:
     return header
 
 
-def _read_head(fh: BinaryIO) -> bytes:
-    """The first bytes of an open file, enough to hold the header and its marker."""
+def read_sxm_head(fh: BinaryIO) -> bytes:
+    """The first bytes of an open file, enough to hold the header and its marker.
+
+    At most about :data:`HEADER_MAX` bytes, fewer when the end tag comes
+    earlier or the file ends; for :func:`parse_sxm_header`. ``OSError`` from
+    reading propagates (the caller knows whether "permission denied" is news).
+    """
     size = _HEADER_PROBE
     head = fh.read(size)
     while head.find(_END_TAG) < 0 or len(head) - head.find(_END_TAG) < _MARKER_WINDOW:
-        if len(head) < size or size >= _HEADER_MAX:
+        if len(head) < size or size >= HEADER_MAX:
             break
         head += fh.read(size)
         size *= 2
@@ -315,7 +332,7 @@ def read_sxm_header(path: str | os.PathLike[str]) -> SxmHeader:
     p = Path(path)
     try:
         with p.open("rb") as fh:
-            head = _read_head(fh)
+            head = read_sxm_head(fh)
     except OSError as exc:
         raise _open_error(p, exc) from exc
     return parse_sxm_header(p, head)
@@ -333,13 +350,16 @@ def _rows_valid(images: np.ndarray) -> int:
     return 0
 
 
-def read_sxm(path: str | os.PathLike[str]) -> tuple[SxmHeader, tuple[Frame, ...]]:
+def read_sxm(path: str | os.PathLike[str], *, data: bytes | None = None) -> tuple[SxmHeader, tuple[Frame, ...]]:
     """Read every channel and direction of a Nanonis ``.sxm`` file.
 
     Parameters
     ----------
     path : str or path-like
         The ``.sxm`` file.
+    data : bytes, optional
+        The file's bytes, already read (the daemon hashes and parses the same
+        bytes); ``path`` then only names it.
 
     Returns
     -------
@@ -359,11 +379,11 @@ def read_sxm(path: str | os.PathLike[str]) -> tuple[SxmHeader, tuple[Frame, ...]
     """
     p = Path(path)
     try:
-        with p.open("rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
+        with (io.BytesIO(data) if data is not None else p.open("rb")) as fh:
+            size = len(data) if data is not None else os.fstat(fh.fileno()).st_size
             if size == 0:
                 raise ScanReadError(p, "file is empty (0 bytes)")
-            header = parse_sxm_header(p, _read_head(fh))
+            header = parse_sxm_header(p, read_sxm_head(fh))
             have = size - header.data_offset
             if have < header.data_bytes:
                 raise ScanReadError(
