@@ -5,6 +5,7 @@ Each test failed before its fix; the fix is named in the test's docstring.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from daemon_kit import (
 )
 from zmq_sockets import SocketFactory, make_socket_fixture  # noqa: F401 - the make_socket fixture
 
+from stm_live.daemon import read_state
 from stm_live.frame import Frame
 from stm_live.ingest.journal import ScanJournal
 from stm_live.io import write_sxm
@@ -212,4 +214,47 @@ def test_memory_is_bounded_by_bytes_what_does_not_fit_is_reported_and_a_live_sca
     wait_until(settled, timeout=240, what="every frame processed or reported")
     reasons = [e["reason"] for e in events(daemon.results, "bad_message")]
     assert any("'huge'" in r and "64 MB" in r and "limits.assembler_mb" in r for r in reasons), reasons
+    assert daemon.terminate() == 0
+
+
+def test_a_file_replaced_while_it_waits_gets_the_record_of_the_bytes_that_were_segmented(
+    tmp_path: Path, tiny_model: Path, spawn: Callable[..., DaemonProcess], make_socket: SocketFactory
+) -> None:
+    """Fault 5: a file replaced between hashing and reading got the other file's record (hash of A, detections of B).
+
+    Fix: the watcher hands files on unhashed; the frames worker reads each file once and hashes, checks and
+    segments those same bytes.
+    """
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    daemon = spawn(base_settings(tmp_path, tiny_model, **{"watch.folders": [str(watch)]}))
+    sub = Subscriber(make_socket, daemon.publish)
+    sub.wait_heartbeat()
+    # Keep the whole-frame path busy with a large streamed frame, so that the file waits in its queue.
+    busy = Frame(np.random.default_rng(0).normal(size=(3072, 3072)) * 1e-10, 3072 * 0.2e-9, 3072 * 0.2e-9)
+    with bridge(make_socket, daemon.ingest) as streamer:
+        streamer.send(encode_frame(FrameMessage(scan_info(busy, "busy"), busy.data)))
+        wait_until(lambda: events(daemon.results, "scan_finished"), what="the busy frame handed on")
+    a = bumps_frame(128, 128)
+    b = Frame(np.flipud(a.data), a.width_m, a.height_m)  # the same size, other content
+    write_sxm(tmp_path / "a.sxm", [a])
+    write_sxm(tmp_path / "b.sxm", [b])
+    blob_b = (tmp_path / "b.sxm").read_bytes()
+    assert len(blob_b) == (tmp_path / "a.sxm").stat().st_size
+    (tmp_path / "a.sxm").replace(watch / "scan.sxm")
+
+    def waiting() -> bool:
+        return read_state(daemon.results)["queues"]["frames"] >= 1 and not processed(daemon.results)
+
+    wait_until(waiting, what="the file judged complete and waiting")
+    (tmp_path / "b.sxm").replace(watch / "scan.sxm")  # replaced while it waits
+    final = sub.wait_for(frame_done("scan", "scan.sxm"), timeout=120, what="the file's result")
+    wait_until(lambda: len(processed(daemon.results)) == 2, what="both results stored")
+    record = next(r for r in stored_records(daemon.results) if r["scan_id"] == "scan")
+    assert record["sha256"] == hashlib.sha256(blob_b).hexdigest()
+    stored = sorted((round(d["x_nm"], 1), round(d["y_nm"], 1)) for d in record["detections"])
+    assert sorted((round(d.x_nm, 1), round(d.y_nm, 1)) for d in final.detections) == stored
+    # B's bumps are A's flipped upside down (A's bright rows 12, 60, 100 are B's 115, 67, 27): the record is B's.
+    bright = sorted(d["y_nm"] for d in record["detections"] if d["class"] == "bright")
+    assert np.allclose(bright, [2.75, 6.75, 11.55], atol=0.3), bright
     assert daemon.terminate() == 0
