@@ -133,7 +133,9 @@ def daemon(work: Path, model: Path | None, **settings: Any) -> Iterator[tuple[su
 def _subscriber(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    # What a client of results takes: segmentations and heartbeats (not the levelled lines of level.line).
+    sub.setsockopt(zmq.SUBSCRIBE, b"seg.")
+    sub.setsockopt(zmq.SUBSCRIBE, b"status")
     sub.setsockopt(zmq.RCVHWM, 100_000)
     sub.connect(endpoint)
     while not isinstance(decode(sub.recv_multipart()), StatusMessage):  # subscribed once a heartbeat arrives

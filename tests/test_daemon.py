@@ -85,9 +85,17 @@ def test_a_streamed_scan_gives_partials_then_the_frame_and_the_same_file_the_sam
     assert len(partials) >= 20, "partial results during the scan"
     rows_done = [p.rows_done for p in partials]
     assert rows_done == sorted(rows_done) and rows_done[-1] < frame.rows + 1
+    # Each partial carries the class-map rows that changed, up to the scan front; the first one (a
+    # keyframe) every row done. Pasted together they cover every row acquired.
+    covered = np.zeros(frame.rows, bool)
+    assert partials[0].class_map is not None and partials[0].class_map.shape == (partials[0].rows_done, frame.cols)
     for p in partials:
-        assert p.class_map is not None and p.class_map.shape == (p.rows_done, frame.cols) and p.map_row0 == 0
+        assert p.class_map is not None and p.class_map.shape[1] == frame.cols
+        start, stop = p.map_row0, p.map_row0 + p.class_map.shape[0]
+        assert 0 <= start <= stop <= p.rows_done and (stop == p.rows_done or start == stop)
+        covered[start:stop] = True
         assert p.latency_ms > 0 and p.classes == ("bright", "dark")
+    assert covered[:rows_done[-1]].all()
     assert any(p.detections for p in partials if p.rows_done <= 64), "the top bump shows before the scan is half done"
     assert final.complete and final.source == "zmq" and final.rows_done == frame.rows
     assert final.class_map is not None and final.class_map.shape == (frame.rows, frame.cols)
@@ -343,7 +351,11 @@ def test_out_of_order_duplicate_and_missing_lines_and_an_upward_scan(
     assert not shuffled.complete and shuffled.rows_done == frame.rows  # row 7 never came
     assert summary(shuffled.detections) == summary(expected.detections)
     partials = sub.seg("upward", final=False)
-    assert partials and all(p.map_row0 == p.rows - p.rows_done for p in partials)
+    # An upward scan fills the image from the bottom: the changed rows start at the front (the top row done).
+    assert partials and partials[0].map_row0 == partials[0].rows - partials[0].rows_done
+    assert partials[0].class_map is not None and len(partials[0].class_map) == partials[0].rows_done
+    for p in partials:
+        assert p.class_map is not None and (p.map_row0 == p.rows - p.rows_done or len(p.class_map) == 0)
     assert upward.complete and summary(upward.detections) == summary(model.segment(up, min_score=0.5).detections)
 
 

@@ -182,3 +182,25 @@ def test_incremental_instance_search_with_the_bundled_model() -> None:
             seg = live.segment()
             _assert_same(seg.detections, _search_all(live))
     assert len(seg.detections) >= 5
+
+
+@pytest.mark.parametrize("direction", ["down", "up"])
+def test_pasting_only_the_changed_rows_rebuilds_every_class_map(model: SegmentationModel, direction: str) -> None:
+    """What a live view does with ``seg.partial``: paste ``changed_rows`` into its copy of the map."""
+    frame, levelled = _scan()
+    live = LiveSegmenter(model, rows=frame.rows, cols=frame.cols, nm_per_px=frame.nm_per_px,
+                         scan_direction=direction, freeze_rows=16)
+    pasted = np.zeros((frame.rows, frame.cols), np.uint8)
+    order = range(frame.rows) if direction == "down" else range(frame.rows - 1, -1, -1)
+    widths = []
+    for n, row in enumerate(order):
+        live.add_row(row, levelled[row])
+        if n % 3:  # coalesced: several lines per segmentation now and then
+            continue
+        seg = live.segment()
+        start, stop = live.changed_rows
+        pasted[start:stop] = seg.class_map[start:stop]
+        widths.append(stop - start)
+        np.testing.assert_array_equal(pasted, seg.class_map)
+    # Once the normalisation is frozen only a band near the front changes, not every row done.
+    assert max(widths[-10:]) < frame.rows // 2

@@ -53,6 +53,8 @@ log = logging.getLogger("stm_live.daemon")
 
 #: Most messages the live worker takes from its queue before it segments.
 BATCH: Final = 512
+#: Every this many partials of a scan, the class map of every row done goes along (else the rows that changed).
+KEYFRAME_PARTIALS: Final = 64
 #: Largest model grid the live path keeps for one scan (its buffers grow with it: 16 M px is about 300 MB).
 LIVE_MAX_MODEL_PX: Final = 16 << 20
 
@@ -262,8 +264,12 @@ class LiveWorker:
                 self._emit(docs.event("error", scan_id=scan.key[0], where="live segmentation", error=str(exc)))
                 continue
             if seg.rows_done:
+                scan.partials += 1
+                # Only the rows that changed, but every KEYFRAME_PARTIALS-th time all rows done (for a
+                # subscriber that joined late or missed some).
+                rows = None if scan.partials % KEYFRAME_PARTIALS == 1 else scan.segmenter.changed_rows
                 self._emit(docs.partial(scan.key[0], scan.frame(), seg, label_maps=self.config.publish.label_maps,
-                                        arrived=scan.arrived))
+                                        map_rows=rows, arrived=scan.arrived))
 
     def scan_finished(self, finished: ScanFinished, whole: FrameMessage | None = None) -> None:
         scan = finished.scan

@@ -39,13 +39,15 @@ class LiveScan(ScanBuffer):
         Live segmentation (None: not wanted, or it failed for this scan).
     new_lines : int
         Lines added since the last partial result.
+    partials : int
+        Partial results published.
     arrived : float
         Clock time of the newest line (for latencies).
     wanted : bool or None
         Whether this scan is the configured channel and direction (None: not decided yet).
     """
 
-    __slots__ = ("arrived", "journal", "leveller", "new_lines", "segmenter", "wanted")
+    __slots__ = ("arrived", "journal", "leveller", "new_lines", "partials", "segmenter", "wanted")
 
     def __init__(self, key: ScanKey, info: ScanInfo, first_row: int, now: float, t: float | None,
                  data: np.ndarray | None = None) -> None:
@@ -54,6 +56,7 @@ class LiveScan(ScanBuffer):
         self.leveller: LineLeveller | None = None
         self.segmenter: LiveSegmenter | None = None
         self.new_lines = 0
+        self.partials = 0
         self.arrived = now
         self.wanted: bool | None = None
 

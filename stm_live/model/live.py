@@ -117,6 +117,9 @@ class LiveSegmenter:
         self._frozen = False
         self._front_input = -1  # farthest input row (scan order) received
         self.lines = 0
+        #: Display rows ``[start, stop)`` of the class map the last :meth:`segment` rewrote (rows
+        #: outside it are as in the previous result): what a live view needs to redraw.
+        self.changed_rows: tuple[int, int] = (0, 0)
 
     # ----------------------------------------------------------- input side
     def add_row(self, row: int, levelled: np.ndarray) -> None:
@@ -221,6 +224,8 @@ class LiveSegmenter:
         update = acquired & (rewritten | ~self._filled)
         self._full[update] = self._class_map[np.ix_(self._image_row[update], self._image_col)]
         self._filled |= update
+        changed = np.flatnonzero(update)
+        self.changed_rows = (int(changed[0]), int(changed[-1]) + 1) if changed.size else (0, 0)
         full = self._full.copy()
         t5 = time.perf_counter()
         timings = {"prepare": (t2 - t1) * 1e3, "infer": (t3 - t2) * 1e3, "instances": (t4 - t3) * 1e3,

@@ -341,21 +341,31 @@ def level_line(
 
 
 def partial(
-    scan_id: str, frame: Frame, seg: Segmentation, *, label_maps: bool, arrived: float | None = None
+    scan_id: str,
+    frame: Frame,
+    seg: Segmentation,
+    *,
+    label_maps: bool,
+    map_rows: tuple[int, int] | None = None,
+    arrived: float | None = None,
 ) -> Document:
     """``seg.partial``: :meth:`LiveSegmenter.segment` of a scan in progress.
 
-    With ``label_maps`` the class map of the rows done goes along (upward
+    With ``label_maps`` a class map goes along: of the display rows
+    ``map_rows`` (the rows the live path rewrote since the previous partial,
+    ``LiveSegmenter.changed_rows``), or of every row done when None (upward
     scans fill the image from the bottom: the rows done are the last ones).
+    A subscriber pastes each partial's rows into its copy of the map.
     """
     rows_done = int(seg.rows_done or 0)
-    row0 = frame.rows - rows_done if frame.scan_direction == "up" else 0
-    cmap = np.ascontiguousarray(seg.class_map[row0:row0 + rows_done]) if label_maps else None
+    if map_rows is None:
+        row0 = frame.rows - rows_done if frame.scan_direction == "up" else 0
+        map_rows = (row0, row0 + rows_done)
+    cmap = np.ascontiguousarray(seg.class_map[map_rows[0]:map_rows[1]]) if label_maps else None
     header = seg_header(
         scan_id=scan_id, rows_done=rows_done, rows=frame.rows, cols=frame.cols, width_m=frame.width_m,
         height_m=frame.height_m, model_id=seg.model_id, model_name=seg.model_name, classes=seg.classes,
-        detections=seg.detections, map_rows=(row0, row0 + rows_done) if cmap is not None else None,
-        where=position(frame),
+        detections=seg.detections, map_rows=map_rows if cmap is not None else None, where=position(frame),
     )
     return Document(SEG_PARTIAL, header, cmap, {"arrived": arrived} if arrived is not None else _EMPTY)
 
