@@ -74,7 +74,7 @@ class _Listener(threading.Thread):
                     self.partials.append(time.monotonic())
 
 
-def _send_hostile(name: str, ctx: zmq.Context[Any], ingest: str, watch: Path) -> list[str]:
+def _send_hostile(name: str, ctx: zmq.Context[Any], ingest: str, watch: Path, halfway: threading.Event) -> list[str]:
     """Send the scenario's input; return the scan ids that must end processed or reported."""
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 5000)
@@ -97,10 +97,15 @@ def _send_hostile(name: str, ctx: zmq.Context[Any], ingest: str, watch: Path) ->
             base[0, 0] = n  # another content each time
             pub.send_multipart(encode_frame(FrameMessage(info, base)), copy=False)
             ids.append(f"big{n}")
+            if n == 3:
+                halfway.set()
     else:
         for n in range(50_000):
             pub.send_multipart([b"stm.line", b'{"v": 1, "scan_id": "junk"}', str(n).encode()])
+            if n == 25_000:
+                halfway.set()
         ids = []
+    halfway.set()
     pub.close()
     return ids
 
@@ -140,11 +145,12 @@ def run_scenario(name: str, line_time: float, timeout_s: float) -> dict[str, Any
             listener.start()
             started: list[float] = []
             t0 = time.monotonic()
+            halfway = threading.Event()
             hostile = threading.Thread(target=lambda: ids.extend(
-                _send_hostile(name, ctx, state["endpoints"]["ingest"], watch)))
+                _send_hostile(name, ctx, state["endpoints"]["ingest"], watch, halfway)))
             ids: list[str] = []
             hostile.start()
-            time.sleep(1.0)  # the live scan starts in the middle of the hostile input
+            halfway.wait()  # the live scan starts in the middle of the hostile input
             live = threading.Thread(target=_live_scan, args=(state["endpoints"]["ingest"], line_time, started))
             live.start()
             peak = 0.0
@@ -172,7 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], default=list(SCENARIOS))
     parser.add_argument("--line-time", type=float, default=0.01, help="seconds per line of the live scan")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per scenario at most")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per scenario at most")
     args = parser.parse_args()
     print(_machine())
     print(_load(), "(before)")

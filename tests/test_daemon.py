@@ -34,7 +34,7 @@ from daemon_kit import (
     summary,
     wait_until,
 )
-from tiny_models import bumps_image
+from tiny_models import bumps_image, write_tiny_model
 from zmq_sockets import SocketFactory, make_socket_fixture  # noqa: F401 - the make_socket fixture
 
 from stm_live.cli import main
@@ -594,3 +594,35 @@ def test_demo_runs_the_main_job_and_says_where_the_results_are(
     assert seen and 16 <= seen[0] < 32 and seen == sorted(seen), out
     assert f"results in {results}" in out and "overlay of demo-0001" in out
     assert len(list((results / "frames").glob("demo-*.png"))) == 2
+
+
+def test_the_model_is_swapped_without_a_restart_and_the_scan_in_progress_uses_it(
+    tmp_path: Path, make_daemon: Callable[..., Daemon], make_socket: SocketFactory
+) -> None:
+    daemon = make_daemon()
+    assert daemon.publish_endpoint and daemon.ingest_endpoint and daemon.model is not None
+    old_id = daemon.model.id
+    other = tmp_path / "other.onnx"
+    write_tiny_model(other, nm_per_px=0.2, input_scale="std")  # another normalisation: another model id
+    new_model = SegmentationModel(other, provider="cpu")
+    assert new_model.id != old_id
+    sub = Subscriber(make_socket, daemon.publish_endpoint)
+    sub.wait_heartbeat()
+    frame = bumps_frame()
+    info = scan_info(frame, "swap")
+    with bridge(make_socket, daemon.ingest_endpoint) as streamer:
+        for row in range(64):
+            streamer.send(_line_parts(info, row, frame.data[row]))
+        sub.wait_for(lambda m: isinstance(m, SegMessage) and m.scan_id == "swap" and m.rows_done == 64,
+                     what="the partial of the first half")
+        daemon.use_model(new_model, reason="test")
+        swapped = sub.wait_for(lambda m: isinstance(m, SegMessage) and m.scan_id == "swap" and m.model_id != old_id,
+                               what="a partial from the new model before any new line")
+        assert swapped.rows_done == 64 and swapped.model_id == new_model.id
+        for row in range(64, frame.rows):
+            streamer.send(_line_parts(info, row, frame.data[row]))
+        final = sub.wait_for(frame_done("swap"), what="the final result")
+    assert final.model_id == new_model.id
+    wait_until(lambda: events(daemon.results_dir, "model"), what="the swap in the event log")
+    event = events(daemon.results_dir, "model")[0]
+    assert event["old"]["id"] == old_id and event["new"]["id"] == new_model.id and event["reason"] == "test"

@@ -204,6 +204,10 @@ class FramesWorker:
         self._recheck = recheck
         self._clock = clock
 
+    def use_model(self, model: SegmentationModel) -> None:
+        """Segment with ``model`` from the next frame on (thread-safe: the frame in flight keeps its model)."""
+        self.model = model
+
     def run(self) -> None:
         while True:
             job = self.inbox.get(0.5)
@@ -292,10 +296,11 @@ class FramesWorker:
         on_stored: Callable[[], None] | None,
     ) -> None:
         cfg = self.config
-        reason = applicability(self.model, frame, max_upsample=cfg.limits.max_upsample)
+        model = self.model  # one model for the whole frame, even if it is swapped meanwhile
+        reason = applicability(model, frame, max_upsample=cfg.limits.max_upsample)
         if reason is None:
             try:
-                seg = segment_frame(self.model, frame, min_score=cfg.model.min_score,
+                seg = segment_frame(model, frame, min_score=cfg.model.min_score,
                                     min_area_nm2=cfg.model.min_area_nm2, tile_model_px=cfg.limits.tile_model_px)
             except Exception as exc:  # the model cannot take this frame: say why, once, and store that
                 log.error("%s (%s): cannot segment it: %s: %s", scan_id, source, type(exc).__name__, exc)
@@ -307,6 +312,6 @@ class FramesWorker:
                                              on_stored=on_stored))
                 return
         log.info("%s (%s): %s", scan_id, source, reason)
-        self._emit(docs.not_segmented(scan_id, frame, model_id=self.model.id, model_name=self.model.name,
+        self._emit(docs.not_segmented(scan_id, frame, model_id=model.id, model_name=model.name,
                                       reason=reason, source=source, complete=complete, sha256=sha256,
                                       arrived=arrived, on_stored=on_stored))

@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+import numpy as np
+
 from ..config import Config
 from ..errors import ModelError, WireError
 from ..ingest.assemble import LineAdded, LineAssembler, MessageIgnored, ScanFinished
@@ -131,6 +133,7 @@ class LiveWorker:
         self._counters = counters
         self._clock = clock
         self._channel = channel_key(config.input.channel)
+        self._next_model: SegmentationModel | None = None
         self.assembler = LineAssembler(
             max_open_scans=config.ingest.max_open_scans, scan_timeout_s=config.ingest.scan_timeout_s,
             max_bytes=config.limits.assembler_mb << 20, scan_type=LiveScan, clock=clock,
@@ -138,11 +141,40 @@ class LiveWorker:
 
     # ------------------------------------------------------------------ loop
 
+    def use_model(self, model: SegmentationModel) -> None:
+        """Segment with ``model`` from the next batch on (thread-safe); open scans' live results switch at once."""
+        self._next_model = model
+
+    def _swap_model(self) -> None:
+        model, self._next_model = self._next_model, None
+        if model is None:
+            return
+        self.model = model
+        for scan in self.assembler.scans():
+            assert isinstance(scan, LiveScan)
+            if scan.leveller is None:
+                continue
+            # Rebuild the scan's live path on the new model from the lines it has (in scan order): the
+            # current partial result already comes from the new model.
+            scan.leveller = scan.segmenter = None
+            self._start_live(scan, announce=False)
+            rows = np.flatnonzero(scan.received)
+            for row in rows[::-1] if scan.scan_direction == "up" else rows:
+                assert scan.leveller is not None
+                levelled = scan.leveller.push(scan.data[row])
+                if scan.segmenter is not None:
+                    scan.segmenter.add_row(int(row), levelled)
+            scan.new_lines = max(scan.new_lines, 1)
+        log.info("live path now uses model %s [%s]", model.name, model.id)
+
     def run(self, lines: ByteQueue[Received], recovered: list[JournalFile]) -> None:
         """Serve ``lines`` until it is closed and empty; first continue the scans ``recovered`` from the journal."""
         self._safely("recovering the scan journal", self.recover, recovered)
         next_expire = self._clock() + 1.0
         while True:
+            if self._next_model is not None:
+                self._safely("switching the model", self._swap_model)
+                self._safely("segmenting partial frames", self.publish_partials)
             batch = lines.get_batch(0.5, BATCH)
             for received in batch:
                 self._safely("handling a message", self.ingest, received)
@@ -222,7 +254,7 @@ class LiveWorker:
             scan.new_lines += 1
             scan.arrived = event.arrived
 
-    def _start_live(self, scan: LiveScan) -> None:
+    def _start_live(self, scan: LiveScan, *, announce: bool = True) -> None:
         cfg = self.config
         frame = scan.frame()
         scan.leveller = LineLeveller(
@@ -246,7 +278,8 @@ class LiveWorker:
                 )
             except (ValueError, ModelError) as exc:
                 log.warning("scan %s: no live results (%s); the finished frame is still segmented", scan.key[0], exc)
-        self._emit(docs.scan_started(scan.key[0], frame))
+        if announce:
+            self._emit(docs.scan_started(scan.key[0], frame))
 
     def publish_partials(self) -> None:
         cadence = self.config.live.cadence_lines

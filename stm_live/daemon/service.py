@@ -384,6 +384,31 @@ class Daemon:
 
         return restore
 
+    def use_model(self, model: SegmentationModel, **context: Any) -> None:
+        """Swap the running model without a restart (thread-safe): teach-in, a model adapted meanwhile.
+
+        The live path switches before its next batch of lines, rebuilding the
+        partial result of every open scan on the new model; the whole-frame
+        path from the next frame (the frame in flight keeps its model). An
+        ``event`` ``model`` records the swap (old and new ids, and ``context``).
+
+        Raises
+        ------
+        ModelError
+            ``model`` has no head (a bare encoder cannot segment).
+        """
+        if not model.has_head:
+            raise ModelError(f"{model.path}: a bare encoder cannot segment; make a model from it with `stm-live adapt`")
+        old = self.model
+        self.model = model
+        if self.live is not None:
+            self.live.use_model(model)
+        if self.frames is not None:
+            self.frames.use_model(model)
+        self.emit(docs.event("model", old={"id": old.id, "name": old.name} if old else None,
+                             new={"id": model.id, "name": model.name, "classes": list(model.classes)}, **context))
+        log.info("model now %s [%s] (was %s)", model.name, model.id, old.id if old else None)
+
     # ------------------------------------------------------------ inputs from the watcher
 
     def _on_file(self, ready: ReadyFile) -> None:
