@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "run": "run",
     "status": "status",
     "demo": "demo",
+    "keys": "keys",
 }
 
 EXIT_USAGE = 2
