@@ -275,6 +275,35 @@ class ResultsSection(_Section):
     events_backups: Annotated[int, Range(0, 100)] = 5
 
 
+class SecuritySection(_Section):
+    """ZeroMQ CURVE authentication of the daemon's sockets and of stm-live's own clients (:mod:`stm_live.security`)."""
+
+    server_secret_key: Path | None = None
+    allowed_clients: Path | None = None
+    server_public_key: Path | None = None
+    client_secret_key: Path | None = None
+    insecure: bool = False
+
+    @field_validator("allowed_clients")
+    @classmethod
+    def _check_allowed(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        server = info.data.get("server_secret_key")
+        if server is not None and value is None:
+            raise ValueError("required when security.server_secret_key is set: the folder of the allowed "
+                             "clients' public keys (NAME.key files from `stm-live keys`)")
+        if server is None and value is not None:
+            raise ValueError("has no effect without security.server_secret_key (the daemon's key pair)")
+        return value
+
+    @field_validator("client_secret_key")
+    @classmethod
+    def _check_client(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if (info.data.get("server_public_key") is None) != (value is None):
+            raise ValueError("security.server_public_key and security.client_secret_key go together: "
+                             "a client needs the daemon's public key and its own key pair")
+        return value
+
+
 class LogSection(_Section):
     """Logging of the service."""
 
@@ -294,6 +323,7 @@ class Config(_Section):
     limits: LimitsSection = LimitsSection()
     results: ResultsSection = ResultsSection()
     log: LogSection = LogSection()
+    security: SecuritySection = SecuritySection()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able form (paths as strings)."""

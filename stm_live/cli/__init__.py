@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "run": "run",
     "status": "status",
     "demo": "demo",
+    "keys": "keys",
 }
 
 EXIT_USAGE = 2

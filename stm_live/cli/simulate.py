@@ -71,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     stream.add_argument("--line-time", type=float, default=0.05, metavar="S", help="seconds per line (0.05)")
     stream.add_argument("--wait-s", type=float, default=30.0, metavar="S",
                         help="how long to wait for the daemon to subscribe (30)")
+    stream.add_argument("--config", type=Path, metavar="PATH",
+                        help="configuration whose security section holds this client's CURVE keys "
+                             "(default: $STM_LIVE_CONFIG, else ./config.yaml)")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -132,8 +135,11 @@ def _run_paced(args: argparse.Namespace) -> int:
 
 
 def _run_zmq(args: argparse.Namespace) -> int:
+    from ..config import load_config
     from ..sim.stream import LineStreamer
     from ..sim.truth import write_truth
+
+    security = load_config(args.config).security
 
     def frames() -> Iterator[tuple[str, Frame]]:
         for stem, scan in _scans(args):
@@ -142,10 +148,10 @@ def _run_zmq(args: argparse.Namespace) -> int:
             yield stem, scan.frame("Z", "forward")
 
     log.info("streaming %d %s scan(s) to %s, %.3g s per line", args.count, args.surface, args.zmq, args.line_time)
-    with LineStreamer(args.zmq, connect_timeout_s=args.wait_s) as streamer:
+    with LineStreamer(args.zmq, connect_timeout_s=args.wait_s, security=security) as streamer:
         try:
             streamer.stream(frames(), line_time_s=args.line_time)
-        except TimeoutError as exc:
+        except (TimeoutError, ConnectionRefusedError) as exc:
             raise ConfigError(str(exc)) from None
     return 0
 

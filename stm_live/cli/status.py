@@ -7,13 +7,17 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..config import SecuritySection
 
 HELP = "show the daemon's live state (from its heartbeat or its state file)"
 DESCRIPTION = (
     "Show whether the stm-live daemon is running and its counters, queues and model: from the state file in "
     "the results folder (default: results.dir of the configuration), or, with --endpoint, from the next "
-    "status heartbeat on the publish socket. Exit status 0 when it is running, 1 when it is not."
+    "status heartbeat on the publish socket (a CURVE client when the configuration's security section "
+    "has this client's keys). Exit status 0 when it is running, 1 when it is not."
 )
 
 EXIT_NOT_RUNNING = 1
@@ -65,25 +69,31 @@ def _from_state_file(results: Path) -> tuple[dict[str, Any], bool]:
     return state, running
 
 
-def _from_heartbeat(endpoint: str, timeout_s: float) -> tuple[dict[str, Any], bool]:
+def _from_heartbeat(endpoint: str, timeout_s: float, security: SecuritySection) -> tuple[dict[str, Any], bool]:
     import zmq
 
     from ..errors import StmLiveError, WireError
+    from ..security import HandshakeWatch, secure_client
     from ..wire import decode_status
 
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
+    handshake = None
     try:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, b"status")
+        handshake = HandshakeWatch(sub, curve=secure_client(sub, security))
         try:
             sub.connect(endpoint)
         except zmq.ZMQError as exc:
             raise StmLiveError(f"--endpoint {endpoint}: {exc}") from None
         deadline = time.monotonic() + timeout_s
         while (remaining := deadline - time.monotonic()) > 0:
-            if not sub.poll(int(remaining * 1000) + 1):
-                break
+            if not sub.poll(int(min(remaining, 0.1) * 1000) + 1):
+                failure = handshake.failure()
+                if failure is not None:  # refused: waiting for the heartbeat would not help
+                    raise StmLiveError(f"--endpoint {endpoint}: {failure}")
+                continue
             try:
                 msg = decode_status(sub.recv_multipart())
             except WireError:
@@ -97,6 +107,8 @@ def _from_heartbeat(endpoint: str, timeout_s: float) -> tuple[dict[str, Any], bo
             return state, True
         return {"state": "no heartbeat", "endpoints": {"publish": endpoint}, "waited_s": timeout_s}, False
     finally:
+        if handshake is not None:
+            handshake.close()
         sub.close(linger=0)
         ctx.term()
 
@@ -149,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.endpoint:
         timeout = args.timeout if args.timeout is not None else max(3.0 * config.publish.heartbeat_s, 1.0)
-        state, running = _from_heartbeat(args.endpoint, timeout)
+        state, running = _from_heartbeat(args.endpoint, timeout, config.security)
     else:
         results = args.results if args.results is not None else Path(config.results.dir)
         state, running = _from_state_file(results)

@@ -13,12 +13,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import zmq
 
 from ..errors import WireError
+from ..security import make_server_socket
 from ..wire import MAX_PIXELS, IngestMessage, decode_ingest
+
+if TYPE_CHECKING:
+    from ..config import SecuritySection
 
 __all__ = ["LineSource", "Received"]
 
@@ -56,26 +60,41 @@ class LineSource:
     @classmethod
     def bind(
         cls, context: zmq.Context[Any], endpoint: str, *, rcv_hwm: int = 10000,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, security: SecuritySection | None = None,
     ) -> LineSource:
         """Bind a SUB socket at ``endpoint`` (config ``ingest.endpoint``, ``ingest.rcv_hwm``).
+
+        With ``security`` (config ``security``), the address is checked
+        (:func:`stm_live.security.check_bind`: no network address without
+        CURVE unless ``insecure``) and the socket is a CURVE server when
+        ``security.server_secret_key`` is set; start the authenticator
+        (:func:`stm_live.security.start_authenticator`) on ``context`` first.
 
         Raises
         ------
         zmq.ZMQError
             The endpoint cannot be bound (in use, bad address).
+        ConfigError
+            With ``security``: a network address without CURVE, or an unusable key file.
         OverflowError, TypeError
             ``rcv_hwm`` is not a C int (the configuration's range prevents it).
 
         On any error the socket is closed before the error propagates: an
         open socket would make ``Context.term()`` wait for it forever.
         """
-        sock = context.socket(zmq.SUB)
-        try:
-            sock.setsockopt(zmq.LINGER, 0)
+
+        def configure(sock: zmq.Socket[Any]) -> None:
             sock.setsockopt(zmq.RCVHWM, rcv_hwm)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_PART_BYTES)
             sock.setsockopt(zmq.SUBSCRIBE, b"")
+
+        if security is not None:
+            return cls(make_server_socket(context, zmq.SUB, endpoint, security, what="ingest.endpoint",
+                                          configure=configure), clock=clock)
+        sock = context.socket(zmq.SUB)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            configure(sock)
             sock.bind(endpoint)
         except BaseException:
             sock.close(linger=0)

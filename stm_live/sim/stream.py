@@ -14,7 +14,10 @@ bottom row first for an upward one) and ends with ``stm.end``, protocol v1
   subscription has reached it (the "slow joiner"), and waiting for the
   subscription instead of sleeping a fixed time is what makes the first line
   of the first scan arrive. The same happens again after the daemon
-  restarts: the stream pauses until the new subscription is in.
+  restarts: the stream pauses until the new subscription is in. With the
+  ``security`` configuration it is a CURVE client of the daemon
+  (:func:`stm_live.security.secure_client`), and a refused key is an error
+  that says so, not an endless wait.
 
 Clock and sleep are injected so that tests can run it without waiting.
 """
@@ -27,13 +30,17 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
 
 from ..frame import Frame
+from ..security import HandshakeWatch, secure_client
 from ..wire import EndMessage, LineMessage, ScanInfo, encode_end, encode_line
+
+if TYPE_CHECKING:
+    from ..config import SecuritySection
 
 __all__ = ["LineStreamer", "StreamedScan", "frame_messages", "scan_info"]
 
@@ -132,6 +139,13 @@ class LineStreamer:
         How long to wait for the daemon's subscription before giving up.
     clock, sleep : callable
         Monotonic seconds and sleeping; injectable for tests.
+    security : SecuritySection, optional
+        Config ``security``: with ``server_public_key`` and
+        ``client_secret_key`` set, the socket is a CURVE client of the daemon.
+        Given at all (even with CURVE off), a failed handshake (key refused,
+        CURVE on one side only) ends :meth:`wait_for_daemon` with
+        ``ConnectionRefusedError`` instead of a wait; close with :meth:`close`
+        (it closes the socket that watches the handshakes too).
     """
 
     def __init__(
@@ -142,6 +156,7 @@ class LineStreamer:
         connect_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        security: SecuritySection | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.connect_timeout_s = connect_timeout_s
@@ -149,9 +164,18 @@ class LineStreamer:
         self._sleep = sleep
         ctx = context if context is not None else zmq.Context.instance()
         self.socket = ctx.socket(zmq.XPUB)
-        self.socket.setsockopt(zmq.SNDHWM, _SEND_HWM)
-        self.socket.setsockopt(zmq.LINGER, 2000)  # lines already sent still go out when closing
-        self.socket.connect(endpoint)
+        try:
+            self.socket.setsockopt(zmq.SNDHWM, _SEND_HWM)
+            self.socket.setsockopt(zmq.LINGER, 2000)  # lines already sent still go out when closing
+            # With security settings (even "off"), failed handshakes are watched: a client the daemon
+            # refuses then says why instead of waiting. close() closes the watch's socket too.
+            self._handshake = None if security is None else HandshakeWatch(
+                self.socket, curve=secure_client(self.socket, security)
+            )
+            self.socket.connect(endpoint)
+        except BaseException:
+            self.socket.close(linger=0)
+            raise
         self._subscribed = False
 
     # -- the slow joiner ----------------------------------------------------
@@ -166,11 +190,21 @@ class LineStreamer:
                 self._subscribed = False
 
     def wait_for_daemon(self, timeout_s: float | None = None) -> bool:
-        """Block until the daemon's subscription has arrived (up to ``timeout_s``); True if it has."""
+        """Block until the daemon's subscription has arrived (up to ``timeout_s``); True if it has.
+
+        Raises
+        ------
+        ConnectionRefusedError
+            The handshake with the daemon failed (key not allowed, CURVE on
+            one side only): waiting longer would not help.
+        """
         timeout_s = self.connect_timeout_s if timeout_s is None else timeout_s
         deadline = self._clock() + timeout_s
         self._read_subscriptions(0)
         while not self._subscribed:
+            failure = self._handshake.failure() if self._handshake is not None else None
+            if failure is not None:
+                raise ConnectionRefusedError(failure)
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return False
@@ -215,6 +249,8 @@ class LineStreamer:
         ------
         TimeoutError
             No daemon subscribed within ``connect_timeout_s``.
+        ConnectionRefusedError
+            The daemon refused the connection (see :meth:`wait_for_daemon`).
         """
         if not (line_time_s >= 0 and math.isfinite(line_time_s)):
             raise ValueError(f"line_time_s must be a finite number >= 0, got {line_time_s!r}")
@@ -248,6 +284,8 @@ class LineStreamer:
 
     def close(self) -> None:
         """Close the socket, giving queued lines up to 2 s to leave."""
+        if self._handshake is not None:
+            self._handshake.close()
         self.socket.close()
 
     def __enter__(self) -> LineStreamer:
