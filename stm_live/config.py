@@ -223,6 +223,9 @@ class IngestSection(_Section):
     max_open_scans: Annotated[int, Range(1, 1024)] = 4
     scan_timeout_s: Seconds = 600.0
     rcv_hwm: Messages = 10000
+    max_messages_per_s: Annotated[float, Range(1.0, 1e6, unit="messages/s")] = 5000.0
+    max_new_scans_per_min: Annotated[int, Range(1, 100_000)] = 30
+    max_mb_per_hour: Annotated[int, Range(1, 1 << 20, unit="MB")] = 16384
 
     @field_validator("endpoint")
     @classmethod

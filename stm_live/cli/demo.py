@@ -137,7 +137,7 @@ class _Printer:
             self.say(f"  against the simulator's ground truth (within {_MATCH_NM} nm): " + "; ".join(scores))
 
 
-def _stream(args: argparse.Namespace, endpoint: str, truth: dict[str, tuple[Instance, ...]],
+def _stream(args: argparse.Namespace, endpoint: str, security: Any, truth: dict[str, tuple[Instance, ...]],
             cancel: threading.Event, failure: list[BaseException]) -> None:
     """The simulated microscope (its own thread): simulate each scan, stream its lines."""
     from ..sim import simulate_scan
@@ -155,7 +155,7 @@ def _stream(args: argparse.Namespace, endpoint: str, truth: dict[str, tuple[Inst
             raise _Cancelled
 
     try:
-        with LineStreamer(endpoint, connect_timeout_s=30.0, sleep=sleep) as streamer:
+        with LineStreamer(endpoint, connect_timeout_s=30.0, sleep=sleep, security=security) as streamer:
             streamer.stream(frames(), line_time_s=args.line_time)
     except _Cancelled:
         pass
@@ -180,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..daemon import Daemon
     from ..errors import StmLiveError
+    from ..security import secure_client
     from ..wire import SegMessage, decode
     from .run import overrides
 
@@ -201,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
     failure: list[BaseException] = []
     context = zmq.Context()
     sub = context.socket(zmq.SUB)
+    secure_client(sub, config.security)  # CURVE when the configuration has client keys
     microscope: threading.Thread | None = None
     interrupted = False
     try:
@@ -222,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
             f"  every {args.every} lines: features so far per class | latency (line arrival to result) | new ones "
             "(x, y in nm from the top-left corner)"
         )
-        microscope = threading.Thread(target=_stream, args=(args, daemon.ingest_endpoint, truth, cancel, failure),
+        microscope = threading.Thread(target=_stream, args=(args, daemon.ingest_endpoint, config.security, truth,
+                                                            cancel, failure),
                                       name="stm-live-demo-microscope", daemon=True)
         microscope.start()
         quiet_since: float | None = None

@@ -45,6 +45,7 @@ from ..publish import documents as docs
 from ..publish.documents import Document
 from ..publish.sinks import Counters
 from ..wire import FrameMessage, LineMessage
+from .admission import Admission
 from .frames import FrameInbox, StreamJob
 from .queues import ByteQueue
 from .scans import LiveScan, replay_finished
@@ -67,7 +68,12 @@ def channel_key(name: str) -> str:
 
 
 class Receiver:
-    """The receiver thread's loop: socket -> live queue; never waits on the live worker."""
+    """The receiver thread's loop: socket -> live queue; never waits on the live worker.
+
+    Each message is admitted against its source's limits first
+    (:class:`~stm_live.daemon.admission.Admission`); refusals are reported,
+    and logged at most once a minute per source and reason.
+    """
 
     def __init__(
         self,
@@ -77,12 +83,17 @@ class Receiver:
         emit: Callable[[Document], None],
         counters: Counters,
         stop: threading.Event,
+        admission: Admission | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
         self.lines = lines
         self._emit = emit
         self._counters = counters
         self._stop = stop
+        self._admission = admission
+        self._clock = clock
+        self._said: dict[tuple[str, str], float] = {}
 
     def run(self) -> None:
         try:
@@ -98,10 +109,16 @@ class Receiver:
                     continue
                 self._counters.add("messages")
                 if received.error is not None or received.message is None:
-                    self._emit(docs.bad_input("zmq", str(received.error), kind="message", n_bytes=received.n_bytes))
+                    self._emit(docs.bad_input(received.source, str(received.error), kind="message",
+                                              n_bytes=received.n_bytes))
+                    continue
+                msg = received.message
+                scan_id = getattr(getattr(msg, "scan", msg), "scan_id", None)
+                refusal = None if self._admission is None else self._admission.check(
+                    received.source, received.arrived, scan_id=scan_id, n_bytes=received.n_bytes)
+                if refusal is not None:
+                    self._refuse(received, scan_id, refusal)
                 elif not self.lines.put(received, received.n_bytes):
-                    msg = received.message
-                    scan_id = getattr(getattr(msg, "scan", msg), "scan_id", None)
                     self._emit(docs.bad_input(
                         "zmq", f"refused: {self.lines.nbytes >> 20} MB of received messages already wait for the "
                         f"live worker (limits.ingest_queue_mb = {self.lines.max_bytes >> 20})",
@@ -109,6 +126,21 @@ class Receiver:
                     ))
         finally:
             self.lines.close()  # the live worker ends after the last message received
+
+    def _refuse(self, received: Received, scan_id: str | None, reason: str) -> None:
+        """Counted every time; a document (event log, console) at most once a minute per source and reason."""
+        self._counters.add("errors")
+        self._counters.add("refused")
+        key = (received.source, reason.split(";")[0].split(" (scan")[0])
+        now = self._clock()
+        if now - self._said.get(key, -1e9) < 60.0:
+            return
+        self._said[key] = now
+        if len(self._said) > 4096:
+            self._said.clear()
+        self._emit(docs.event("refused", source=received.source, scan_id=scan_id, reason=reason,
+                              bytes=received.n_bytes))
+        log.warning("refused from %s: %s (said once a minute)", received.source, reason)
 
 
 class LiveWorker:

@@ -57,6 +57,8 @@ from ..publish.events import EventLog
 from ..publish.sinks import ConsoleSink, Counters, EventLogSink, StoreSink, ZmqSink
 from ..publish.socket import Publisher
 from ..publish.store import ResultStore
+from ..security import start_authenticator
+from .admission import Admission, SourceLimits
 from .frames import FileJob, FrameInbox, FramesWorker
 from .live import LiveWorker, Receiver
 from .queues import ByteQueue
@@ -208,6 +210,8 @@ class Daemon:
         self.journal = ScanJournal(self.results_dir / "journal")
         if self._context is None:
             self._context = zmq.Context()
+        # CURVE: the ZAP handler runs before any server socket exists (they refuse clients without it).
+        self._auth = start_authenticator(self._context, cfg.security)
         sink_bytes = cfg.limits.sink_queue_mb << 20
         bus = self.bus
         bus.subscribe("counters", self.counters, inline=True)
@@ -217,7 +221,8 @@ class Daemon:
                       max_bytes=cfg.limits.store_queue_mb << 20)
         if cfg.publish.endpoint:
             self.publisher = self._bind("publish.endpoint", cfg.publish.endpoint,
-                                        lambda ep: Publisher.bind(self._ctx, ep, send_hwm=cfg.publish.send_hwm))
+                                        lambda ep: Publisher.bind(self._ctx, ep, send_hwm=cfg.publish.send_hwm,
+                                                                  security=cfg.security))
             self._endpoints["publish"] = self.publisher.endpoint
             bus.subscribe("zmq", ZmqSink(self.publisher, clock=self._clock), topics=ZmqSink.topics,
                           max_bytes=sink_bytes)
@@ -226,7 +231,7 @@ class Daemon:
         if cfg.ingest.endpoint:
             self.source = self._bind("ingest.endpoint", cfg.ingest.endpoint,
                                      lambda ep: LineSource.bind(self._ctx, ep, rcv_hwm=cfg.ingest.rcv_hwm,
-                                                                clock=self._clock))
+                                                                clock=self._clock, security=cfg.security))
             self._endpoints["ingest"] = self.source.endpoint
         bus.start()
         self.live = LiveWorker(cfg, self.model, journal=self.journal, inbox=self.inbox, emit=bus.emit,
@@ -237,8 +242,11 @@ class Daemon:
         self._thread("frames", self.frames.run)
         self._thread("live", self.live.run, self.lines, recovered)
         if self.source is not None:
+            limits = SourceLimits(messages_per_s=cfg.ingest.max_messages_per_s,
+                                  new_scans_per_min=cfg.ingest.max_new_scans_per_min,
+                                  mb_per_hour=cfg.ingest.max_mb_per_hour)
             receiver = Receiver(self.source, self.lines, emit=bus.emit, counters=self.counters,
-                                stop=self._stop_ingest)
+                                stop=self._stop_ingest, admission=Admission(limits), clock=self._clock)
             self._thread("ingest", receiver.run)
         if cfg.watch.folders:
             self.watcher = FolderWatcher(
@@ -254,6 +262,7 @@ class Daemon:
         self._thread("heartbeat", self._heartbeats)
 
     _recovered_count = 0
+    _auth: Any = None
 
     @property
     def _ctx(self) -> zmq.Context[Any]:
@@ -335,6 +344,8 @@ class Daemon:
         for sock in (self.source, self.publisher):
             if sock is not None:
                 sock.close()
+        if self._auth is not None:
+            self._auth.stop()  # after the sockets it serves, before the context ends
         if self._own_context and self._context is not None:
             self._context.term()
         if self.state == "stopping":

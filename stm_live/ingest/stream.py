@@ -33,12 +33,29 @@ MAX_PART_BYTES: Final = MAX_PIXELS * 8 + (1 << 20)
 
 @dataclass(frozen=True, eq=False)
 class Received:
-    """One message from the ingest socket: decoded (``message``) or refused (``error``)."""
+    """One message from the ingest socket: decoded (``message``) or refused (``error``), and who sent it.
+
+    ``source`` is the sender's CURVE key (``"key <z85>"``) when it authenticated, else its
+    network address (``"192.168.1.5"``), else ``"local"`` (ipc, inproc).
+    """
 
     arrived: float
     message: IngestMessage | None
     error: WireError | None
     n_bytes: int
+    source: str = "local"
+
+
+def _source(frame: zmq.Frame) -> str:
+    """Who sent it: the CURVE key it authenticated with, else its network address, else ``local``."""
+    for prop in ("User-Id", "Peer-Address"):
+        try:
+            value = frame.get(prop)
+        except (zmq.ZMQError, ValueError):  # not set for this transport / this libzmq
+            continue
+        if value:
+            return f"key {value}" if prop == "User-Id" else str(value)
+    return "local"
 
 
 class LineSource:
@@ -113,13 +130,15 @@ class LineSource:
         """
         if not self.socket.poll(int(timeout_s * 1000), zmq.POLLIN):
             return None
-        parts = [frame.buffer for frame in self.socket.recv_multipart(copy=False)]  # zero-copy views
+        frames = self.socket.recv_multipart(copy=False)
+        parts = [frame.buffer for frame in frames]  # zero-copy views
         arrived = self._clock()
         n_bytes = sum(p.nbytes for p in parts)
+        source = _source(frames[0])
         try:
-            return Received(arrived, decode_ingest(parts), None, n_bytes)
+            return Received(arrived, decode_ingest(parts), None, n_bytes, source)
         except WireError as exc:
-            return Received(arrived, None, exc, n_bytes)
+            return Received(arrived, None, exc, n_bytes, source)
 
     def close(self) -> None:
         """Close the socket."""

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import zmq
 
+from ..config import SecuritySection
+from ..security import make_server_socket
 from ..wire import Buffer
 
 __all__ = ["Publisher"]
@@ -61,26 +63,36 @@ class Publisher:
         endpoint: str,
         *,
         send_hwm: int = 1000,
-        secure: Callable[[zmq.Socket[Any]], None] | None = None,
+        security: SecuritySection | None = None,
     ) -> Publisher:
         """Bind a new ``XPUB`` socket at ``endpoint`` (config ``publish.endpoint``, ``publish.send_hwm``).
 
-        ``secure`` configures the socket before it binds (CURVE server keys).
-        The socket is closed on any error, so the context can still terminate.
+        With ``security`` (config ``security``) the address is checked (no
+        network address without CURVE unless ``insecure``) and the socket is a
+        CURVE server when keys are configured (start the authenticator on
+        ``context`` first). The socket is closed on any error, so the context
+        can still terminate.
 
         Raises
         ------
         zmq.ZMQError
             The endpoint cannot be bound (in use, bad address).
+        ConfigError
+            With ``security``: a network address without CURVE, or an unusable key file.
         """
-        sock = context.socket(zmq.XPUB)
-        try:
-            sock.setsockopt(zmq.LINGER, 0)
+
+        def configure(sock: zmq.Socket[Any]) -> None:
             sock.setsockopt(zmq.SNDHWM, send_hwm)
             # Without NODROP a full subscriber silently loses messages and send never says so.
             sock.setsockopt(zmq.XPUB_NODROP, 1)
-            if secure is not None:
-                secure(sock)
+
+        if security is not None:
+            return cls(make_server_socket(context, zmq.XPUB, endpoint, security, what="publish.endpoint",
+                                          configure=configure))
+        sock = context.socket(zmq.XPUB)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            configure(sock)
             sock.bind(endpoint)
         except BaseException:
             sock.close(linger=0)
