@@ -1,0 +1,181 @@
+"""Where a batch's results go: one folder per model inside ``--out``.
+
+::
+
+    OUT/<model name>-<model id>/
+        frames/<name>-<sha256[:16]>.json   the result record (the daemon's ResultStore)
+        frames/<name>-<sha256[:16]>.npy    the uint8 class map
+        frames/<name>-<sha256[:16]>.png    the overlay (unless --no-png)
+        frames/<name>-<sha256[:16]>.gwy    the Gwyddion file (unless --no-gwy)
+        processed.jsonl                    what is done, by content hash (ResultStore)
+        bad.jsonl                          files found bad, by content hash, and why
+        detections.csv                     one row per detection of every stored record
+        summary.csv                        the last run's table per folder and class
+
+The processed set is keyed by content hash inside a folder of one model id,
+so a rerun skips what this model has done, and another model starts afresh.
+Only the process that runs the batch writes here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import StmLiveError
+from ..io.gwy import gwy_container, write_gwy
+from ..model.format import ModelInfo
+from ..publish import CLASS_COLOURS, ResultStore
+from .work import FileResult
+
+__all__ = ["BatchStore"]
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def model_folder_name(info: ModelInfo) -> str:
+    """``<name>-<id>`` made file-name safe (pure).
+
+    >>> model_folder_name(ModelInfo(name="si001 ash3", classes=("a",), nm_per_px=0.1, embedding_dim=8, id="7eab7f62"))
+    'si001_ash3-7eab7f62'
+    """
+    name = _UNSAFE.sub("_", info.name).strip("._") or "model"
+    return f"{name}-{_UNSAFE.sub('_', info.id) or 'noid'}"
+
+
+class BatchStore:
+    """The results folder of one model: stored results, the bad-file ledger, the .gwy files.
+
+    Parameters
+    ----------
+    out : path-like
+        ``--out``; the model's folder is made inside it.
+    info : ModelInfo
+        The model (its name and id name the folder).
+    gwy, png : bool
+        Write a ``.gwy`` file / an overlay PNG per frame.
+    fsync : bool
+        Make each result durable before the next (as the daemon does).
+    """
+
+    def __init__(self, out: Path, info: ModelInfo, *, gwy: bool = True, png: bool = True, fsync: bool = True):
+        self.info = info
+        self.dir = Path(out) / model_folder_name(info)
+        try:
+            self.results = ResultStore(self.dir, overlay_png=png, fsync=fsync)
+        except OSError as exc:
+            raise StmLiveError(f"--out {out}: cannot create the results folder {self.dir}: {exc}") from None
+        self.gwy = gwy
+        self.bad_path = self.dir / "bad.jsonl"
+        self._bad = self._load_bad()
+        self._stored = {p.name[-21:-5]: p for p in self.results.frames_dir.glob("*.json")}
+
+    def _load_bad(self) -> dict[str, str]:
+        bad: dict[str, str] = {}
+        try:
+            lines = self.bad_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return bad
+        for n, line in enumerate(lines, start=1):
+            try:
+                entry = json.loads(line)
+                bad[str(entry["sha256"])] = str(entry.get("reason", ""))
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s line %d is damaged; ignored", self.bad_path, n)
+        return bad
+
+    def known(self, sha256: str, *, retry_bad: bool = False) -> str | None:
+        """Why content is skipped (done before, or bad before), or None to segment it."""
+        if self.results.is_processed(sha256):
+            return "done before"
+        if not retry_bad and sha256 in self._bad:
+            return f"found bad before: {self._bad[sha256]}"
+        return None
+
+    def was_bad(self, sha256: str) -> bool:
+        """True when an earlier run found this content bad."""
+        return sha256 in self._bad
+
+    def stored_record(self, sha256: str) -> dict[str, Any] | None:
+        """The stored record of content done before (None if its file is gone)."""
+        path = self._stored.get(sha256[:16])
+        if path is None:
+            return None
+        try:
+            record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every stored record, sorted by source and scan id."""
+        loaded = []
+        for path in self.results.frames_dir.glob("*.json"):
+            try:
+                loaded.append(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                log.warning("%s: not a readable result record; left out of detections.csv", path)
+        yield from sorted(loaded, key=lambda r: (str(r.get("source", "")), str(r.get("scan_id", ""))))
+
+    def close(self) -> None:
+        """Remove the ``quarantine/`` folder ResultStore makes when it stayed empty (a batch moves no input)."""
+        with contextlib.suppress(OSError):
+            self.results.quarantine_dir.rmdir()
+
+    def accept(self, result: FileResult) -> None:
+        """Store a finished file's result, or note a bad one in the ledger.
+
+        Raises
+        ------
+        StmLiveError
+            A result cannot be written (disk full, no permission): the batch stops.
+        """
+        try:
+            if result.status == "done":
+                self._store(result)
+            elif result.status == "bad" and result.sha256 is not None:
+                self._note_bad(result)
+        except OSError as exc:
+            raise StmLiveError(f"cannot write the results of {result.path} in {self.dir}: {exc}") from None
+
+    def _store(self, result: FileResult) -> None:
+        record = result.record
+        assert record is not None and result.class_map is not None
+        stem = self.results.result_stem(record)
+        if self.gwy and result.levelled is not None:
+            image = record["image"]
+            counts = {c: 0 for c in record["classes"]}
+            for d in record["detections"]:
+                counts[d["class"]] = counts.get(d["class"], 0) + 1
+            meta: Mapping[str, object] = {
+                "stm-live source": record["source"],
+                "stm-live sha256": record["sha256"],
+                "stm-live model": f"{record['model']['name']} [{record['model']['id']}]",
+                "stm-live levelling": f"as the model levels ({dict(self.info.levelling).get('method', 'step-aware')})",
+                **{f"stm-live detections {c}": n for c, n in counts.items()},
+            }
+            container = gwy_container(
+                result.levelled, result.class_map, record["classes"], width_m=image["width_nm"] * 1e-9,
+                height_m=image["height_nm"] * 1e-9, unit=result.unit, channel=image["channel"],
+                colours=CLASS_COLOURS, meta=meta,
+            )
+            # Before the record: once the record is stored the file counts as done.
+            write_gwy(self.results.frames_dir / f"{stem}.gwy", container)
+        stored = self.results.store(record, result.class_map, image=result.levelled)
+        self._stored[str(record["sha256"])[:16]] = stored.record
+
+    def _note_bad(self, result: FileResult) -> None:
+        assert result.sha256 is not None
+        line = json.dumps({"sha256": result.sha256, "path": result.path, "reason": result.reason,
+                           "t": round(time.time(), 3)})
+        with open(self.bad_path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+        self._bad[result.sha256] = result.reason
