@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ModelError, StmLiveError
+from ..ingest.watch import file_sha256
 from ..io.detections_csv import write_detections_csv
 from ..model.format import ModelInfo, has_head, load_onnx, read_info
 from .inputs import DEFAULT_PATTERNS, find_inputs
@@ -181,7 +183,10 @@ def run_batch(
     settings = settings or BatchSettings()
     info = model_info(model_path)
     files = [str(p) for p in find_inputs(paths, patterns=patterns, exclude=out)]
-    store = BatchStore(Path(out), info, gwy=gwy, png=png)
+    # What changes the result of every file; array sizes only make bare arrays readable.
+    identity = {"model_sha256": file_sha256(model_path),
+                **{k: v for k, v in dataclasses.asdict(settings).items() if k not in ("width_nm", "height_nm")}}
+    store = BatchStore(Path(out), info, gwy=gwy, png=png, identity=identity)
     report = BatchReport(store.dir, info.classes)
     runner = _runner(model_path, info, settings, scheduler=scheduler, workers=workers, provider=provider,
                      timeout_s=timeout_s)

@@ -9,11 +9,17 @@
         frames/<name>-<sha256[:16]>.gwy    the Gwyddion file (unless --no-gwy)
         processed.jsonl                    what is done, by content hash (ResultStore)
         bad.jsonl                          files found bad, by content hash, and why
+        batch.json                         the model file's hash and the settings the results were made with
         detections.csv                     one row per detection of every stored record
         summary.csv                        the last run's table per folder and class
 
 The processed set is keyed by content hash inside a folder of one model id,
 so a rerun skips what this model has done, and another model starts afresh.
+A model's id does not cover its detection thresholds, nor the batch's
+channel, direction and filters, so ``batch.json`` records them (and the
+model file's SHA-256) and a rerun with others is refused rather than mixed in
+(array sizes, ``--width-nm``, are not recorded: they make bare arrays
+readable, and arrays done before are not redone with other sizes).
 Only the process that runs the batch writes here.
 """
 
@@ -64,19 +70,48 @@ class BatchStore:
         Write a ``.gwy`` file / an overlay PNG per frame.
     fsync : bool
         Make each result durable before the next (as the daemon does).
+    identity : Mapping, optional
+        What the results depend on beyond the model id (the model file's
+        hash, the settings), checked against ``batch.json``.
+
+    Raises
+    ------
+    StmLiveError
+        The folder cannot be made, or holds results made with another
+        model file or other settings.
     """
 
-    def __init__(self, out: Path, info: ModelInfo, *, gwy: bool = True, png: bool = True, fsync: bool = True):
+    def __init__(self, out: Path, info: ModelInfo, *, gwy: bool = True, png: bool = True, fsync: bool = True,
+                 identity: Mapping[str, Any] | None = None):
         self.info = info
         self.dir = Path(out) / model_folder_name(info)
         try:
             self.results = ResultStore(self.dir, overlay_png=png, fsync=fsync)
+            if identity is not None:
+                self._check_identity(dict(identity))
         except OSError as exc:
-            raise StmLiveError(f"--out {out}: cannot create the results folder {self.dir}: {exc}") from None
+            raise StmLiveError(f"--out {out}: cannot use the results folder {self.dir}: {exc}") from None
         self.gwy = gwy
         self.bad_path = self.dir / "bad.jsonl"
         self._bad = self._load_bad()
         self._stored = {p.name[-21:-5]: p for p in self.results.frames_dir.glob("*.json")}
+
+    def _check_identity(self, identity: dict[str, Any]) -> None:
+        path = self.dir / "batch.json"
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            path.write_text(json.dumps(identity, indent=1) + "\n", encoding="utf-8")
+            return
+        except ValueError:
+            raise StmLiveError(f"{path} is damaged; move the folder {self.dir} aside") from None
+        if recorded != json.loads(json.dumps(identity)):
+            changed = ", ".join(f"{k} {recorded.get(k)!r} -> {identity.get(k)!r}" for k in sorted(identity)
+                                if recorded.get(k) != identity.get(k))
+            raise StmLiveError(
+                f"{self.dir} holds results made with another model file or other settings ({changed}); "
+                "give another --out, or the earlier settings"
+            )
 
     def _load_bad(self) -> dict[str, str]:
         bad: dict[str, str] = {}

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -239,7 +240,7 @@ def _with_options(providers: Sequence[str]) -> list[str | tuple[str, dict[str, s
 
 
 def create_session(
-    model: bytes, options: Any, provider: str, *, source: str
+    model: bytes, options: Any, provider: str, *, source: str, available: Sequence[str] | None = None
 ) -> tuple[Any, list[str]]:
     """An onnxruntime session on the best provider that starts, and the providers it runs on.
 
@@ -248,6 +249,21 @@ def create_session(
     ``segment --json``); instead, ending on the CPU although a GPU provider
     was offered is said in one warning line with the reason.
 
+    Parameters
+    ----------
+    model : bytes
+        The ONNX model.
+    options : onnxruntime.SessionOptions
+        Session options.
+    provider : {"auto", "cpu", "cuda"}
+        The choice (:func:`provider_chain`).
+    source : str
+        The model's name for messages (its path).
+    available : sequence of str, optional
+        The providers to choose from; default what the installed onnxruntime
+        offers (given explicitly, a provider the build lacks behaves as one
+        that does not start).
+
     Raises
     ------
     ModelError
@@ -255,13 +271,17 @@ def create_session(
         given), or ``cuda`` was asked for and the CUDA provider did not start.
     """
     ort = import_onnxruntime()
-    chain = provider_chain(provider, ort.get_available_providers())
+    chain = provider_chain(provider, ort.get_available_providers() if available is None else available)
     failures: list[str] = []
     for providers in chain:
         if "TensorrtExecutionProvider" in providers:
             _tensorrt_cache_dir().mkdir(parents=True, exist_ok=True)
         try:
-            session = ort.InferenceSession(model, options, providers=_with_options(providers), enable_fallback=0)
+            with warnings.catch_warnings(record=True) as said:
+                # onnxruntime warns (Python warnings) about providers it does not have; they are
+                # part of the one line below instead.
+                warnings.simplefilter("always")
+                session = ort.InferenceSession(model, options, providers=_with_options(providers), enable_fallback=0)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/EPFail types
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             failures.append(f"{providers[0]}: {first_line}")
@@ -272,7 +292,8 @@ def create_session(
         if active[0] != providers[0]:
             # The provider's library loaded but could not start (no device, CUDA/cuDNN missing):
             # onnxruntime then leaves it out of the session, which still works on what remains.
-            failures.append(f"{providers[0]}: did not start (the session runs on {', '.join(active)})")
+            detail = "; ".join(str(w.message) for w in said) or f"the session runs on {', '.join(active)}"
+            failures.append(f"{providers[0]}: did not start ({detail})")
         if provider == "cuda" and active[0] == CPU_PROVIDER:
             raise ModelError(f"{source}: model.provider is 'cuda' but CUDA did not start: {'; '.join(failures)}")
         if active[0] == CPU_PROVIDER and failures:
