@@ -461,6 +461,7 @@ def test_the_command_prints_the_summary_and_reports_mistakes_in_one_line(
     assert "bare encoder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_an_unreachable_scheduler_is_one_clear_line(tiny: SimpleNamespace) -> None:
     pytest.importorskip("distributed", reason="Dask distributed is not installed (the batch extra)")
     run = stm_live("batch", str(tiny.data), "--out", str(tiny.out), "--model", str(tiny.model),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import logging
@@ -104,7 +105,7 @@ def _runner(
             "pip install 'stm-live[batch]', or give --workers 0 to segment in this process"
         ) from None
     if workers is None:
-        workers = cores_available() if scheduler is None else 0
+        workers = cores_available() if scheduler is None else 1  # a cluster without workers would wait forever
     return DaskRunner(model_path, info.id, settings, scheduler=scheduler, workers=workers, provider=provider,
                       timeout_s=timeout_s)
 
@@ -194,9 +195,11 @@ def run_batch(
     log.info("%d file(s) to look at, on %s; results in %s", len(files), runner.description, store.dir)
     t0 = time.perf_counter()
     try:
-        with logging_redirect_tqdm(loggers=[logging.getLogger("stm_live")]), tqdm(
-            total=len(files), unit="file", disable=None if progress else True, desc="batch", leave=False
-        ) as bar:
+        bar = tqdm(total=len(files), unit="file", disable=None if progress else True, desc="batch", leave=False)
+        # Log lines go through the bar while it is shown, so that they do not tear it.
+        redirect = logging_redirect_tqdm(loggers=[logging.getLogger("stm_live")]) if not bar.disable else (
+            contextlib.nullcontext())
+        with redirect, bar:
             for result in runner.results(files, lambda sha: store.known(sha, retry_bad=retry_bad)):
                 store.accept(result)
                 status, record = result.status, result.record

@@ -85,13 +85,14 @@ class BatchStore:
                  identity: Mapping[str, Any] | None = None):
         self.info = info
         self.dir = Path(out) / model_folder_name(info)
+        self.gwy = gwy
+        self._identity_pending: dict[str, Any] | None = None
         try:
             self.results = ResultStore(self.dir, overlay_png=png, fsync=fsync)
             if identity is not None:
                 self._check_identity(dict(identity))
         except OSError as exc:
             raise StmLiveError(f"--out {out}: cannot use the results folder {self.dir}: {exc}") from None
-        self.gwy = gwy
         self.bad_path = self.dir / "bad.jsonl"
         self._bad = self._load_bad()
         self._stored = {p.name[-21:-5]: p for p in self.results.frames_dir.glob("*.json")}
@@ -101,7 +102,7 @@ class BatchStore:
         try:
             recorded = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            path.write_text(json.dumps(identity, indent=1) + "\n", encoding="utf-8")
+            self._identity_pending = identity  # written with the first result, not before
             return
         except ValueError:
             raise StmLiveError(f"{path} is damaged; move the folder {self.dir} aside") from None
@@ -184,6 +185,10 @@ class BatchStore:
     def _store(self, result: FileResult) -> None:
         record = result.record
         assert record is not None and result.class_map is not None
+        if self._identity_pending is not None:
+            (self.dir / "batch.json").write_text(json.dumps(self._identity_pending, indent=1) + "\n",
+                                                 encoding="utf-8")
+            self._identity_pending = None
         stem = self.results.result_stem(record)
         if self.gwy and result.levelled is not None:
             image = record["image"]
