@@ -94,11 +94,11 @@ def _hash_task(path: str) -> Hashed | FileResult:
     return hash_file(path)
 
 
-def _segment_task(path: str, sha256: str, settings: BatchSettings, plugin_name: str) -> FileResult:
+def _segment_task(path: str, sha256: str, settings: BatchSettings, plugin_name: str, gwy: bool) -> FileResult:
     plugin = get_worker().plugins[plugin_name]
     assert isinstance(plugin, ModelPlugin) and plugin.model is not None, "the model plugin is not set up"
     with plugin.lock:
-        return segment_file(plugin.model, path, sha256, settings)
+        return segment_file(plugin.model, path, sha256, settings, gwy=gwy)
 
 
 class DaskRunner:
@@ -124,6 +124,8 @@ class DaskRunner:
         onnxruntime provider choice on the workers.
     timeout_s : float
         How long to wait for the scheduler and the workers.
+    gwy : bool
+        Have the workers make a ``.gwy`` file per frame.
 
     Raises
     ------
@@ -141,8 +143,10 @@ class DaskRunner:
         workers: int = 1,
         provider: str = "auto",
         timeout_s: float = 60.0,
+        gwy: bool = True,
     ) -> None:
         self.settings = settings
+        self.gwy = gwy
         self.cluster: LocalCluster | None = None
         threads: int | None
         try:
@@ -210,8 +214,8 @@ class DaskRunner:
             if why is not None:
                 yield FileResult(path, "skipped", value.sha256, reason=why)
                 continue
-            task = client.submit(_segment_task, path, value.sha256, self.settings, self.plugin_name, pure=False,
-                                 priority=10)
+            task = client.submit(_segment_task, path, value.sha256, self.settings, self.plugin_name, self.gwy,
+                                 pure=False, priority=10)
             origin[task.key] = path
             pending.add(task)
 
@@ -226,7 +230,15 @@ class DaskRunner:
                     log.debug("could not unregister %s", self.plugin_name, exc_info=True)
             client.close()
         if self.cluster is not None:
-            self.cluster.close()
+            # A worker slow to exit (a loaded machine) is killed after a few seconds, which Dask
+            # reports as a warning; nothing is lost by then (every result is in), so keep it quiet.
+            nanny = logging.getLogger("distributed.nanny")
+            level = nanny.level
+            nanny.setLevel(logging.ERROR)
+            try:
+                self.cluster.close()
+            finally:
+                nanny.setLevel(level)
 
     def __enter__(self) -> DaskRunner:
         return self

@@ -32,13 +32,17 @@ class LocalRunner:
         onnxruntime provider choice.
     threads : int
         Intra-op threads (0: onnxruntime's default, all cores).
+    gwy : bool
+        Make a ``.gwy`` file per frame.
     """
 
     description = "this process"
 
-    def __init__(self, model_path: Path, settings: BatchSettings, *, provider: str = "auto", threads: int = 0):
+    def __init__(self, model_path: Path, settings: BatchSettings, *, provider: str = "auto", threads: int = 0,
+                 gwy: bool = True):
         self.model = SegmentationModel(model_path, provider=provider, threads=threads)
         self.settings = settings
+        self.gwy = gwy
 
     def results(self, paths: Sequence[str], known: Callable[[str], str | None]) -> Iterator[FileResult]:
         """Each file's :class:`FileResult`, in order; content ``known`` (reason returned) is skipped."""
@@ -52,7 +56,7 @@ class LocalRunner:
                 if why is not None:
                     yield FileResult(path, "skipped", hashed.sha256, reason=why)
                     continue
-                yield segment_file(self.model, path, hashed.sha256, self.settings)
+                yield segment_file(self.model, path, hashed.sha256, self.settings, gwy=self.gwy)
             except Exception as exc:  # a bug, not a bad file; still never fatal for the batch
                 log.exception("%s: unexpected error", path)
                 yield FileResult(path, "bad", reason=f"unexpected error: {exc!r}")

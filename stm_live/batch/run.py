@@ -91,12 +91,12 @@ def model_info(model_path: Path) -> ModelInfo:
 
 def _runner(
     model_path: Path, info: ModelInfo, settings: BatchSettings, *, scheduler: str | None, workers: int | None,
-    provider: str, timeout_s: float,
+    provider: str, timeout_s: float, gwy: bool,
 ) -> Runner:
     if scheduler is None and workers == 0:
         from .local import LocalRunner
 
-        return LocalRunner(model_path, settings, provider=provider)
+        return LocalRunner(model_path, settings, provider=provider, gwy=gwy)
     try:
         from .dask_cluster import DaskRunner, cores_available
     except ImportError as exc:
@@ -107,7 +107,7 @@ def _runner(
     if workers is None:
         workers = cores_available() if scheduler is None else 1  # a cluster without workers would wait forever
     return DaskRunner(model_path, info.id, settings, scheduler=scheduler, workers=workers, provider=provider,
-                      timeout_s=timeout_s)
+                      timeout_s=timeout_s, gwy=gwy)
 
 
 def _write_summary_csv(path: Path, rows: Sequence[SummaryRow], classes: Sequence[str]) -> None:
@@ -187,10 +187,10 @@ def run_batch(
     # What changes the result of every file; array sizes only make bare arrays readable.
     identity = {"model_sha256": file_sha256(model_path),
                 **{k: v for k, v in dataclasses.asdict(settings).items() if k not in ("width_nm", "height_nm")}}
-    store = BatchStore(Path(out), info, gwy=gwy, png=png, identity=identity)
+    store = BatchStore(Path(out), info, png=png, identity=identity)
     report = BatchReport(store.dir, info.classes)
     runner = _runner(model_path, info, settings, scheduler=scheduler, workers=workers, provider=provider,
-                     timeout_s=timeout_s)
+                     timeout_s=timeout_s, gwy=gwy)
     report.runner = runner.description
     log.info("%d file(s) to look at, on %s; results in %s", len(files), runner.description, store.dir)
     t0 = time.perf_counter()
@@ -213,6 +213,7 @@ def run_batch(
                     report.bad.append((result.path, result.reason))
                     log.warning("%s: bad file: %s", result.path, result.reason)
                 report.lines.append(FileLine(result.path, status, record))
+                del result  # its arrays and .gwy bytes are stored; keep only the record
                 bar.update()
     finally:
         runner.close()

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StmLiveError
-from ..io.gwy import gwy_container, write_gwy
+from ..io.gwy import write_gwy
 from ..model.format import ModelInfo
-from ..publish import CLASS_COLOURS, ResultStore
+from ..publish import ResultStore
 from .work import FileResult
 
 __all__ = ["BatchStore"]
@@ -58,7 +58,7 @@ def model_folder_name(info: ModelInfo) -> str:
 
 
 class BatchStore:
-    """The results folder of one model: stored results, the bad-file ledger, the .gwy files.
+    """The results folder of one model: stored results, their .gwy files, the bad-file ledger.
 
     Parameters
     ----------
@@ -66,8 +66,8 @@ class BatchStore:
         ``--out``; the model's folder is made inside it.
     info : ModelInfo
         The model (its name and id name the folder).
-    gwy, png : bool
-        Write a ``.gwy`` file / an overlay PNG per frame.
+    png : bool
+        Write an overlay PNG per frame.
     fsync : bool
         Make each result durable before the next (as the daemon does).
     identity : Mapping, optional
@@ -81,11 +81,10 @@ class BatchStore:
         model file or other settings.
     """
 
-    def __init__(self, out: Path, info: ModelInfo, *, gwy: bool = True, png: bool = True, fsync: bool = True,
+    def __init__(self, out: Path, info: ModelInfo, *, png: bool = True, fsync: bool = True,
                  identity: Mapping[str, Any] | None = None):
         self.info = info
         self.dir = Path(out) / model_folder_name(info)
-        self.gwy = gwy
         self._identity_pending: dict[str, Any] | None = None
         try:
             self.results = ResultStore(self.dir, overlay_png=png, fsync=fsync)
@@ -190,25 +189,9 @@ class BatchStore:
                                                  encoding="utf-8")
             self._identity_pending = None
         stem = self.results.result_stem(record)
-        if self.gwy and result.levelled is not None:
-            image = record["image"]
-            counts = {c: 0 for c in record["classes"]}
-            for d in record["detections"]:
-                counts[d["class"]] = counts.get(d["class"], 0) + 1
-            meta: Mapping[str, object] = {
-                "stm-live source": record["source"],
-                "stm-live sha256": record["sha256"],
-                "stm-live model": f"{record['model']['name']} [{record['model']['id']}]",
-                "stm-live levelling": f"as the model levels ({dict(self.info.levelling).get('method', 'step-aware')})",
-                **{f"stm-live detections {c}": n for c, n in counts.items()},
-            }
-            container = gwy_container(
-                result.levelled, result.class_map, record["classes"], width_m=image["width_nm"] * 1e-9,
-                height_m=image["height_nm"] * 1e-9, unit=result.unit, channel=image["channel"],
-                colours=CLASS_COLOURS, meta=meta,
-            )
+        if result.gwy is not None:
             # Before the record: once the record is stored the file counts as done.
-            write_gwy(self.results.frames_dir / f"{stem}.gwy", container)
+            write_gwy(self.results.frames_dir / f"{stem}.gwy", result.gwy)
         stored = self.results.store(record, result.class_map, image=result.levelled)
         self._stored[str(record["sha256"])[:16]] = stored.record
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,12 +23,13 @@ from ..errors import ModelError, ScanReadError
 from ..frame import Frame, Segmentation
 from ..ingest.watch import Complete, Incomplete, file_sha256, file_state
 from ..io import read_frame
+from ..io.gwy import gwy_bytes, gwy_container
 from ..level import LevelError
 from ..model.prepare import level_for_model
 from ..model.runtime import SegmentationModel, result_record
-from ..publish import stored_record
+from ..publish import CLASS_COLOURS, stored_record
 
-__all__ = ["BatchSettings", "FileResult", "Hashed", "compose_record", "hash_file", "segment_file"]
+__all__ = ["BatchSettings", "FileResult", "Hashed", "compose_record", "hash_file", "result_gwy", "segment_file"]
 
 Status = Literal["done", "skipped", "bad"]
 
@@ -81,9 +83,10 @@ class FileResult:
         ``(rows, cols)`` uint8 when done.
     levelled : numpy.ndarray or None
         The image the model saw, levelled, ``(rows, cols)`` float32 in the
-        channel's unit, NaN where not acquired, when done.
-    unit : str
-        Unit of ``levelled`` (the channel's: ``"m"`` for Z).
+        channel's unit, NaN where not acquired, when done (the overlay PNG's image).
+    gwy : bytes or None
+        The frame's ``.gwy`` file (:func:`result_gwy`), when done and asked for:
+        made where the file is segmented, so that Dask workers share that work.
     reason : str
         Why the file is bad (or was skipped).
     seconds : float
@@ -96,7 +99,7 @@ class FileResult:
     record: dict[str, Any] | None = None
     class_map: np.ndarray | None = None
     levelled: np.ndarray | None = None
-    unit: str = ""
+    gwy: bytes | None = None
     reason: str = ""
     seconds: float = 0.0
 
@@ -115,6 +118,26 @@ def compose_record(path: str | os.PathLike[str], frame: Frame, seg: Segmentation
     )
 
 
+def result_gwy(record: Mapping[str, Any], levelled: np.ndarray, class_map: np.ndarray, *, unit: str,
+               levelling: Mapping[str, Any]) -> bytes:
+    """The ``.gwy`` file of one result: the levelled image, one masked channel per class, the record's provenance."""
+    image = record["image"]
+    counts = dict.fromkeys(record["classes"], 0)
+    for d in record["detections"]:
+        counts[d["class"]] = counts.get(d["class"], 0) + 1
+    meta = {
+        "stm-live source": record["source"],
+        "stm-live sha256": record.get("sha256", ""),
+        "stm-live model": f"{record['model']['name']} [{record['model']['id']}]",
+        "stm-live levelling": f"as the model levels ({dict(levelling).get('method', 'step-aware')})",
+        **{f"stm-live detections {c}": n for c, n in counts.items()},
+    }
+    container = gwy_container(levelled, class_map, record["classes"], width_m=image["width_nm"] * 1e-9,
+                              height_m=image["height_nm"] * 1e-9, unit=unit, channel=image["channel"],
+                              colours=CLASS_COLOURS, meta=meta)
+    return gwy_bytes(container)
+
+
 def hash_file(path: str) -> Hashed | FileResult:
     """Read a file for its content hash; a :class:`FileResult` marked bad if it cannot be read."""
     t0 = time.perf_counter()
@@ -125,7 +148,9 @@ def hash_file(path: str) -> Hashed | FileResult:
                           seconds=time.perf_counter() - t0)
 
 
-def segment_file(model: SegmentationModel, path: str, sha256: str, settings: BatchSettings) -> FileResult:
+def segment_file(
+    model: SegmentationModel, path: str, sha256: str, settings: BatchSettings, *, gwy: bool = False
+) -> FileResult:
     """Judge, read and segment one file, as the daemon does with a file its watcher found complete.
 
     Parameters
@@ -138,11 +163,13 @@ def segment_file(model: SegmentationModel, path: str, sha256: str, settings: Bat
         Its content hash (:func:`hash_file`).
     settings : BatchSettings
         Channel, direction, sizes and detection filters.
+    gwy : bool
+        Also make the frame's ``.gwy`` file (:func:`result_gwy`).
 
     Returns
     -------
     FileResult
-        ``done`` with the record, class map and levelled image, or ``bad``
+        ``done`` with the record, class map, levelled image (and ``.gwy``), or ``bad``
         with the reason (a file the watcher would not call complete, that
         the reader refuses, or that the model cannot segment). Never raises
         for a bad file.
@@ -174,6 +201,9 @@ def segment_file(model: SegmentationModel, path: str, sha256: str, settings: Bat
         return bad(exc.reason)
     except (ModelError, LevelError, ValueError) as exc:
         return bad(f"cannot segment it: {exc}")
-    return FileResult(path, "done", sha256, record=compose_record(path, frame, seg, sha256=sha256),
-                      class_map=seg.class_map, levelled=levelled, unit=frame.unit,
+    record = compose_record(path, frame, seg, sha256=sha256)
+    gwy_file = None
+    if gwy and levelled is not None:
+        gwy_file = result_gwy(record, levelled, seg.class_map, unit=frame.unit, levelling=model.info.levelling)
+    return FileResult(path, "done", sha256, record=record, class_map=seg.class_map, levelled=levelled, gwy=gwy_file,
                       seconds=time.perf_counter() - t0)

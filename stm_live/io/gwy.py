@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import StmLiveError
 
-__all__ = ["gwy_channels", "gwy_container", "write_gwy"]
+__all__ = ["gwy_bytes", "gwy_channels", "gwy_container", "write_gwy"]
 
 _RED = (255, 0, 0)
 #: Mask colour of channel 0 (every class): amber, apart from the class colours.
@@ -140,19 +140,32 @@ def gwy_container(
     return container
 
 
-def write_gwy(path: str | os.PathLike[str], container: Any) -> Path:
-    """Write a container (:func:`gwy_container`) to ``path`` atomically (temporary file, then rename).
+def gwy_bytes(container: Any) -> bytes:
+    """The ``.gwy`` file of a container (:func:`gwy_container`): the ``GWYP`` magic and the serialised container."""
+    return b"GWYP" + bytes(container.serialize())
+
+
+def write_gwy(path: str | os.PathLike[str], content: Any) -> Path:
+    """Write a ``.gwy`` file atomically (temporary file, then rename).
+
+    Parameters
+    ----------
+    path : path-like
+        The file; replaced if it exists.
+    content : bytes or GwyContainer
+        The file's bytes (:func:`gwy_bytes`) or the container (:func:`gwy_container`).
 
     Returns
     -------
     Path
         ``path``.
     """
+    data = content if isinstance(content, bytes | bytearray | memoryview) else gwy_bytes(content)
     out = Path(path)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
-            container.tofile(fh)
+            fh.write(data)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
