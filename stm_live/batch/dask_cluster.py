@@ -56,12 +56,15 @@ class ModelPlugin(WorkerPlugin):
         its Dask ``nthreads``. Segmentations on one worker run one at a time
         (a lock), so that a worker with several Dask threads does not run
         several sessions of that many threads each.
+    gwy : bool
+        The worker will make ``.gwy`` files: check that it can.
     """
 
     idempotent = False
 
-    def __init__(self, model: bytes, name: str, *, provider: str, threads: int | None) -> None:
+    def __init__(self, model: bytes, name: str, *, provider: str, threads: int | None, gwy: bool = False) -> None:
         self.model_bytes = model
+        self.gwy = gwy
         self.name = name
         self.provider = provider
         self.threads = threads
@@ -79,6 +82,10 @@ class ModelPlugin(WorkerPlugin):
         self.lock = threading.Lock()
 
     def setup(self, worker: Any) -> None:
+        if self.gwy:
+            from ..io.gwy import require_gwyfile
+
+            require_gwyfile()  # the workers make the .gwy files
         threads = self.threads or max(1, int(worker.state.nthreads))
         path = Path(worker.local_directory) / f"{self.name}.onnx"
         path.write_bytes(self.model_bytes)
@@ -177,7 +184,7 @@ class DaskRunner:
         self.plugin_name = f"stm-live-{model_id}-{os.getpid()}-{id(self):x}"
         try:
             self.client.register_plugin(
-                ModelPlugin(model_path.read_bytes(), self.plugin_name, provider=provider, threads=threads)
+                ModelPlugin(model_path.read_bytes(), self.plugin_name, provider=provider, threads=threads, gwy=gwy)
             )
         except BaseException:
             self.close()

@@ -182,6 +182,10 @@ def run_batch(
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     settings = settings or BatchSettings()
+    if gwy:
+        from ..io.gwy import require_gwyfile
+
+        require_gwyfile()  # here, in one line, rather than once per file
     info = model_info(model_path)
     files = [str(p) for p in find_inputs(paths, patterns=patterns, exclude=out)]
     # What changes the result of every file; array sizes only make bare arrays readable.

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import StmLiveError
 
-__all__ = ["gwy_bytes", "gwy_channels", "gwy_container", "write_gwy"]
+__all__ = ["gwy_bytes", "gwy_channels", "gwy_container", "require_gwyfile", "write_gwy"]
 
 _RED = (255, 0, 0)
 #: Mask colour of channel 0 (every class): amber, apart from the class colours.
@@ -44,12 +44,13 @@ def gwy_channels(classes: Sequence[str], *, channel: str = "Z") -> list[str]:
     return [f"{channel} levelled (all classes)", *(f"{channel} levelled: {name}" for name in classes)]
 
 
-def _gwyfile() -> Any:
+def require_gwyfile() -> Any:
+    """The ``gwyfile.objects`` module, or a :class:`StmLiveError` saying how to install it."""
     try:
         import gwyfile.objects
     except ImportError:
         raise StmLiveError(
-            "writing .gwy files needs the gwyfile package: pip install 'stm-live[batch]'"
+            "writing .gwy files needs the gwyfile package: pip install 'stm-live[batch]' (or give --no-gwy)"
         ) from None
     return gwyfile.objects
 
@@ -102,7 +103,7 @@ def gwy_container(
         Shapes that differ, a non-2-D image, no finite pixel or a class
         value above ``len(classes)``.
     """
-    objects = _gwyfile()
+    objects = require_gwyfile()
     data = np.asarray(image, dtype=np.float64)
     labels = np.asarray(class_map)
     if data.ndim != 2 or labels.shape != data.shape:
