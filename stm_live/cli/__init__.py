@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "level": "level",
     "simulate": "simulate",
     "segment": "segment",
+    "batch": "batch",
     "adapt": "adapt",
     "discover": "discover",
     "evaluate": "evaluate",

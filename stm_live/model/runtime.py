@@ -16,8 +16,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +32,16 @@ from .format import EMBEDDING_NAME, INPUT_NAME, PROBS_NAME, ModelInfo, has_head,
 from .instances import class_map_from_probs, find_instances
 from .prepare import level_for_model, prepare_image, to_image_grid
 
-__all__ = ["DEFAULT_MODEL", "SegmentationModel", "bundled_model_path", "select_providers"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "SegmentationModel",
+    "bundled_model_path",
+    "create_session",
+    "import_onnxruntime",
+    "onnxruntime_install_problem",
+    "provider_chain",
+    "select_providers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,25 +78,229 @@ def bundled_model_path(name: str = DEFAULT_MODEL) -> Path:
     )
 
 
-def select_providers(provider: str = "auto") -> list[str]:
-    """onnxruntime execution providers for ``"auto"``, ``"cpu"`` or ``"cuda"``.
+#: The CPU provider every onnxruntime build has: the last resort of every chain.
+CPU_PROVIDER = "CPUExecutionProvider"
+#: GPU providers in order of preference (TensorRT, then plain CUDA); each falls back to the next.
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+#: Python distributions that all install the same ``onnxruntime`` package; exactly one may be installed.
+ONNXRUNTIME_DISTRIBUTIONS = (
+    "onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-qnn",
+    "onnxruntime-rocm", "onnxruntime-training",
+)
+_INSTALL_HINT = "pip install 'stm-live[cpu]' (or 'stm-live[gpu]' on a machine with an NVIDIA GPU)"
 
-    ``auto`` takes CUDA when the installed onnxruntime offers it (the ``gpu``
-    extra) and the CPU otherwise; ``cuda`` without CUDA is an error.
+
+def onnxruntime_install_problem(installed: Mapping[str, str]) -> str | None:
+    """What is wrong with the installed onnxruntime distributions, or None (pure).
+
+    ``onnxruntime`` and ``onnxruntime-gpu`` (and the other builds) all install
+    the same Python package ``onnxruntime``: with two of them installed, one
+    overwrites the other's files and uninstalling either breaks both.
+
+    Parameters
+    ----------
+    installed : Mapping[str, str]
+        Installed distribution name (any spelling) -> version.
+
+    Examples
+    --------
+    >>> onnxruntime_install_problem({"onnxruntime": "1.20.0", "numpy": "2.1"}) is None
+    True
+    >>> print(onnxruntime_install_problem({"onnxruntime": "1.20.0", "onnxruntime_gpu": "1.20.0"}))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    onnxruntime 1.20.0 and onnxruntime-gpu 1.20.0 are installed together; they install the same package
+    and overwrite each other's files. Keep exactly one: pip uninstall -y onnxruntime onnxruntime-gpu,
+    then pip install 'stm-live[gpu]' for an NVIDIA GPU or 'stm-live[cpu]'
     """
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if provider == "cpu":
-        return ["CPUExecutionProvider"]
-    if provider in ("cuda", "auto") and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if provider == "cuda":
-        raise ModelError(
-            "model.provider is 'cuda' but onnxruntime offers no CUDAExecutionProvider "
-            f"(available: {', '.join(available)}); install stm-live[gpu] or use 'auto'/'cpu'"
+    found = {
+        canonical: version
+        for name, version in installed.items()
+        if (canonical := re.sub(r"[-_.]+", "-", name).lower()) in ONNXRUNTIME_DISTRIBUTIONS
+    }
+    if not found:
+        return f"onnxruntime is not installed; install exactly one build: {_INSTALL_HINT}"
+    if len(found) > 1:
+        names = sorted(found, key=ONNXRUNTIME_DISTRIBUTIONS.index)
+        listed = " and ".join(f"{n} {found[n]}" for n in names)
+        return (
+            f"{listed} are installed together; they install the same package and overwrite each other's "
+            f"files. Keep exactly one: pip uninstall -y {' '.join(names)}, then pip install 'stm-live[gpu]' "
+            "for an NVIDIA GPU or 'stm-live[cpu]'"
         )
-    return ["CPUExecutionProvider"]
+    return None
+
+
+def _installed_onnxruntime() -> dict[str, str]:
+    from importlib import metadata
+
+    installed = {}
+    for name in ONNXRUNTIME_DISTRIBUTIONS:
+        try:
+            installed[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return installed
+
+
+def import_onnxruntime() -> ModuleType:
+    """``import onnxruntime``, after checking that exactly one onnxruntime build is installed.
+
+    Raises
+    ------
+    ModelError
+        None or several of ``onnxruntime``, ``onnxruntime-gpu``, ... are
+        installed; the message says what to install or uninstall.
+    """
+    problem = onnxruntime_install_problem(_installed_onnxruntime())
+    if problem is not None:
+        raise ModelError(problem)
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ModelError(f"onnxruntime cannot be imported ({exc}); reinstall it: {_INSTALL_HINT}") from None
+    return onnxruntime
+
+
+def provider_chain(provider: str, available: Sequence[str]) -> list[list[str]]:
+    """The execution-provider lists to try, best first, for ``"auto"``, ``"cpu"`` or ``"cuda"`` (pure).
+
+    Each list is what one ``InferenceSession`` is created with; when a GPU
+    provider cannot start (no device, CUDA or TensorRT libraries missing),
+    the next list is tried. ``auto`` ends on the CPU; ``cuda`` does not (the
+    user asked for the GPU, so not getting it is an error).
+
+    Parameters
+    ----------
+    provider : {"auto", "cpu", "cuda"}
+        The choice (config ``model.provider``, ``--provider``).
+    available : sequence of str
+        ``onnxruntime.get_available_providers()``.
+
+    Raises
+    ------
+    ModelError
+        ``cuda`` while onnxruntime offers no CUDA provider, or an unknown choice.
+
+    Examples
+    --------
+    >>> provider_chain("auto", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [['TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider'],
+     ['CUDAExecutionProvider', 'CPUExecutionProvider'], ['CPUExecutionProvider']]
+    >>> provider_chain("auto", ["AzureExecutionProvider", "CPUExecutionProvider"])
+    [['CPUExecutionProvider']]
+    >>> provider_chain("cuda", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    [['CUDAExecutionProvider', 'CPUExecutionProvider']]
+    """
+    if provider == "cpu":
+        return [[CPU_PROVIDER]]
+    if provider not in ("auto", "cuda"):
+        raise ModelError(f"unknown onnxruntime provider choice {provider!r}; expected 'auto', 'cpu' or 'cuda'")
+    if provider == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise ModelError(
+                "model.provider is 'cuda' but onnxruntime offers no CUDAExecutionProvider "
+                f"(available: {', '.join(available)}); install stm-live[gpu] (instead of stm-live[cpu]) "
+                "or use 'auto'/'cpu'"
+            )
+        return [["CUDAExecutionProvider", CPU_PROVIDER]]
+    gpu = [p for p in GPU_PROVIDERS if p in available]
+    return [[*gpu[i:], CPU_PROVIDER] for i in range(len(gpu))] + [[CPU_PROVIDER]]
+
+
+def select_providers(provider: str = "auto") -> list[str]:
+    """The preferred onnxruntime execution providers for ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+    ``auto`` takes TensorRT and CUDA when the installed onnxruntime offers
+    them (the ``gpu`` extra) and the CPU otherwise; ``cuda`` without CUDA is
+    an error. :class:`SegmentationModel` falls back along
+    :func:`provider_chain` when a GPU provider is offered but cannot start.
+    """
+    ort = import_onnxruntime()
+    return provider_chain(provider, ort.get_available_providers())[0]
+
+
+def _tensorrt_cache_dir() -> Path:
+    """Where TensorRT keeps the engines it builds (one per input size; building one takes minutes)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "stm-live" / "tensorrt"
+
+
+def _with_options(providers: Sequence[str]) -> list[str | tuple[str, dict[str, str]]]:
+    out: list[str | tuple[str, dict[str, str]]] = []
+    for name in providers:
+        if name == "TensorrtExecutionProvider":
+            cache = _tensorrt_cache_dir()
+            out.append((name, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+                               "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)}))
+        else:
+            out.append(name)
+    return out
+
+
+def create_session(
+    model: bytes, options: Any, provider: str, *, source: str, available: Sequence[str] | None = None
+) -> tuple[Any, list[str]]:
+    """An onnxruntime session on the best provider that starts, and the providers it runs on.
+
+    Tries each list of :func:`provider_chain` in turn. onnxruntime's own
+    fallback is off (it prints to stdout, which would corrupt
+    ``segment --json``); instead, ending on the CPU although a GPU provider
+    was offered is said in one warning line with the reason.
+
+    Parameters
+    ----------
+    model : bytes
+        The ONNX model.
+    options : onnxruntime.SessionOptions
+        Session options.
+    provider : {"auto", "cpu", "cuda"}
+        The choice (:func:`provider_chain`).
+    source : str
+        The model's name for messages (its path).
+    available : sequence of str, optional
+        The providers to choose from; default what the installed onnxruntime
+        offers (given explicitly, a provider the build lacks behaves as one
+        that does not start).
+
+    Raises
+    ------
+    ModelError
+        No provider list works (the model itself is broken: the CPU error is
+        given), or ``cuda`` was asked for and the CUDA provider did not start.
+    """
+    ort = import_onnxruntime()
+    chain = provider_chain(provider, ort.get_available_providers() if available is None else available)
+    failures: list[str] = []
+    for providers in chain:
+        if "TensorrtExecutionProvider" in providers:
+            _tensorrt_cache_dir().mkdir(parents=True, exist_ok=True)
+        try:
+            with warnings.catch_warnings(record=True) as said:
+                # onnxruntime warns (Python warnings) about providers it does not have; they are
+                # part of the one line below instead.
+                warnings.simplefilter("always")
+                session = ort.InferenceSession(model, options, providers=_with_options(providers), enable_fallback=0)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/EPFail types
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            failures.append(f"{providers[0]}: {first_line}")
+            if providers == [CPU_PROVIDER]:
+                raise ModelError(f"{source}: onnxruntime cannot load the model: {exc}") from None
+            continue
+        active = list(session.get_providers())
+        if active[0] != providers[0]:
+            # The provider's library loaded but could not start (no device, CUDA/cuDNN missing):
+            # onnxruntime then leaves it out of the session, which still works on what remains.
+            detail = "; ".join(str(w.message) for w in said) or f"the session runs on {', '.join(active)}"
+            failures.append(f"{providers[0]}: did not start ({detail})")
+        if provider == "cuda" and active[0] == CPU_PROVIDER:
+            raise ModelError(f"{source}: model.provider is 'cuda' but CUDA did not start: {'; '.join(failures)}")
+        if active[0] == CPU_PROVIDER and failures:
+            log.warning("%s: no usable GPU, running on the CPU (%s)", source, "; ".join(failures))
+        elif active[0] != CPU_PROVIDER:
+            log.info("%s: running on %s", source, active[0])
+        return session, active
+    raise ModelError(f"{source}: no execution provider could start the model: {'; '.join(failures)}")
 
 
 class SegmentationModel:
@@ -117,7 +335,7 @@ class SegmentationModel:
         threads: int = 0,
         allow_spinning: bool = True,
     ):
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         self.path = Path(path) if path is not None else bundled_model_path()
         proto = load_onnx(self.path)
@@ -132,11 +350,9 @@ class SegmentationModel:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
-        self.providers = select_providers(provider)
-        try:
-            self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=self.providers)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ModelError(f"{self.path}: onnxruntime cannot load the model: {exc}") from None
+        self.session, self.providers = create_session(
+            proto.SerializeToString(), options, provider, source=str(self.path)
+        )
         outputs = [o.name for o in self.session.get_outputs()]
         if EMBEDDING_NAME not in outputs:
             raise ModelError(f"{self.path}: model has no 'embedding' output (outputs: {outputs})")
