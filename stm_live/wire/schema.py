@@ -206,8 +206,10 @@ class Text(Kind):
 class Integer(Kind):
     """An integer ``lo..hi``; ``below``/``at_most``: and below / at most the field of that name.
 
-    The other field must come before this one; its value bounds this one at
-    run time, and messages name the actual bound (``an integer 0..511``).
+    The bound by another field (of the same header, checked before this one)
+    is a rule across fields, beyond a JSON schema: :class:`MessageSpec`
+    checks it with its rules. Messages name the actual bound
+    (``an integer 0..511``) as soon as the other field is known.
     """
 
     lo: int = 0
@@ -221,27 +223,31 @@ class Integer(Kind):
             out["maximum"] = self.hi
         return out
 
-    def _text(self, hi: int | str | None) -> str:
+    def text(self, hi: int | str | None) -> str:
+        """``"an integer lo..hi"``."""
         return f"an integer >= {self.lo}" if hi is None else f"an integer {self.lo}..{hi}"
 
     def expected(self) -> str:
         if self.below is not None:
-            return self._text(f"{self.below} - 1")
+            return self.text(f"{self.below} - 1")
         if self.at_most is not None:
-            return self._text(self.at_most)
-        return self._text(self.hi)
+            return self.text(self.at_most)
+        return self.text(self.hi)
+
+    def bound(self, got: Mapping[str, Any]) -> int | None:
+        """The largest value allowed, given the fields checked so far."""
+        other = self.below or self.at_most
+        if other is None or type(got.get(other)) is not int:
+            return self.hi
+        limit: int = got[other] - 1 if self.below is not None else got[other]
+        return limit if self.hi is None else min(self.hi, limit)
 
     def check(self, h: Header, name: str, value: Any, got: Mapping[str, Any], expected: str | None) -> Any:
-        hi = self.hi
-        if self.below is not None:
-            hi = got[self.below] - 1 if hi is None else min(hi, got[self.below] - 1)
-        elif self.at_most is not None:
-            hi = got[self.at_most] if hi is None else min(hi, got[self.at_most])
         if type(value) is float and value.is_integer():
             value = int(value)  # JSON has one number type; 5.0 is 5 (as in JSON Schema)
-        if type(value) is int and value >= self.lo and (hi is None or value <= hi):
+        if type(value) is int and value >= self.lo and (self.hi is None or value <= self.hi):
             return value
-        h.fail(name, value, expected or self._text(hi))
+        h.fail(name, value, expected or self.text(self.bound(got)))
 
 
 @dataclass(frozen=True)
@@ -541,6 +547,11 @@ class Field:
         return out
 
 
+def _given(name: str) -> dict[str, Any]:
+    """JSON Schema: ``name`` is present and not null."""
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
 def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
     if "type" in schema:
         kinds = schema["type"]
@@ -581,8 +592,8 @@ class MessageSpec:
     rules : tuple of Rule
         Checked after every field, in order.
     together : tuple of (str, str, str)
-        Pairs of optional fields that are both present or both absent, and why
-        (the schema's ``dependentRequired``).
+        Pairs of optional fields that are both present or both absent (null
+        counting as absent), and why.
     part : str
         What the object is called in messages (``"header"``, ``"record"``).
     """
@@ -604,6 +615,12 @@ class MessageSpec:
     def _listed(self) -> str:
         return ", ".join(sorted(self.names))
 
+    @cached_property
+    def _bounded(self) -> tuple[tuple[Field, Integer], ...]:
+        """The fields bounded by another field (``Integer(below=...)``), checked with the rules."""
+        return tuple((f, f.kind) for f in self.fields
+                     if isinstance(f.kind, Integer) and (f.kind.below or f.kind.at_most))
+
     def field(self, name: str) -> Field:
         """The field called ``name``."""
         for f in self.fields:
@@ -611,8 +628,12 @@ class MessageSpec:
                 return f
         raise KeyError(name)
 
-    def check(self, h: Header) -> dict[str, Any]:
+    def check(self, h: Header, *, rules: bool = True) -> dict[str, Any]:
         """Every field of ``h.obj`` checked and converted, then the rules; raises :class:`WireError`.
+
+        ``rules=False`` leaves out what a JSON schema cannot say (the
+        :class:`Rule` objects, and bounds by another field): what is left is
+        exactly what the schema says.
 
         Returns
         -------
@@ -633,8 +654,15 @@ class MessageSpec:
         for a, b, why in self.together:
             if (got[a] is None) != (got[b] is None):
                 raise WireError(f"{h.where()}: fields {a!r} and {b!r} come together ({why})")
-        for rule in self.rules:
-            rule.check(h, got)
+        if rules:
+            for f, kind in self._bounded:
+                value, hi = got[f.name], kind.bound(got)
+                if value is not None and hi is not None and value > hi:
+                    if f.context is not None:
+                        setattr(h, f.context, None)  # "(row 8)" in a message about row 8 says nothing more
+                    h.fail(f.name, value, f.expected or kind.text(hi))
+            for rule in self.rules:
+                rule.check(h, got)
         return got
 
     def schema(self) -> dict[str, Any]:
@@ -650,7 +678,10 @@ class MessageSpec:
             "properties": {f.name: f.schema() for f in self.fields},
         }
         if self.together:
-            out["dependentRequired"] = {k: v for a, b, _ in self.together for k, v in ((a, [b]), (b, [a]))}
+            # Not dependentRequired: a null field counts as absent here, so "present" means "present, not null".
+            out["allOf"] = [
+                {"if": _given(a), "then": _given(b)} for x, y, _ in self.together for a, b in ((x, y), (y, x))
+            ]
         if self.rules:
             out["x-rules"] = [r.text for r in self.rules]
         return out
