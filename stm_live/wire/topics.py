@@ -280,7 +280,7 @@ STM_END = MessageSpec(
 
 DETECTION_FIELDS = (
     Field("id", Integer(0, 1 << 31), "the detection's number within the frame"),
-    Field("class", Text(0, control=True), "one of the message's classes"),
+    Field("class", Text(0, control=True), "the class of the feature", expected="one of the message's classes"),
     Field("x_nm", Number(), "centre from the **left** edge of the whole frame (nm)"),
     Field("y_nm", Number(), "centre from the **top** edge of the whole frame (nm)"),
     Field("area_nm2", Number(0), "area (nm²)"),
