@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from ..errors import WireError
-from ..wire import encode_document
+from ..wire import check_header, encode_document
 from . import documents as docs
 from .documents import Document
 from .events import EventLog
@@ -145,6 +145,11 @@ class StoreSink:
     def _store(self, doc: Document) -> bool:
         record: Mapping[str, Any] = doc.local["record"]
         on_stored = doc.local.get("on_stored")
+        try:
+            check_header("result", record)  # the record's schema (stm_live/schemas/result.json)
+        except WireError as exc:  # a bug in the composer: say so, and keep the result all the same
+            log.error("%s: the result record does not match its schema (stored all the same): %s",
+                      record.get("scan_id"), exc)
         sha = str(record["sha256"])
         if self.store.is_processed(sha):
             self._emit(docs.event("duplicate", scan_id=record["scan_id"], source=record["source"], sha256=sha))
