@@ -271,3 +271,12 @@ def test_any_arrival_order_gives_the_received_rows_and_nan_elsewhere(order: list
             assert np.isnan(done.frame.data[row]).all()
     assert done.rows_received == len(received) and done.complete == (len(received) == ROWS)
     assert done.reason == ("all rows" if len(received) == ROWS else "end")
+
+
+def test_a_whole_frame_with_a_new_id_does_not_end_the_scan_in_progress() -> None:
+    asm = LineAssembler(clock=Clock())
+    asm.feed(line(0))
+    info = other("archived")
+    events = asm.feed(FrameMessage(info, np.ones((info.rows, info.cols), np.float32)))
+    assert [(e.key[0], e.reason) for e in only(events, ScanFinished)] == [("archived", "frame")]
+    assert asm.open_scans == (("scan-1", "Z", "forward"),)

@@ -233,8 +233,8 @@ def test_a_file_replaced_while_it_waits_gets_the_record_of_the_bytes_that_were_s
     # Keep the whole-frame path busy with a large streamed frame, so that the file waits in its queue.
     busy = Frame(np.random.default_rng(0).normal(size=(3072, 3072)) * 1e-10, 3072 * 0.2e-9, 3072 * 0.2e-9)
     with bridge(make_socket, daemon.ingest) as streamer:
-        streamer.send(encode_frame(FrameMessage(scan_info(busy, "busy"), busy.data)))
-        wait_until(lambda: events(daemon.results, "scan_finished"), what="the busy frame handed on")
+        streamer.stream([("busy", busy)], line_time_s=0.0)
+        wait_until(lambda: events(daemon.results, "scan_finished"), timeout=60, what="the busy frame handed on")
     a = bumps_frame(128, 128)
     b = Frame(np.flipud(a.data), a.width_m, a.height_m)  # the same size, other content
     write_sxm(tmp_path / "a.sxm", [a])

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -44,9 +44,10 @@ from ..model.tiles import applicability, segment_frame
 from ..publish import documents as docs
 from ..publish.documents import Document
 from ..publish.store import ResultStore
+from .queues import ByteQueue
 from .scans import replay_finished, scan_sha256
 
-__all__ = ["FileJob", "FrameInbox", "FramesWorker", "StreamJob", "display_image"]
+__all__ = ["FileJob", "FrameInbox", "FrameIntake", "FramesWorker", "IntakeJob", "StreamJob", "display_image"]
 
 log = logging.getLogger("stm_live.daemon")
 
@@ -54,6 +55,9 @@ log = logging.getLogger("stm_live.daemon")
 FILES_QUEUED: Final = 2
 #: Largest side of the image kept for an overlay PNG (bigger frames are shown subsampled).
 OVERLAY_MAX_SIDE: Final = 2048
+#: Whole frames from the wire at least this large wait for the whole-frame path in the journal on disk,
+#: not in memory (read back when their turn comes: a 256 MB frame is not held twice).
+LARGE_FRAME_BYTES: Final = 64 << 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,6 +178,71 @@ def display_image(frame: Frame) -> np.ndarray:
     except (LevelError, ValueError):
         image[rows] = data[rows]
     return image
+
+
+@dataclass(frozen=True, eq=False)
+class IntakeJob:
+    """A whole frame from the wire, finished at once, to journal and hand to the whole-frame path."""
+
+    finished: Any  # ScanFinished
+    info: Any  # ScanInfo
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.finished.frame.data.nbytes)
+
+
+class FrameIntake:
+    """Journals whole frames from the wire on a thread of its own, then hands them on.
+
+    Writing a 256 MB frame to the journal takes a second or more; done by the
+    live worker it would hold up every scan line behind it. The live worker
+    only assembles the frame and queues it here (``limits.ingest_queue_mb``;
+    it takes no more frames off the wire while this is full, so they are
+    refused at the door and reported). Once journalled, a large frame waits
+    for the whole-frame path in the journal (:data:`LARGE_FRAME_BYTES`), a
+    small one in memory when there is room.
+    """
+
+    def __init__(self, queue_bytes: int, *, journal: ScanJournal, inbox: FrameInbox,
+                 emit: Callable[[Document], None]) -> None:
+        self.queue: ByteQueue[IntakeJob] = ByteQueue(queue_bytes)
+        self.journal = journal
+        self.inbox = inbox
+        self._emit = emit
+
+    def run(self) -> None:
+        while True:
+            job = self.queue.get(0.5)
+            if job is None:
+                if self.queue.drained():
+                    return
+                continue
+            try:
+                self._take(job)
+            except Exception as exc:  # one frame's trouble never stops the intake
+                log.exception("unexpected error while journalling scan %s; carrying on", job.finished.key[0])
+                self._emit(docs.event("error", scan_id=job.finished.key[0], where="journalling a whole frame",
+                                      error=f"{type(exc).__name__}: {exc}"))
+
+    def _take(self, job: IntakeJob) -> None:
+        finished = job.finished
+        scan_id = finished.key[0]
+        path: Path | None = None
+        try:
+            writer = self.journal.open(job.info)
+            writer.frame(finished.frame.data)
+            path = writer.finish(complete=finished.complete, reason=finished.reason)
+        except OSError as exc:
+            log.error("scan %s: cannot journal it (%s); a crash now would lose it", scan_id, exc)
+        stream = StreamJob(scan_id, finished.frame, finished.complete, path, finished.arrived)
+        if path is not None and (job.nbytes >= LARGE_FRAME_BYTES or not self.inbox.put_stream(stream)):
+            self.inbox.defer(path)
+        elif path is None and not self.inbox.put_stream(stream):
+            self._emit(docs.bad_input(
+                "zmq", f"refused: {self.inbox.stream_bytes >> 20} MB of finished scans already wait "
+                "(limits.frames_queue_mb) and the scan could not be journalled", kind="refused", scan_id=scan_id,
+            ))
 
 
 class FramesWorker:

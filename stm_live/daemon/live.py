@@ -46,7 +46,7 @@ from ..publish.documents import Document
 from ..publish.sinks import Counters
 from ..wire import FrameMessage, LineMessage
 from .admission import Admission
-from .frames import FrameInbox, StreamJob
+from .frames import FrameInbox, FrameIntake, IntakeJob, StreamJob
 from .queues import ByteQueue
 from .scans import LiveScan, replay_finished
 
@@ -79,6 +79,7 @@ class Receiver:
         self,
         source: LineSource,
         lines: ByteQueue[Received],
+        whole: ByteQueue[Received],
         *,
         emit: Callable[[Document], None],
         counters: Counters,
@@ -88,6 +89,7 @@ class Receiver:
     ) -> None:
         self.source = source
         self.lines = lines
+        self.whole = whole
         self._emit = emit
         self._counters = counters
         self._stop = stop
@@ -118,14 +120,20 @@ class Receiver:
                     received.source, received.arrived, scan_id=scan_id, n_bytes=received.n_bytes)
                 if refusal is not None:
                     self._refuse(received, scan_id, refusal)
-                elif not self.lines.put(received, received.n_bytes):
+                    continue
+                # Whole frames have a lane of their own: scan lines never wait behind them.
+                lane = self.whole if isinstance(msg, FrameMessage) else self.lines
+                if not lane.put(received, received.n_bytes):
+                    what = "whole frames" if lane is self.whole else "messages"
                     self._emit(docs.bad_input(
-                        "zmq", f"refused: {self.lines.nbytes >> 20} MB of received messages already wait for the "
-                        f"live worker (limits.ingest_queue_mb = {self.lines.max_bytes >> 20})",
+                        "zmq", f"refused: {lane.nbytes >> 20} MB of received {what} already wait for the "
+                        f"live worker (limits.ingest_queue_mb = {lane.max_bytes >> 20})",
                         kind="refused", n_bytes=received.n_bytes, scan_id=scan_id,
                     ))
         finally:
-            self.lines.close()  # the live worker ends after the last message received
+            # The live worker ends after the last message received.
+            self.lines.close()
+            self.whole.close()
 
     def _refuse(self, received: Received, scan_id: str | None, reason: str) -> None:
         """Counted every time; a document (event log, console) at most once a minute per source and reason."""
@@ -153,6 +161,7 @@ class LiveWorker:
         *,
         journal: ScanJournal,
         inbox: FrameInbox,
+        intake: FrameIntake,
         emit: Callable[[Document], None],
         counters: Counters,
         clock: Callable[[], float] = time.monotonic,
@@ -161,6 +170,7 @@ class LiveWorker:
         self.model = model
         self.journal = journal
         self.inbox = inbox
+        self.intake = intake
         self._emit = emit
         self._counters = counters
         self._clock = clock
@@ -199,25 +209,37 @@ class LiveWorker:
             scan.new_lines = max(scan.new_lines, 1)
         log.info("live path now uses model %s [%s]", model.name, model.id)
 
-    def run(self, lines: ByteQueue[Received], recovered: list[JournalFile]) -> None:
-        """Serve ``lines`` until it is closed and empty; first continue the scans ``recovered`` from the journal."""
+    def run(self, lines: ByteQueue[Received], whole: ByteQueue[Received], recovered: list[JournalFile]) -> None:
+        """Serve ``lines`` and ``whole`` frames until both are closed and empty; first continue ``recovered`` scans.
+
+        Lines come first: a whole frame is taken only when no line waits (and
+        the intake has room for it), one per turn.
+        """
         self._safely("recovering the scan journal", self.recover, recovered)
         next_expire = self._clock() + 1.0
         while True:
             if self._next_model is not None:
                 self._safely("switching the model", self._swap_model)
                 self._safely("segmenting partial frames", self.publish_partials)
-            batch = lines.get_batch(0.5, BATCH)
+            frame_ready = bool(len(whole)) and self.intake.queue.fits(whole.peek_nbytes())
+            # Wait for lines, but not while a whole frame could be taken; briefly while one waits for the intake.
+            batch = lines.get_batch(0.0 if frame_ready else 0.05 if len(whole) else 0.5, BATCH)
             for received in batch:
                 self._safely("handling a message", self.ingest, received)
             if batch:
                 self._safely("segmenting partial frames", self.publish_partials)
+            took_frame = False
+            if frame_ready and not len(lines):
+                frame_msg = whole.get(0.0)
+                if frame_msg is not None:
+                    took_frame = True
+                    self._safely("handling a whole frame", self.ingest, frame_msg)
             now = self._clock()
             if now >= next_expire:
                 next_expire = now + 1.0
                 for finished in self.assembler.expire(now=now):
                     self._safely("finishing a scan", self.scan_finished, finished)
-            if not batch and lines.drained():
+            if not batch and not took_frame and lines.drained() and whole.drained():
                 return
 
     def _safely(self, what: str, func: Callable[..., None], *args: Any) -> None:
@@ -342,20 +364,24 @@ class LiveWorker:
             log.debug("scan %s %s %s finished (%s); not the configured channel/direction", *finished.key,
                       finished.reason)
             return
-        path = None
+        self._emit(docs.scan_finished(finished.key[0], reason=finished.reason, complete=finished.complete,
+                                      rows_received=finished.rows_received, rows_missing=finished.rows_missing,
+                                      rows=finished.frame.rows))
         writer = scan.journal if isinstance(scan, LiveScan) else None
+        if whole is not None and writer is None:
+            # A whole frame from the wire: journalled by the intake's thread, not here (it can take seconds).
+            if not self.intake.queue.put(IntakeJob(finished, whole.scan), finished.frame.data.nbytes):
+                self._emit(docs.bad_input("zmq", "refused: the intake of whole frames is full", kind="refused",
+                                          scan_id=finished.key[0]))
+            return
+        path = None
         try:
-            if whole is not None:
-                if writer is None:
-                    writer = self.journal.open(whole.scan)
-                writer.frame(finished.frame.data)
+            if whole is not None and writer is not None:
+                writer.frame(finished.frame.data)  # a frame replacing a scan streamed line by line
             if writer is not None:
                 path = writer.finish(complete=finished.complete, reason=finished.reason)
         except OSError as exc:
             log.error("scan %s: cannot journal its end (%s)", finished.key[0], exc)
-        self._emit(docs.scan_finished(finished.key[0], reason=finished.reason, complete=finished.complete,
-                                      rows_received=finished.rows_received, rows_missing=finished.rows_missing,
-                                      rows=finished.frame.rows))
         job = StreamJob(finished.key[0], finished.frame, finished.complete, path, finished.arrived)
         if not self.inbox.put_stream(job):
             if path is not None:

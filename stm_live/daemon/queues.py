@@ -106,6 +106,11 @@ class ByteQueue(Generic[T]):
         batch = self.get_batch(timeout, 1)
         return batch[0] if batch else None
 
+    def peek_nbytes(self) -> int:
+        """Size of the oldest item (0 when empty)."""
+        with self._cond:
+            return self._items[0][1] if self._items else 0
+
     def close(self) -> None:
         """No more puts; getters drain what is left, then get nothing."""
         with self._cond:

@@ -59,7 +59,7 @@ from ..publish.socket import Publisher
 from ..publish.store import ResultStore
 from ..security import start_authenticator
 from .admission import Admission, SourceLimits
-from .frames import FileJob, FrameInbox, FramesWorker
+from .frames import FileJob, FrameInbox, FrameIntake, FramesWorker
 from .live import LiveWorker, Receiver
 from .queues import ByteQueue
 from .state import ResultsLock, utc, write_state
@@ -127,8 +127,10 @@ class Daemon:
         self.publisher: Publisher | None = None
         self.watcher: FolderWatcher | None = None
         self.lines: ByteQueue[Received] = ByteQueue(config.limits.ingest_queue_mb << 20)
+        self.whole: ByteQueue[Received] = ByteQueue(config.limits.ingest_queue_mb << 20)
         self.inbox = FrameInbox(config.limits.frames_queue_mb << 20)
         self.live: LiveWorker | None = None
+        self.intake: FrameIntake | None = None
         self.frames: FramesWorker | None = None
         self._threads: dict[str, threading.Thread] = {}
         self._stop_requested = threading.Event()
@@ -234,18 +236,21 @@ class Daemon:
                                                                 clock=self._clock, security=cfg.security))
             self._endpoints["ingest"] = self.source.endpoint
         bus.start()
-        self.live = LiveWorker(cfg, self.model, journal=self.journal, inbox=self.inbox, emit=bus.emit,
-                               counters=self.counters, clock=self._clock)
+        self.intake = FrameIntake(cfg.limits.ingest_queue_mb << 20, journal=self.journal, inbox=self.inbox,
+                                  emit=bus.emit)
+        self.live = LiveWorker(cfg, self.model, journal=self.journal, inbox=self.inbox, intake=self.intake,
+                               emit=bus.emit, counters=self.counters, clock=self._clock)
         self.frames = FramesWorker(cfg, self.model, inbox=self.inbox, store=self.store, journal=self.journal,
                                    emit=bus.emit, on_bad_file=self._on_bad_file, remember=self._remember_hash,
                                    recheck=self._recheck, clock=self._clock)
         self._thread("frames", self.frames.run)
-        self._thread("live", self.live.run, self.lines, recovered)
+        self._thread("intake", self.intake.run)
+        self._thread("live", self.live.run, self.lines, self.whole, recovered)
         if self.source is not None:
             limits = SourceLimits(messages_per_s=cfg.ingest.max_messages_per_s,
                                   new_scans_per_min=cfg.ingest.max_new_scans_per_min,
                                   mb_per_hour=cfg.ingest.max_mb_per_hour)
-            receiver = Receiver(self.source, self.lines, emit=bus.emit, counters=self.counters,
+            receiver = Receiver(self.source, self.lines, self.whole, emit=bus.emit, counters=self.counters,
                                 stop=self._stop_ingest, admission=Admission(limits), clock=self._clock)
             self._thread("ingest", receiver.run)
         if cfg.watch.folders:
@@ -325,8 +330,13 @@ class Daemon:
         if "ingest" in threads:
             threads["ingest"].join()  # it closes the lines queue after its last message
         self.lines.close()
+        self.whole.close()
         if "live" in threads:
             threads["live"].join()
+        if self.intake is not None:
+            self.intake.queue.close()
+        if "intake" in threads:
+            threads["intake"].join()
         self.inbox.close()
         if "frames" in threads:
             threads["frames"].join(DRAIN_TIMEOUT_S)
@@ -473,6 +483,7 @@ class Daemon:
         depths = {
             "lines": len(self.lines),
             "lines_mb": self.lines.nbytes >> 20,
+            "whole_frames": len(self.whole) + (len(self.intake.queue) if self.intake is not None else 0),
             "frames": len(self.inbox),
             "files_pending": self.watcher.pending if self.watcher is not None else 0,
         }

@@ -20,8 +20,11 @@ Rules (protocol v1, ``docs/protocol.md``):
   ``duplicate``) or never (the row stays NaN). A scan whose every row has
   arrived finishes at once (``reason="all rows"``), without waiting for
   ``stm.end``.
-* A new ``scan_id`` on a ``(channel, direction)`` ends the open scan of the
-  same channel and direction as incomplete (``reason="superseded"``).
+* A line of a new ``scan_id`` on a ``(channel, direction)`` ends the open
+  scan of the same channel and direction as incomplete
+  (``reason="superseded"``). A whole ``stm.frame`` ends no other scan: it is
+  complete on arrival (frames pushed from an archive must not cut a live
+  scan short).
 * At most ``max_open_scans`` scans are open; beyond that the one idle longest
   ends as incomplete (``reason="evicted"``). :meth:`LineAssembler.expire`
   ends scans idle for ``scan_timeout_s`` (``reason="timed out"``).
@@ -443,8 +446,8 @@ class LineAssembler:
         if scan is None:
             if self._is_late(key, now):
                 return self._ignore(key, info.scan_id, "late frame: the scan has already finished", now)
-            events = self._make_room(key, now, slot=False)
-            # Never registered as open: a whole frame finishes at once.
+            # Never registered as open: a whole frame finishes at once, and it ends no other scan (an
+            # archive pushed over the wire must not cut the microscope's live scan short).
             scan = self._scan_type(key, info, 0, now, msg.t, data)
             self.counts["scans_started"] += 1
         else:

@@ -33,6 +33,7 @@ import math
 import os
 import re
 import struct
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Final
@@ -165,7 +166,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 class ScanJournal:
-    """The journal folder of the running daemon (one writer per scan: :meth:`open`).
+    """The journal folder of the running daemon (one writer per scan: :meth:`open`); thread-safe.
 
     Parameters
     ----------
@@ -178,25 +179,29 @@ class ScanJournal:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._writers: dict[int, JournalWriter] = {}
         self._serial = 0
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._writers)
 
     def _new_path(self, info: ScanInfo) -> Path:
         stem = f"{_safe(info.scan_id)}-{_safe(info.channel, 16)}-{info.direction}"
-        while True:
-            self._serial += 1
-            path = self.folder / f"{stem}-{os.getpid()}-{self._serial}.journal"
-            if not path.exists():
-                return path
+        with self._lock:
+            while True:
+                self._serial += 1
+                path = self.folder / f"{stem}-{os.getpid()}-{self._serial}.journal"
+                if not path.exists():
+                    return path
 
     def _forget(self, writer: JournalWriter) -> None:
-        self._writers.pop(id(writer), None)
+        with self._lock:
+            self._writers.pop(id(writer), None)
 
     def open(self, info: ScanInfo) -> JournalWriter:
         """A writer for a new scan (its file appears with the first record)."""
         writer = JournalWriter(self, info)
-        self._writers[id(writer)] = writer
+        with self._lock:
+            self._writers[id(writer)] = writer
         return writer
 
     def adopt(self, recovered: JournalFile) -> JournalWriter:
@@ -205,7 +210,8 @@ class ScanJournal:
             fh.truncate(recovered.size)
         fh2 = open(recovered.path, "ab", buffering=0)  # noqa: SIM115 - open for the scan's life
         writer = JournalWriter(self, recovered.info, recovered.path, fh2)
-        self._writers[id(writer)] = writer
+        with self._lock:
+            self._writers[id(writer)] = writer
         return writer
 
     def discard(self, path: Path | None) -> None:
@@ -215,8 +221,10 @@ class ScanJournal:
 
     def close(self) -> list[ScanInfo]:
         """Close the open files; they stay on disk, to be continued after a restart. Returns their scans."""
-        open_scans = [w.info for w in self._writers.values() if w.path is not None]
-        for writer in list(self._writers.values()):
+        with self._lock:
+            writers = list(self._writers.values())
+        open_scans = [w.info for w in writers if w.path is not None]
+        for writer in writers:
             writer.close()
         return open_scans
 
