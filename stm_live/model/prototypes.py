@@ -264,6 +264,9 @@ def prototypes_from_labels(
         proto_labels.append(k)
         radii.append(float(np.quantile(((pix - centre) ** 2).sum(axis=1), 0.95)) if len(pix) > 1 else 0.0)
     background = emb[lab == 0]
+    # A large labelled region gives far more background pixels than k-means and the
+    # temperature need; a seeded sample keeps the look-alike test below cheap.
+    background = _subsample(background, 4 * _MAX_PIXELS, rng)
     if exclude_lookalikes and len(background) and vectors:
         # A background candidate is an unlabelled feature when it lies as close to a
         # class prototype as that class's own pixels do, or closer to a class

@@ -27,7 +27,9 @@ from .format import EMBEDDING_NAME, INPUT_NAME, PROBS_NAME, ModelInfo, has_head,
 from .instances import class_map_from_probs, find_instances
 from .prepare import level_for_model, prepare_image, to_image_grid
 
-__all__ = ["DEFAULT_MODEL", "SegmentationModel", "bundled_model_path", "result_record", "select_providers"]
+__all__ = [
+    "DEFAULT_MODEL", "SegmentationModel", "bundled_model_path", "polarity_mismatch", "result_record", "select_providers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,7 @@ class SegmentationModel:
         if EMBEDDING_NAME not in outputs:
             raise ModelError(f"{self.path}: model has no 'embedding' output (outputs: {outputs})")
         self._outputs = outputs
+        self._polarity_warned: set[str] = set()
 
     # ------------------------------------------------------------------ basics
     @property
@@ -256,6 +259,10 @@ class SegmentationModel:
             raise ModelError(
                 f"{self.path}: this is a bare encoder without prototypes; make a model from it with `stm-live adapt`"
             )
+        warning = polarity_mismatch(self.info, frame)
+        if warning and (frame.source or "") not in self._polarity_warned:
+            self._polarity_warned.add(frame.source or "")
+            log.warning(warning)
         t0 = time.perf_counter()
         data, rows = self._acquired(frame, levelled)
         t1 = time.perf_counter()
@@ -329,6 +336,29 @@ class SegmentationModel:
         """
         image, _ = self.prepare(frame, nm_per_px=nm_per_px)
         return self.run(image, embedding=True)[EMBEDDING_NAME][0], image
+
+
+def polarity_mismatch(info: ModelInfo, frame: Frame) -> str | None:
+    """A warning when ``frame`` was taken at the other bias polarity than the model's labelled images.
+
+    The polarity is what ``stm-live adapt`` recorded (``provenance.bias_polarity``);
+    None when either side is unknown or they agree. On these surfaces contrast
+    inverts with the bias, so the prototypes do not describe such a frame.
+
+    >>> from stm_live.model.format import ModelInfo
+    >>> info = ModelInfo("m", ("a",), 0.1, 4, provenance={"bias_polarity": "negative"})
+    >>> polarity_mismatch(info, Frame(np.zeros((2, 2), np.float32), 1e-9, 1e-9, bias_v=1.5)) is not None
+    True
+    """
+    polarity = info.provenance.get("bias_polarity") if isinstance(info.provenance, dict) else None
+    if polarity not in ("positive", "negative") or frame.bias_v is None or frame.bias_v == 0:
+        return None
+    here = "positive" if frame.bias_v > 0 else "negative"
+    if here == polarity:
+        return None
+    return (f"{frame.source or 'frame'}: taken at {here} sample bias ({frame.bias_v:g} V) but model "
+            f"{info.name!r} was adapted on {polarity}-bias images; contrast inverts between polarities, so its "
+            "detections are unreliable here (adapt a model on a frame of this polarity)")
 
 
 def result_record(source: str, frame: Frame, seg: Segmentation) -> dict[str, object]:

@@ -1,0 +1,373 @@
+"""Adapting a model to labelled images: the library behind ``stm-live adapt``.
+
+:func:`adapt_model` takes a model or bare encoder and one or more labelled
+frames (:class:`LabelledFrame`: clicked points, or a mask, plus optional
+background rectangles and *complete* rectangles in which every feature is
+labelled, so that their other pixels are background) and returns a new ONNX
+model with prototypes made from those labels (``stm_live.model.prototypes``).
+
+What it decides from the images themselves (``docs/real_eval.md`` measures it):
+
+* the model pitch (:func:`feature_pitch`): the labelled features' size is
+  measured on the frame (scale of the strongest Laplacian-of-Gaussian response
+  at each clicked point, or the mask's blob diameters) and the pitch is chosen
+  so that they span as many model pixels as the encoder's training features did;
+* the detection thresholds: the lowest per-class score at which the new
+  head finds no more features in the known background of its own labelled
+  frames than the model it started from (with a dense mask: the background
+  bias that maximises Dice over folds of the labelled image, cross-validated).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from scipy import ndimage
+
+from ..errors import AdaptError
+from ..frame import Frame
+from .format import ModelInfo, attach_head, load_onnx, with_info
+from .prepare import level_for_model, to_model_grid
+from .prototypes import (
+    UNLABELLED,
+    LabelledImage,
+    Point,
+    feature_centring,
+    labels_from_points,
+    prototypes_from_labels,
+    refine_prototypes,
+)
+from .runtime import SegmentationModel
+
+__all__ = ["AdaptSettings", "Box", "LabelledFrame", "adapt_model", "feature_pitch", "feature_size_nm"]
+
+log = logging.getLogger(__name__)
+
+#: A rectangle ``(x0_nm, y0_nm, x1_nm, y1_nm)`` from the image's top-left corner.
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class LabelledFrame:
+    """One labelled image.
+
+    ``points`` (class ``"background"`` marks background) or ``mask`` (image
+    grid, 0 background, k the k-th class, negative or 255 unlabelled);
+    ``background_boxes``: rectangles with no feature; ``complete_boxes``:
+    rectangles in which every feature is labelled (their other pixels are
+    background).
+    """
+
+    frame: Frame
+    points: tuple[Point, ...] = ()
+    mask: np.ndarray | None = None
+    background_boxes: tuple[Box, ...] = ()
+    complete_boxes: tuple[Box, ...] = ()
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    """How :func:`adapt_model` works; the defaults need no expert choice.
+
+    ``nm_per_px`` None: measured from the labelled features
+    (:func:`feature_pitch`); ``radius_nm`` None: from the same measurement.
+    ``calibrate``: choose detection thresholds on the labelled frames.
+    """
+
+    nm_per_px: float | None = None
+    radius_nm: float | None = None
+    background_margin_nm: float | None = None
+    n_background: int = 4
+    prototypes_per_class: int = 1
+    fine_tune_steps: int = 0
+    centre_features: bool = False
+    centre_prior_nm2: float = 2.5
+    calibrate: bool = True
+    seed: int = 0
+    extra_provenance: Mapping[str, Any] = field(default_factory=dict)
+
+
+# The encoders were trained on features about this many model pixels across
+# (simulated Si(001) dangling bonds / AsH3 at 0.1 nm/px: 0.8-1.2 nm).
+_TRAINED_FEATURE_PX = 10.0
+
+
+def feature_size_nm(levelled: np.ndarray, nm_per_px: float, points_px: Sequence[tuple[float, float, bool]]) -> float:
+    """Median diameter (nm) of features at ``points_px`` (``(row, col, bright)``), by LoG scale selection.
+
+    At each point, the scale-normalised Laplacian of Gaussian ``-s^2 LoG_s``
+    (negated for dark features) is evaluated over ``s`` = 1..24 px; the
+    diameter of a blob whose response peaks at ``s`` is ``2 sqrt(2) s``.
+
+    >>> yy, xx = np.mgrid[:64, :64]
+    >>> blob = np.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / (2 * 4.0**2))
+    >>> round(feature_size_nm(blob, 0.1, [(32, 32, True)]), 1)  # a Gaussian of sigma 4 px: 2 sqrt(2) x 0.4 nm
+    1.2
+    """
+    z = np.asarray(levelled, np.float64)
+    z = z - np.median(z)
+    sigmas = np.geomspace(1.0, 24.0, 28)
+    half = int(4 * sigmas[-1])  # the filters' reach: a window this wide around each point is enough
+    best = []
+    for r, c, bright in points_px:
+        r = min(max(round(r), 0), z.shape[0] - 1)
+        c = min(max(round(c), 0), z.shape[1] - 1)
+        r0, c0 = max(r - half, 0), max(c - half, 0)
+        window = z[r0:r + half + 1, c0:c + half + 1]
+        response = [-(s**2) * ndimage.gaussian_laplace(window, s)[r - r0, c - c0] for s in sigmas]
+        best.append(sigmas[int(np.argmax(np.asarray(response) * (1 if bright else -1)))])
+    return float(np.median(best) * 2 * np.sqrt(2) * nm_per_px)
+
+
+def feature_pitch(size_nm: float, image_nm_per_px: float) -> float:
+    """Model pitch (nm/px) at which features of ``size_nm`` span what the encoder was trained on.
+
+    Limited to 2.5x finer .. 4x coarser than the image, and to 0.01-0.4 nm/px.
+
+    >>> feature_pitch(1.0, 0.2), feature_pitch(0.5, 0.02)
+    (0.1, 0.05)
+    """
+    pitch = size_nm / _TRAINED_FEATURE_PX
+    pitch = min(max(pitch, image_nm_per_px / 2.5), image_nm_per_px * 4)
+    return float(round(min(max(pitch, 0.01), 0.4), 4))
+
+
+def _boxes_mask(boxes: Sequence[Box], shape: tuple[int, int], pitch: tuple[float, float], row0: int = 0) -> np.ndarray:
+    rows, cols = shape
+    yy = (np.arange(rows)[:, None] + 0.5 + row0) * pitch[1]
+    xx = (np.arange(cols)[None, :] + 0.5) * pitch[0]
+    out = np.zeros(shape, bool)
+    for x0, y0, x1, y1 in boxes:
+        out |= (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)
+    return out
+
+
+def _measure_sizes(example: LabelledFrame, classes: Sequence[str]) -> dict[str, list[float]]:
+    """Diameters (nm) of the labelled features per class: LoG scale at points, blob size in masks."""
+    frame = example.frame
+    rows = frame.valid_rows
+    px = frame.nm_per_px
+    out: dict[str, list[float]] = {c: [] for c in classes}
+    if example.mask is not None:
+        mask = np.asarray(example.mask)[rows]
+        for k, name in enumerate(classes, start=1):
+            lab, n = ndimage.label(mask == k)
+            if n:
+                counts = np.bincount(lab.ravel())[1:]
+                out[name].extend(float(d) for d in 2 * np.sqrt(counts * px[0] * px[1] / np.pi))
+        return out
+    levelled = level_for_model(frame.data[rows], {})
+    median = float(np.median(levelled))
+    for p in example.points:
+        if p.class_name not in out:
+            continue
+        r, c = p.y_nm / px[1] - rows.start, p.x_nm / px[0]
+        if 0 <= r < levelled.shape[0] and 0 <= c < levelled.shape[1]:
+            window = levelled[max(int(r) - 2, 0):int(r) + 3, max(int(c) - 2, 0):int(c) + 3]
+            bright = float(window.mean()) >= median
+            out[p.class_name].append(feature_size_nm(levelled, px[0], [(r, c, bright)]))
+    return out
+
+
+def adapt_model(
+    base: SegmentationModel,
+    examples: Sequence[LabelledFrame],
+    classes: Sequence[str],
+    settings: AdaptSettings | None = None,
+    *,
+    name: str = "adapted",
+    surface: str | None = None,
+) -> tuple[onnx.ModelProto, ModelInfo, dict[str, Any]]:
+    """A model with prototypes made from ``examples`` (see the module description).
+
+    Returns ``(onnx model, info, report)``; write it with
+    :func:`stm_live.model.format.save_model`. ``report`` says what was
+    measured and chosen (pitch, feature size, thresholds, false detections
+    on the labelled frames before and after).
+
+    Raises
+    ------
+    AdaptError
+        No example, a class without labelled pixels, no background, labels
+        that do not fit their image.
+    """
+    settings = settings or AdaptSettings()
+    if not examples:
+        raise AdaptError("no labelled image")
+    classes = list(classes)
+    info = base.info
+    report: dict[str, Any] = {}
+    per_class: dict[str, list[float]] = {c: [] for c in classes}
+    for e in examples:
+        for c, values in _measure_sizes(e, classes).items():
+            per_class[c].extend(values)
+    sizes = [v for values in per_class.values() for v in values]
+    size_nm = float(np.median(sizes)) if sizes else None
+    class_size = {c: float(np.median(v)) for c, v in per_class.items() if v}
+    report["feature_size_nm"] = None if size_nm is None else round(size_nm, 4)
+    report["class_size_nm"] = {c: round(v, 4) for c, v in class_size.items()}
+    if settings.nm_per_px:
+        pitch = float(settings.nm_per_px)
+    elif size_nm is not None:
+        pitch = feature_pitch(size_nm, examples[0].frame.nm_per_px[0])
+    else:
+        pitch = info.nm_per_px
+    report["nm_per_px"] = pitch
+    radius = settings.radius_nm
+    if radius is None:
+        radius = 0.4 if size_nm is None else float(np.clip(0.35 * size_nm, 1.5 * pitch, 0.6))
+    margin = settings.background_margin_nm
+    if margin is None:
+        margin = 3.0 * radius
+    report["radius_nm"] = round(radius, 4)
+
+    images = []
+    known_background = []
+    for ex in examples:
+        frame = ex.frame
+        embedding, prepared = base.embed(frame, nm_per_px=pitch)
+        h, w = prepared.shape
+        rows = frame.valid_rows
+        grid = (pitch, pitch)
+        if ex.mask is not None:
+            mask = np.asarray(ex.mask)
+            if mask.shape != frame.data.shape:
+                raise AdaptError(f"{ex.source or 'mask'}: mask shape {mask.shape}, image {frame.data.shape}")
+            small = to_model_grid(mask[rows], (h, w), nm_per_px=frame.nm_per_px, target_nm_per_px=pitch)
+            labels = np.where((small < 0) | (small > len(classes)), UNLABELLED, small).astype(np.int16)
+        else:
+            shifted = [replace(p, y_nm=p.y_nm - rows.start * frame.nm_per_px[1]) for p in ex.points]
+            labels = labels_from_points(shifted, classes, shape=(h, w), nm_per_px=grid, radius_nm=radius,
+                                        background_margin_nm=margin)
+        background = np.zeros((h, w), bool)
+        if ex.background_boxes:
+            background |= _boxes_mask(ex.background_boxes, (h, w), grid, rows.start)
+        if ex.complete_boxes:
+            inside = _boxes_mask(ex.complete_boxes, (h, w), grid, rows.start)
+            # every feature in a complete box is labelled: the pixels not near one are background
+            near = labels > 0
+            near = ndimage.binary_dilation(near, iterations=max(1, round(radius / pitch)))
+            background |= inside & ~near
+        if background.any():
+            labels = np.where(background & (labels <= 0), 0, labels).astype(np.int16)
+        known_background.append(background)
+        images.append(LabelledImage(embedding, labels))
+
+    prototypes = prototypes_from_labels(images, len(classes), n_background=settings.n_background, seed=settings.seed)
+    if settings.fine_tune_steps:
+        prototypes = refine_prototypes(prototypes, images, steps=settings.fine_tune_steps, seed=settings.seed)
+    if settings.centre_features:
+        prior_px = settings.centre_prior_nm2 / pitch**2
+        prototypes = replace(prototypes, centring=feature_centring(images, prototypes, prior_px=prior_px))
+
+    disc_nm2 = float(np.pi * radius**2)
+    detection: dict[str, Any] = {}
+    if any(ex.mask is None for ex in examples):
+        # pieces of one feature closer than its own measured size are one feature (a trench
+        # breaks into several regions; two features rarely sit closer than their size)
+        detection = {"merge_within_nm": {c: round(max(2 * radius, 0.9 * class_size.get(c, 0.0)), 4)
+                                         for c in classes},
+                     "min_area_nm2": {c: round(0.15 * disc_nm2, 4) for c in classes}}
+    new_info = replace(
+        info,
+        nm_per_px=pitch,
+        detection=detection,
+        name=name,
+        classes=tuple(classes),
+        surface=surface or info.surface,
+        prototypes=prototypes,
+        provenance={"base_model": {"id": info.id, "name": info.name}, "radius_nm": radius,
+                    "adapt": {"feature_size_nm": report["feature_size_nm"], "nm_per_px": pitch},
+                    **dict(settings.extra_provenance)},
+    )
+    model = attach_head(load_onnx(base.path), prototypes)
+    if settings.calibrate and (any(b.any() for b in known_background) or any(ex.points for ex in examples)):
+        thresholds = _calibrate(base, model, new_info, examples, known_background, classes, radius)
+        report["calibration"] = thresholds
+        det = dict(new_info.detection)
+        det["min_score"] = thresholds["min_score"]
+        new_info = replace(new_info, detection=det)
+    return model, new_info, report
+
+
+def _false_in_background(seg_detections: Sequence[Any], background: np.ndarray, pitch: float, row0: int) -> list[Any]:
+    out = []
+    for d in seg_detections:
+        r = int(d.y_nm / pitch) - row0
+        c = int(d.x_nm / pitch)
+        if 0 <= r < background.shape[0] and 0 <= c < background.shape[1] and background[r, c]:
+            out.append(d)
+    return out
+
+
+def _calibrate(
+    base: SegmentationModel,
+    model: onnx.ModelProto,
+    info: ModelInfo,
+    examples: Sequence[LabelledFrame],
+    known_background: Sequence[np.ndarray],
+    classes: Sequence[str],
+    radius_nm: float,
+) -> dict[str, Any]:
+    """Per-class score thresholds from the labelled frames themselves.
+
+    Two rules, the stricter wins where they disagree:
+
+    * *positives*: a detection less certain than every clicked example of its
+      class (less a margin of 0.05) is not kept: the clicked features are what
+      the person says the class looks like;
+    * *known background* (background rectangles, the unlabelled parts of
+      all-labelled rectangles): the threshold is raised until the new head
+      finds no more features there than the model it started from (a bare
+      encoder finds none, so then none at all).
+    """
+    proto, full = with_info(model, info)
+    pitch = full.nm_per_px
+    merge = full.detection.get("merge_within_nm", 0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "candidate.onnx"
+        path.write_bytes(proto.SerializeToString())
+        candidate = SegmentationModel(path, provider="cpu")
+        background_scores: dict[str, list[float]] = {c: [] for c in classes}
+        positive_scores: dict[str, list[float]] = {c: [] for c in classes}
+        allowed: dict[str, int] = dict.fromkeys(classes, 0)
+        for ex, bg in zip(examples, known_background, strict=True):
+            seg = candidate.segment(ex.frame, min_score=0.0)
+            for p in ex.points:
+                if p.class_name not in positive_scores:
+                    continue
+                reach = max(2 * radius_nm, float(merge.get(p.class_name, 0.0)) if isinstance(merge, Mapping)
+                            else float(merge))
+                near = [d.score for d in seg.detections if d.class_name == p.class_name
+                        and (d.x_nm - p.x_nm) ** 2 + (d.y_nm - p.y_nm) ** 2 <= reach**2]
+                if near:
+                    positive_scores[p.class_name].append(max(near))
+            if not bg.any():
+                continue
+            rows = ex.frame.valid_rows
+            row0 = round(rows.start * ex.frame.nm_per_px[1] / pitch)
+            for d in _false_in_background(seg.detections, bg, pitch, row0):
+                background_scores[d.class_name].append(d.score)
+            if base.has_head:
+                for d in _false_in_background(base.segment(ex.frame).detections, bg, pitch, row0):
+                    if d.class_name in allowed:
+                        allowed[d.class_name] += 1
+    min_score = {}
+    for c in classes:
+        s = sorted(background_scores[c], reverse=True)
+        k = allowed[c]
+        # keep at most k background detections: just above the (k+1)-th highest score
+        from_background = float(s[k]) + 1e-4 if len(s) > k else 0.0
+        from_positives = min(positive_scores[c]) - 0.05 if positive_scores[c] else 0.0
+        min_score[c] = round(min(max(from_background, from_positives, 0.0), 0.999), 4)
+    return {"min_score": min_score, "background_detections_at_zero": {c: len(v) for c, v in background_scores.items()},
+            "allowed": allowed, "lowest_clicked_score": {c: round(min(v), 4) if v else None
+                                                        for c, v in positive_scores.items()}}
