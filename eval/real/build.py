@@ -44,7 +44,7 @@ IMAGES = {
         "stem": "si001h_brockley_23_2_0", "width_nm": 100.0, "classes": SI_CLASSES, "match_radius_nm": 1.0,
         "snap_nm": 0.4, "sigma_px": 1.0,
         "regions": [Region("B1", "dev", 55, 5, 80, 30), Region("B2", "dev", 0, 62, 25, 87),
-                    Region("B3", "test", 72, 28, 97, 53), Region("B4", "test", 28, 72, 53, 97)],
+                    Region("B3", "test", 72, 30, 97, 53), Region("B4", "test", 28, 72, 53, 97)],
     },
     "P": {
         "stem": "si001h_ph3_paddington_24_2_0", "width_nm": 100.0, "classes": SI_CLASSES, "match_radius_nm": 1.0,

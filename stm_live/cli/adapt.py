@@ -102,12 +102,16 @@ def read_labels(path: Path) -> tuple[list, list, list]:
                 row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
                 try:
                     x, y = float(row["x_nm"]), float(row["y_nm"])
+                except ValueError:
+                    raise AdaptError(
+                        f"{path}:{line}: x_nm/y_nm must be numbers, got {row['x_nm']!r}, {row['y_nm']!r}"
+                    ) from None
+                try:
                     x2 = float(row["x2_nm"]) if row.get("x2_nm") else None
                     y2 = float(row["y2_nm"]) if row.get("y2_nm") else None
                 except ValueError:
                     raise AdaptError(
-                        f"{path}:{line}: x_nm/y_nm (and x2_nm/y2_nm) must be numbers, got {row['x_nm']!r}, "
-                        f"{row['y_nm']!r}"
+                        f"{path}:{line}: x2_nm/y2_nm must be numbers, got {row.get('x2_nm')!r}, {row.get('y2_nm')!r}"
                     ) from None
                 if not row["class"]:
                     raise AdaptError(f"{path}:{line}: empty class name")

@@ -127,17 +127,20 @@ def feature_size_nm(levelled: np.ndarray, nm_per_px: float, points_px: Sequence[
     return float(np.median(best) * 2 * np.sqrt(2) * nm_per_px)
 
 
-def feature_pitch(size_nm: float, image_nm_per_px: float) -> float:
+def feature_pitch(size_nm: float, image_nm_per_px: float, model_nm_per_px: float = 0.1) -> float:
     """Model pitch (nm/px) at which features of ``size_nm`` span what the encoder was trained on.
 
-    Limited to 2.5x finer .. 4x coarser than the image, and to 0.01-0.4 nm/px.
+    Limited to 2.5x finer .. 4x coarser than the image and to half .. twice
+    the encoder's own pitch ``model_nm_per_px`` (beyond that the encoder sees
+    textures it never saw in training).
 
-    >>> feature_pitch(1.0, 0.2), feature_pitch(0.5, 0.02)
-    (0.1, 0.05)
+    >>> feature_pitch(1.0, 0.2), feature_pitch(0.5, 0.02), feature_pitch(0.3, 0.02)
+    (0.1, 0.05, 0.05)
     """
     pitch = size_nm / _TRAINED_FEATURE_PX
     pitch = min(max(pitch, image_nm_per_px / 2.5), image_nm_per_px * 4)
-    return float(round(min(max(pitch, 0.01), 0.4), 4))
+    pitch = min(max(pitch, model_nm_per_px / 2), model_nm_per_px * 2)
+    return float(round(pitch, 4))
 
 
 def _boxes_mask(boxes: Sequence[Box], shape: tuple[int, int], pitch: tuple[float, float], row0: int = 0) -> np.ndarray:
@@ -217,7 +220,7 @@ def adapt_model(
     if settings.nm_per_px:
         pitch = float(settings.nm_per_px)
     elif size_nm is not None:
-        pitch = feature_pitch(size_nm, examples[0].frame.nm_per_px[0])
+        pitch = feature_pitch(size_nm, examples[0].frame.nm_per_px[0], info.nm_per_px)
     else:
         pitch = info.nm_per_px
     report["nm_per_px"] = pitch
@@ -294,6 +297,7 @@ def adapt_model(
         report["calibration"] = thresholds
         det = dict(new_info.detection)
         det["min_score"] = thresholds["min_score"]
+        det["min_area_nm2"] = thresholds["min_area_nm2"]
         new_info = replace(new_info, detection=det)
     return model, new_info, report
 
@@ -319,55 +323,72 @@ def _calibrate(
 ) -> dict[str, Any]:
     """Per-class score thresholds from the labelled frames themselves.
 
-    Two rules, the stricter wins where they disagree:
-
+    * *known background* (background rectangles, the unlabelled parts of
+      all-labelled rectangles): a hard limit: the thresholds (minimum score
+      and area) are raised until the new head finds no more features there
+      than the model it started from (a bare encoder finds none, so then none
+      at all), keeping as many clicked examples as that allows;
     * *positives*: a detection less certain than every clicked example of its
       class (less a margin of 0.05) is not kept: the clicked features are what
-      the person says the class looks like;
-    * *known background* (background rectangles, the unlabelled parts of
-      all-labelled rectangles): the threshold is raised until the new head
-      finds no more features there than the model it started from (a bare
-      encoder finds none, so then none at all).
+      the person says the class looks like.
     """
     proto, full = with_info(model, info)
     pitch = full.nm_per_px
     merge = full.detection.get("merge_within_nm", 0.0)
+    area_floor = full.detection.get("min_area_nm2", {})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "candidate.onnx"
         path.write_bytes(proto.SerializeToString())
         candidate = SegmentationModel(path, provider="cpu")
-        background_scores: dict[str, list[float]] = {c: [] for c in classes}
-        positive_scores: dict[str, list[float]] = {c: [] for c in classes}
+        # (score, area) of detections in the known background and of those on clicked examples
+        negatives: dict[str, list[tuple[float, float]]] = {c: [] for c in classes}
+        positives: dict[str, list[tuple[float, float]]] = {c: [] for c in classes}
         allowed: dict[str, int] = dict.fromkeys(classes, 0)
         for ex, bg in zip(examples, known_background, strict=True):
-            seg = candidate.segment(ex.frame, min_score=0.0)
+            seg = candidate.segment(ex.frame, min_score=0.0, min_area_nm2=0.0)
             for p in ex.points:
-                if p.class_name not in positive_scores:
+                if p.class_name not in positives:
                     continue
                 reach = max(2 * radius_nm, float(merge.get(p.class_name, 0.0)) if isinstance(merge, Mapping)
                             else float(merge))
-                near = [d.score for d in seg.detections if d.class_name == p.class_name
+                near = [(d.score, d.area_nm2) for d in seg.detections if d.class_name == p.class_name
                         and (d.x_nm - p.x_nm) ** 2 + (d.y_nm - p.y_nm) ** 2 <= reach**2]
                 if near:
-                    positive_scores[p.class_name].append(max(near))
+                    positives[p.class_name].append(max(near))
             if not bg.any():
                 continue
             rows = ex.frame.valid_rows
             row0 = round(rows.start * ex.frame.nm_per_px[1] / pitch)
             for d in _false_in_background(seg.detections, bg, pitch, row0):
-                background_scores[d.class_name].append(d.score)
+                negatives[d.class_name].append((d.score, d.area_nm2))
             if base.has_head:
                 for d in _false_in_background(base.segment(ex.frame).detections, bg, pitch, row0):
                     if d.class_name in allowed:
                         allowed[d.class_name] += 1
-    min_score = {}
+    min_score: dict[str, float] = {}
+    min_area: dict[str, float] = {}
+    kept: dict[str, list[int]] = {}
     for c in classes:
-        s = sorted(background_scores[c], reverse=True)
-        k = allowed[c]
-        # keep at most k background detections: just above the (k+1)-th highest score
-        from_background = float(s[k]) + 1e-4 if len(s) > k else 0.0
-        from_positives = min(positive_scores[c]) - 0.05 if positive_scores[c] else 0.0
-        min_score[c] = round(min(max(from_background, from_positives, 0.0), 0.999), 4)
-    return {"min_score": min_score, "background_detections_at_zero": {c: len(v) for c, v in background_scores.items()},
-            "allowed": allowed, "lowest_clicked_score": {c: round(min(v), 4) if v else None
-                                                        for c, v in positive_scores.items()}}
+        pos, neg = positives[c], negatives[c]
+        # positives: nothing less certain than every clicked example (less a margin of 0.05)
+        score_floor = min(s for s, _ in pos) - 0.05 if pos else 0.0
+        base_area = float(area_floor.get(c, 0.0)) if isinstance(area_floor, Mapping) else 0.0
+        scores = sorted({max(score_floor, 0.0), *(s + 1e-4 for s, _ in neg)})
+        areas = sorted({base_area, *(a + 1e-6 for _, a in neg)})
+        best: tuple[int, float, float, int] | None = None
+        for s_t in scores:
+            for a_t in areas:
+                n_neg = sum(1 for s, a in neg if s >= s_t and a >= a_t)
+                if n_neg > allowed[c]:
+                    continue  # never more background detections than the start model
+                n_pos = sum(1 for s, a in pos if s >= s_t and a >= a_t)
+                key = (-n_pos, s_t, a_t, n_neg)
+                if best is None or key < (-best[0], best[1], best[2], best[3]):
+                    best = (n_pos, s_t, a_t, n_neg)
+        if best is None:  # unreachable: a threshold above every score keeps nothing
+            best = (0, 1.0, base_area, 0)
+        min_score[c] = round(min(best[1], 1.0), 4)
+        min_area[c] = round(best[2], 6)
+        kept[c] = [best[0], len(pos), best[3], len(neg)]
+    return {"min_score": min_score, "min_area_nm2": min_area, "allowed": allowed,
+            "clicked_kept_of_found_and_background_kept_of_found": kept}
