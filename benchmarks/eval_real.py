@@ -54,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SI = ["si001h_brockley_23_2_0", "si001h_ph3_paddington_24_2_0"]
 TIO2 = ["tio2_110_m70"]
+SURFACES = [("si001h", SI), ("tio2", TIO2)]
 BRIGHT = {"dangling_bond": True, "dimer_vacancy": False, "bright_spot": True}
 
 
@@ -82,7 +83,7 @@ def part_kshot(encoder: str, draws: int, today: bool) -> dict[str, Any]:
     base = SegmentationModel(bundled_model_path(encoder) if "/" not in encoder else encoder, provider="cpu")
     settings = today_settings(base) if today else AdaptSettings()
     out: dict[str, Any] = {"encoder": base.id, "today": today}
-    for label, names in (("si001h", SI), ("tio2", TIO2)):
+    for label, names in SURFACES:
         t0 = time.perf_counter()
         res = kshot(base, scans_of(names), (1, 3, 5), draws=draws, settings=settings,
                     background_squares=0 if today else None)
@@ -98,7 +99,7 @@ def part_dev(encoder: str, draws: int, today: bool) -> dict[str, Any]:
     base = SegmentationModel(bundled_model_path(encoder) if "/" not in encoder else encoder, provider="cpu")
     settings = today_settings(base) if today else AdaptSettings()
     out: dict[str, Any] = {}
-    for label, names in (("si001h", SI), ("tio2", TIO2)):
+    for label, names in SURFACES:
         scans = scans_of(names)
         dev_ids = [r.id for s in scans for r in s.labels.regions_of("dev")]
         rows = []
@@ -201,7 +202,10 @@ def main() -> int:
     parser.add_argument("--today", action="store_true", help="adapt as before this evaluation existed")
     parser.add_argument("--out", default=str(REPO / "docs" / "real_eval.json"))
     parser.add_argument("--tag", default="", help="suffix of the result keys (e.g. a variant's name)")
+    parser.add_argument("--surface", choices=["si001h", "tio2"], help="k-shot and dev parts: this surface only")
     args = parser.parse_args()
+    if args.surface:
+        SURFACES[:] = [s for s in SURFACES if s[0] == args.surface]
     logging.basicConfig(level=logging.WARNING)
     if not DATA.is_dir():
         print(f"skipped: {DATA} is not there (../shared beside the checkout)", file=sys.stderr)

@@ -55,8 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pixels this far from every point are background candidates (nm; default 3x the "
                         "radius)")
     parser.add_argument("--background-prototypes", type=int, default=4, help="k-means clusters for the background")
-    parser.add_argument("--fine-tune-steps", type=int, default=0,
-                        help="optionally refine the prototypes by this many gradient steps (head only)")
+    parser.add_argument("--fine-tune-steps", type=int,
+                        help="refine the prototypes by this many gradient steps (head only; default 100 with "
+                        "--mask, 0 with --points)")
+    parser.add_argument("--prototypes-per-class", type=int,
+                        help="prototypes per feature class (k-means of its pixels; default 3 with --mask, 1 with "
+                        "--points)")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="keep the default detection thresholds instead of calibrating them on the marked "
                         "background")
@@ -226,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
         background_margin_nm=args.background_margin_nm,
         n_background=args.background_prototypes,
         fine_tune_steps=args.fine_tune_steps,
+        prototypes_per_class=args.prototypes_per_class,
         centre_features=args.centre_features,
         centre_prior_nm2=args.centre_prior_nm2,
         calibrate=not args.no_calibrate,
@@ -235,7 +240,8 @@ def run(args: argparse.Namespace) -> int:
                                       surface=args.surface)
     provenance = {
         **dict(info.provenance),
-        "method": "prototypes from labelled examples" + (" + head fine-tuning" if args.fine_tune_steps else ""),
+        "method": "prototypes from labelled examples"
+        + (" + head fine-tuning" if report.get("fine_tune_steps") else ""),
         "base_model": {"id": base.info.id, "name": base.info.name, "path": str(base_path)},
         "images": provenance_images,
         "bias_polarity": polarity,

@@ -33,13 +33,14 @@ from scipy import ndimage
 
 from ..errors import AdaptError
 from ..frame import Frame
-from .format import ModelInfo, attach_head, load_onnx, with_info
+from .format import ModelInfo, Prototypes, attach_head, load_onnx, with_info
 from .prepare import level_for_model, to_model_grid
 from .prototypes import (
     UNLABELLED,
     LabelledImage,
     Point,
     feature_centring,
+    head_probabilities,
     labels_from_points,
     prototypes_from_labels,
     refine_prototypes,
@@ -80,14 +81,16 @@ class AdaptSettings:
     ``nm_per_px`` None: measured from the labelled features
     (:func:`feature_pitch`); ``radius_nm`` None: from the same measurement.
     ``calibrate``: choose detection thresholds on the labelled frames.
+    ``prototypes_per_class`` / ``fine_tune_steps`` None: 3 and 100 for dense
+    masks (enough pixels to use), 1 and 0 for points.
     """
 
     nm_per_px: float | None = None
     radius_nm: float | None = None
     background_margin_nm: float | None = None
     n_background: int = 4
-    prototypes_per_class: int = 1
-    fine_tune_steps: int = 0
+    prototypes_per_class: int | None = None
+    fine_tune_steps: int | None = None
     centre_features: bool = False
     centre_prior_nm2: float = 2.5
     calibrate: bool = True
@@ -153,22 +156,24 @@ def _boxes_mask(boxes: Sequence[Box], shape: tuple[int, int], pitch: tuple[float
     return out
 
 
-def _measure_sizes(example: LabelledFrame, classes: Sequence[str]) -> dict[str, list[float]]:
-    """Diameters (nm) of the labelled features per class: LoG scale at points, blob size in masks."""
+def _measure_sizes(example: LabelledFrame, classes: Sequence[str]) -> dict[str, list[tuple[float, bool]]]:
+    """``(diameter nm, bright)`` of the labelled features per class: LoG scale at points, blob size in masks."""
     frame = example.frame
     rows = frame.valid_rows
     px = frame.nm_per_px
-    out: dict[str, list[float]] = {c: [] for c in classes}
+    out: dict[str, list[tuple[float, bool]]] = {c: [] for c in classes}
+    levelled = level_for_model(frame.data[rows], {})
+    median = float(np.median(levelled))
     if example.mask is not None:
         mask = np.asarray(example.mask)[rows]
         for k, name in enumerate(classes, start=1):
             lab, n = ndimage.label(mask == k)
             if n:
                 counts = np.bincount(lab.ravel())[1:]
-                out[name].extend(float(d) for d in 2 * np.sqrt(counts * px[0] * px[1] / np.pi))
+                heights = ndimage.mean(levelled, lab, np.arange(1, n + 1))
+                out[name].extend((float(d), bool(h >= median))
+                                 for d, h in zip(2 * np.sqrt(counts * px[0] * px[1] / np.pi), heights, strict=True))
         return out
-    levelled = level_for_model(frame.data[rows], {})
-    median = float(np.median(levelled))
     for p in example.points:
         if p.class_name not in out:
             continue
@@ -176,7 +181,7 @@ def _measure_sizes(example: LabelledFrame, classes: Sequence[str]) -> dict[str, 
         if 0 <= r < levelled.shape[0] and 0 <= c < levelled.shape[1]:
             window = levelled[max(int(r) - 2, 0):int(r) + 3, max(int(c) - 2, 0):int(c) + 3]
             bright = float(window.mean()) >= median
-            out[p.class_name].append(feature_size_nm(levelled, px[0], [(r, c, bright)]))
+            out[p.class_name].append((feature_size_nm(levelled, px[0], [(r, c, bright)]), bright))
     return out
 
 
@@ -208,13 +213,15 @@ def adapt_model(
     classes = list(classes)
     info = base.info
     report: dict[str, Any] = {}
-    per_class: dict[str, list[float]] = {c: [] for c in classes}
+    per_class: dict[str, list[tuple[float, bool]]] = {c: [] for c in classes}
     for e in examples:
         for c, values in _measure_sizes(e, classes).items():
             per_class[c].extend(values)
-    sizes = [v for values in per_class.values() for v in values]
+    sizes = [v for values in per_class.values() for v, _ in values]
     size_nm = float(np.median(sizes)) if sizes else None
-    class_size = {c: float(np.median(v)) for c, v in per_class.items() if v}
+    class_size = {c: float(np.median([d for d, _ in v])) for c, v in per_class.items() if v}
+    bright_class = {c: 2 * sum(b for _, b in v) > len(v) for c, v in per_class.items() if v}
+    report["bright"] = bright_class
     report["feature_size_nm"] = None if size_nm is None else round(size_nm, 4)
     report["class_size_nm"] = {c: round(v, 4) for c, v in class_size.items()}
     if settings.nm_per_px:
@@ -232,41 +239,76 @@ def adapt_model(
         margin = 3.0 * radius
     report["radius_nm"] = round(radius, 4)
 
-    images = []
-    known_background = []
-    for ex in examples:
-        frame = ex.frame
-        embedding, prepared = base.embed(frame, nm_per_px=pitch)
-        h, w = prepared.shape
-        rows = frame.valid_rows
-        grid = (pitch, pitch)
-        if ex.mask is not None:
-            mask = np.asarray(ex.mask)
-            if mask.shape != frame.data.shape:
-                raise AdaptError(f"{ex.source or 'mask'}: mask shape {mask.shape}, image {frame.data.shape}")
-            small = to_model_grid(mask[rows], (h, w), nm_per_px=frame.nm_per_px, target_nm_per_px=pitch)
-            labels = np.where((small < 0) | (small > len(classes)), UNLABELLED, small).astype(np.int16)
-        else:
-            shifted = [replace(p, y_nm=p.y_nm - rows.start * frame.nm_per_px[1]) for p in ex.points]
-            labels = labels_from_points(shifted, classes, shape=(h, w), nm_per_px=grid, radius_nm=radius,
-                                        background_margin_nm=margin)
-        background = np.zeros((h, w), bool)
-        if ex.background_boxes:
-            background |= _boxes_mask(ex.background_boxes, (h, w), grid, rows.start)
-        if ex.complete_boxes:
-            inside = _boxes_mask(ex.complete_boxes, (h, w), grid, rows.start)
-            # every feature in a complete box is labelled: the pixels not near one are background
-            near = labels > 0
-            near = ndimage.binary_dilation(near, iterations=max(1, round(radius / pitch)))
-            background |= inside & ~near
-        if background.any():
-            labels = np.where(background & (labels <= 0), 0, labels).astype(np.int16)
-        known_background.append(background)
-        images.append(LabelledImage(embedding, labels))
+    def label_images(pitch: float) -> tuple[list[LabelledImage], list[np.ndarray]]:
+        images = []
+        known_background = []
+        for ex in examples:
+            frame = ex.frame
+            embedding, prepared = base.embed(frame, nm_per_px=pitch)
+            h, w = prepared.shape
+            rows = frame.valid_rows
+            grid = (pitch, pitch)
+            if ex.mask is not None:
+                mask = np.asarray(ex.mask)
+                if mask.shape != frame.data.shape:
+                    raise AdaptError(f"{ex.source or 'mask'}: mask shape {mask.shape}, image {frame.data.shape}")
+                small = to_model_grid(mask[rows], (h, w), nm_per_px=frame.nm_per_px, target_nm_per_px=pitch)
+                labels = np.where((small < 0) | (small > len(classes)), UNLABELLED, small).astype(np.int16)
+            else:
+                shifted = [replace(p, y_nm=p.y_nm - rows.start * frame.nm_per_px[1]) for p in ex.points]
+                labels = labels_from_points(shifted, classes, shape=(h, w), nm_per_px=grid, radius_nm=radius,
+                                            background_margin_nm=margin)
+            background = np.zeros((h, w), bool)
+            if ex.background_boxes:
+                background |= _boxes_mask(ex.background_boxes, (h, w), grid, rows.start)
+            if ex.complete_boxes:
+                inside = _boxes_mask(ex.complete_boxes, (h, w), grid, rows.start)
+                # every feature in a complete box is labelled: the pixels not near one are background
+                near = labels > 0
+                near = ndimage.binary_dilation(near, iterations=max(1, round(radius / pitch)))
+                background |= inside & ~near
+            if background.any():
+                labels = np.where(background & (labels <= 0), 0, labels).astype(np.int16)
+            known_background.append(background)
+            images.append(LabelledImage(embedding, labels))
+        return images, known_background
 
-    prototypes = prototypes_from_labels(images, len(classes), n_background=settings.n_background, seed=settings.seed)
-    if settings.fine_tune_steps:
-        prototypes = refine_prototypes(prototypes, images, steps=settings.fine_tune_steps, seed=settings.seed)
+    dense = all(ex.mask is not None for ex in examples)
+    n_per_class = settings.prototypes_per_class or (3 if dense else 1)
+    steps = settings.fine_tune_steps if settings.fine_tune_steps is not None else (100 if dense else 0)
+
+    def fit(labelled: Sequence[LabelledImage]) -> Prototypes:
+        # a dense mask's background is known: nothing in it is an unlabelled feature
+        protos = prototypes_from_labels(labelled, len(classes), n_background=settings.n_background,
+                                        seed=settings.seed, exclude_lookalikes=not dense, per_class=n_per_class)
+        if steps:
+            protos = refine_prototypes(protos, labelled, steps=steps, seed=settings.seed)
+        return protos
+
+    report["prototypes_per_class"] = n_per_class
+    report["fine_tune_steps"] = steps
+    if dense and settings.calibrate:
+        # the pitch and the background bias by cross-validation on the labelled pixels: the
+        # measured pitch and finer ones (a mask tells the extent, a finer grid follows it closer)
+        candidates = [pitch] if settings.nm_per_px else sorted({pitch, round(0.75 * pitch, 4), round(0.5 * pitch, 4)})
+        tried = {}
+        best_key: tuple[float, float] | None = None
+        for candidate in candidates:
+            imgs, _ = label_images(candidate)
+            offset, curve = _cross_validated_offset(imgs, fit)
+            score = max(curve.values()) if curve else 0.0
+            tried[str(candidate)] = {"offset": offset, "dice": score}
+            if best_key is None or score > best_key[0]:
+                best_key, pitch, chosen_offset = (score, candidate), candidate, offset
+        report["cross_validation"] = tried
+        report["nm_per_px"] = pitch
+        images, known_background = label_images(pitch)
+        prototypes = fit(images)
+        offsets = np.where(np.asarray(prototypes.labels) == 0, chosen_offset, 0.0)
+        prototypes = replace(prototypes, offsets=offsets.astype(np.float32))
+    else:
+        images, known_background = label_images(pitch)
+        prototypes = fit(images)
     if settings.centre_features:
         prior_px = settings.centre_prior_nm2 / pitch**2
         prototypes = replace(prototypes, centring=feature_centring(images, prototypes, prior_px=prior_px))
@@ -276,8 +318,14 @@ def adapt_model(
     if any(ex.mask is None for ex in examples):
         # pieces of one feature closer than its own measured size are one feature (a trench
         # breaks into several regions; two features rarely sit closer than their size)
-        detection = {"merge_within_nm": {c: round(max(2 * radius, 0.9 * class_size.get(c, 0.0)), 4)
+        # Dark features (vacancies) are often trenches: pieces closer than their size are one.
+        # Bright ones are round: pieces within the labelled disc are one, and touching ones
+        # are split when their centres are 0.7 of their size apart (neighbouring spots).
+        detection = {"merge_within_nm": {c: round(2 * radius if bright_class.get(c) else
+                                                  max(2 * radius, 0.9 * class_size.get(c, 0.0)), 4)
                                          for c in classes},
+                     "split_within_nm": {c: round(0.7 * class_size[c], 4) for c in classes
+                                         if bright_class.get(c) and c in class_size},
                      "min_area_nm2": {c: round(0.15 * disc_nm2, 4) for c in classes}}
     new_info = replace(
         info,
@@ -292,7 +340,8 @@ def adapt_model(
                     **dict(settings.extra_provenance)},
     )
     model = attach_head(load_onnx(base.path), prototypes)
-    if settings.calibrate and (any(b.any() for b in known_background) or any(ex.points for ex in examples)):
+    if settings.calibrate and not dense and (any(b.any() for b in known_background)
+                                             or any(ex.points for ex in examples)):
         thresholds = _calibrate(base, model, new_info, examples, known_background, classes, radius)
         report["calibration"] = thresholds
         det = dict(new_info.detection)
@@ -300,6 +349,57 @@ def adapt_model(
         det["min_area_nm2"] = thresholds["min_area_nm2"]
         new_info = replace(new_info, detection=det)
     return model, new_info, report
+
+
+def _cross_validated_offset(
+    images: Sequence[LabelledImage], fit: Any, folds: int = 3
+) -> tuple[float, dict[str, float]]:
+    """The background logit offset that maximises Dice on held-out bands of the labelled pixels.
+
+    The labelled columns of each image are cut into ``folds`` bands; for each
+    band, prototypes are fitted (``fit``) without it and its pixels are
+    classified. A pixel is a feature when its log-odds of not being
+    background exceed the offset; the offset with the best Dice over all
+    held-out pixels (pooled) is returned, with the Dice of each offset tried.
+    """
+    odds, truth = [], []
+    bands = []
+    for im in images:
+        cols = np.flatnonzero((im.labels >= 0).any(axis=0))
+        edges = np.linspace(cols.min(), cols.max() + 1, folds + 1).round().astype(int) if len(cols) else None
+        bands.append(edges)
+    for f in range(folds):
+        train = []
+        for im, edges in zip(images, bands, strict=True):
+            labels = im.labels.copy()
+            if edges is not None:
+                labels[:, edges[f]:edges[f + 1]] = UNLABELLED
+            train.append(LabelledImage(im.embedding, labels))
+        if not any((t.labels > 0).any() for t in train):
+            continue
+        protos = fit(train)
+        for im, edges in zip(images, bands, strict=True):
+            if edges is None:
+                continue
+            held = np.zeros(im.labels.shape, bool)
+            held[:, edges[f]:edges[f + 1]] = True
+            held &= im.labels >= 0
+            if not held.any():
+                continue
+            p = head_probabilities(im.embedding[:, held], protos)
+            background = np.clip(p[0], 1e-12, 1 - 1e-12)
+            odds.append(np.log((1 - background) / background))
+            truth.append(im.labels[held] > 0)
+    if not odds:
+        return 0.0, {}
+    o, t = np.concatenate(odds), np.concatenate(truth)
+    curve = {}
+    for b in np.linspace(-6.0, 6.0, 49):
+        pred = o > b
+        denominator = int(pred.sum() + t.sum())
+        curve[f"{b:.2f}"] = round(2.0 * float((pred & t).sum()) / denominator, 4) if denominator else 0.0
+    best = max(curve, key=lambda k: (curve[k], -abs(float(k))))
+    return float(best), curve
 
 
 def _false_in_background(seg_detections: Sequence[Any], background: np.ndarray, pitch: float, row0: int) -> list[Any]:

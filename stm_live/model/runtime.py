@@ -28,7 +28,12 @@ from .instances import class_map_from_probs, find_instances
 from .prepare import level_for_model, prepare_image, to_image_grid
 
 __all__ = [
-    "DEFAULT_MODEL", "SegmentationModel", "bundled_model_path", "polarity_mismatch", "result_record", "select_providers",
+    "DEFAULT_MODEL",
+    "SegmentationModel",
+    "bundled_model_path",
+    "polarity_mismatch",
+    "result_record",
+    "select_providers",
 ]
 
 log = logging.getLogger(__name__)
@@ -321,6 +326,7 @@ class SegmentationModel:
             min_score=scores,
             min_area_nm2=areas,
             merge_within_nm=self.info.detection.get("merge_within_nm", 0.0),
+            split_within_nm=self.info.detection.get("split_within_nm", 0.0),
         )
         if rows.start:
             shift = rows.start * frame.nm_per_px[1]
