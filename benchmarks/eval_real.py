@@ -11,6 +11,8 @@ Parts (``--part``, several allowed; default all):
   detector per class, parameters chosen on the dev regions, scored on test;
 * ``dense``: TiO2 dense mask: adapt on the dev half (left), Dice on the test
   half (right), against a height threshold tuned on the dev half;
+* ``sim``: simulated Si(001): si001-ash3 adapted from 3 clicks per class on one
+  frame, against the unadapted model on 7 other frames;
 * ``dev``: the tuning protocol: leave-one-dev-region-out k-shot (support from
   the other dev regions, scored on the one left out); never reads test.
 
@@ -193,10 +195,71 @@ def part_dense(encoder: str, today: bool) -> dict[str, Any]:
     return out
 
 
+def part_sim(frames: int = 8, seed: int = 60_000, draws: int = 3) -> dict[str, Any]:
+    """Simulator: si001-ash3 adapted from 3 clicks per class on one frame, scored on the other frames.
+
+    Each draw clicks 3 random instances per class of frame ``seed`` (and, in the
+    second variant, marks 3 feature-free 3 x 3 nm squares as background); the
+    unadapted model is scored on the same frames. Precision must not drop by
+    more than 2 points for any class.
+    """
+    import tempfile
+
+    from stm_live.model.adapt import LabelledFrame, adapt_model
+    from stm_live.model.evaluate import ClassScore, Truth, object_scores
+    from stm_live.model.format import save_model
+    from stm_live.model.prototypes import Point
+    from stm_live.sim import simulate_scan
+
+    base = SegmentationModel(bundled_model_path("si001-ash3"), provider="cpu")
+    scans = [simulate_scan("si001-ash3", size_nm=50.0, pixels=512, seed=seed + i) for i in range(frames)]
+    held = scans[1:]
+    truth = [[Truth(t.class_name, t.x_nm, t.y_nm) for t in s.instances] for s in held]
+
+    def scores(model: SegmentationModel) -> dict[str, dict[str, float]]:
+        total = {c: ClassScore() for c in base.classes}
+        for s, t in zip(held, truth, strict=True):
+            seg = model.segment(s.frame("Z"))
+            for name, sc in object_scores(seg.detections, t, base.classes).items():
+                total[name].add(sc)
+        return {c: {k: v for k, v in sc.to_dict().items() if k != "median_error_nm"} for c, sc in total.items()}
+
+    out: dict[str, Any] = {"model": base.id, "frames": f"{seed}..{seed + frames - 1}, support {seed}",
+                           "unadapted": scores(base)}
+    support = scans[0]
+    rng = np.random.default_rng(0)
+    for variant, n_bg in (("3 points per class", 0), ("3 points per class + 3 background squares", 3)):
+        rows = []
+        for d in range(draws):
+            points = []
+            for c in base.classes:
+                inst = [i for i in support.instances if i.class_name == c]
+                for j in rng.choice(len(inst), size=3, replace=False):
+                    points.append(Point(inst[int(j)].x_nm, inst[int(j)].y_nm, c))
+            boxes = []
+            while len(boxes) < n_bg:
+                x0, y0 = (float(v) for v in rng.uniform(0, 47, size=2))
+                if all(not (x0 - 0.5 <= i.x_nm <= x0 + 3.5 and y0 - 0.5 <= i.y_nm <= y0 + 3.5)
+                       for i in support.instances):
+                    boxes.append((x0, y0, x0 + 3.0, y0 + 3.0))
+            example = LabelledFrame(support.frame("Z"), tuple(points), background_boxes=tuple(boxes))
+            proto, info, report = adapt_model(base, [example], list(base.classes), AdaptSettings(seed=d))
+            with tempfile.TemporaryDirectory() as tmp:
+                save_model(proto, info, Path(tmp) / "m.onnx")
+                rows.append({"scores": scores(SegmentationModel(Path(tmp) / "m.onnx", provider="cpu")),
+                             "nm_per_px": report["nm_per_px"]})
+        mean = {c: {k: round(float(np.mean([r["scores"][c][k] for r in rows])), 4)
+                    for k in ("precision", "recall", "f1")} for c in base.classes}
+        out[variant] = {"mean": mean, "draws": rows}
+        print("sim", variant, json.dumps(mean), flush=True)
+    print("sim unadapted", json.dumps(out["unadapted"]), flush=True)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", nargs="+", default=["zero-shot", "kshot", "baselines", "dense"],
-                        choices=["zero-shot", "kshot", "baselines", "dense", "dev"])
+                        choices=["zero-shot", "kshot", "baselines", "dense", "dev", "sim"])
     parser.add_argument("--encoder", default="base-encoder")
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--today", action="store_true", help="adapt as before this evaluation existed")
@@ -223,9 +286,11 @@ def main() -> int:
             value = part_dev(args.encoder, args.draws, args.today)
         elif part == "baselines":
             value = part_baselines()
+        elif part == "sim":
+            value = part_sim(draws=args.draws)
         else:
             value = part_dense(args.encoder, args.today)
-        key = part + ("" if part in ("zero-shot", "baselines") else suffix)
+        key = part + ("" if part in ("zero-shot", "baselines", "sim") else suffix)
         results[key] = {"measured": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.perf_counter() - t0, 1),
                         **value}
         out_path.write_text(json.dumps(results, indent=1) + "\n")

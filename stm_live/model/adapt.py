@@ -274,7 +274,7 @@ def adapt_model(
         return images, known_background
 
     dense = all(ex.mask is not None for ex in examples)
-    n_per_class = settings.prototypes_per_class or (3 if dense else 1)
+    n_per_class = settings.prototypes_per_class or (3 if dense and not settings.centre_features else 1)
     steps = settings.fine_tune_steps if settings.fine_tune_steps is not None else (100 if dense else 0)
 
     def fit(labelled: Sequence[LabelledImage]) -> Prototypes:
@@ -375,9 +375,10 @@ def _cross_validated_offset(
             if edges is not None:
                 labels[:, edges[f]:edges[f + 1]] = UNLABELLED
             train.append(LabelledImage(im.embedding, labels))
-        if not any((t.labels > 0).any() for t in train):
+        try:
+            protos = fit(train)
+        except AdaptError:  # a class whose every example lies in the held-out band: no fold here
             continue
-        protos = fit(train)
         for im, edges in zip(images, bands, strict=True):
             if edges is None:
                 continue

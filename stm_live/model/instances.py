@@ -258,6 +258,8 @@ def split_touching(member: np.ndarray, labels: np.ndarray, n: int, min_separatio
     markers[~member] = -1
     depth = (dist.max() - dist) / max(float(dist.max()), 1e-9) * 65000
     flooded = ndimage.watershed_ift(depth.astype(np.uint16), markers, structure=_EIGHT)
+    lost = member & (flooded <= 0)  # not reached from a seed: the pixel keeps its region
+    flooded[lost] = m + labels[lost]
     flooded[~member] = 0
     values, inverse = np.unique(flooded, return_inverse=True)
     out = inverse.reshape(flooded.shape).astype(np.int32)
