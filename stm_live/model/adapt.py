@@ -82,7 +82,10 @@ class AdaptSettings:
     (:func:`feature_pitch`); ``radius_nm`` None: from the same measurement.
     ``calibrate``: choose detection thresholds on the labelled frames.
     ``prototypes_per_class`` / ``fine_tune_steps`` None: 3 and 100 for dense
-    masks (enough pixels to use), 1 and 0 for points.
+    masks (enough pixels to use), 1 and 0 for points. ``keep_base_head``:
+    when the start model has a head, its trained prototypes of the labelled
+    classes and of the background stay beside the new ones (and its pitch is
+    kept), so that a few clicks add to what it knows instead of replacing it.
     """
 
     nm_per_px: float | None = None
@@ -94,6 +97,7 @@ class AdaptSettings:
     centre_features: bool = False
     centre_prior_nm2: float = 2.5
     calibrate: bool = True
+    keep_base_head: bool = True
     seed: int = 0
     extra_provenance: Mapping[str, Any] = field(default_factory=dict)
 
@@ -224,8 +228,12 @@ def adapt_model(
     report["bright"] = bright_class
     report["feature_size_nm"] = None if size_nm is None else round(size_nm, 4)
     report["class_size_nm"] = {c: round(v, 4) for c, v in class_size.items()}
+    keep_head = base.has_head and info.prototypes is not None and settings.keep_base_head \
+        and not settings.centre_features
     if settings.nm_per_px:
         pitch = float(settings.nm_per_px)
+    elif keep_head:  # its trained prototypes describe features at its own pitch
+        pitch = info.nm_per_px
     elif size_nm is not None:
         pitch = feature_pitch(size_nm, examples[0].frame.nm_per_px[0], info.nm_per_px)
     else:
@@ -309,6 +317,10 @@ def adapt_model(
     else:
         images, known_background = label_images(pitch)
         prototypes = fit(images)
+        if keep_head:
+            unchanged = _classes_the_base_finds(base, examples, classes, radius)
+            prototypes = _with_base_prototypes(prototypes, info, classes, unchanged)
+            report["classes_left_to_the_start_model"] = sorted(unchanged)
     if settings.centre_features:
         prior_px = settings.centre_prior_nm2 / pitch**2
         prototypes = replace(prototypes, centring=feature_centring(images, prototypes, prior_px=prior_px))
@@ -342,13 +354,60 @@ def adapt_model(
     model = attach_head(load_onnx(base.path), prototypes)
     if settings.calibrate and not dense and (any(b.any() for b in known_background)
                                              or any(ex.points for ex in examples)):
-        thresholds = _calibrate(base, model, new_info, examples, known_background, classes, radius)
+        unchanged_classes = set(report.get("classes_left_to_the_start_model", []))
+        thresholds = _calibrate(base, model, new_info, examples, known_background, classes, radius,
+                                unchanged_classes)
         report["calibration"] = thresholds
         det = dict(new_info.detection)
         det["min_score"] = thresholds["min_score"]
         det["min_area_nm2"] = thresholds["min_area_nm2"]
         new_info = replace(new_info, detection=det)
     return model, new_info, report
+
+
+def _classes_the_base_finds(
+    base: SegmentationModel, examples: Sequence[LabelledFrame], classes: Sequence[str], radius_nm: float
+) -> set[str]:
+    """Classes of the start model whose every clicked example it already detects, under that class."""
+    found: dict[str, bool] = {c: c in base.classes for c in classes}
+    for ex in examples:
+        if not ex.points:
+            continue
+        detections = base.segment(ex.frame).detections
+        for p in ex.points:
+            if found.get(p.class_name):
+                found[p.class_name] = any(d.class_name == p.class_name
+                                          and (d.x_nm - p.x_nm) ** 2 + (d.y_nm - p.y_nm) ** 2 <= (2 * radius_nm) ** 2
+                                          for d in detections)
+    return {c for c, ok in found.items() if ok}
+
+
+def _with_base_prototypes(
+    prototypes: Prototypes, info: ModelInfo, classes: Sequence[str], unchanged: set[str],
+) -> Prototypes:
+    """The start model's prototypes of the labelled classes and background, plus new ones where needed.
+
+    New prototypes (from the labels) are added for the classes the start model
+    does not already find at every clicked example (``unchanged`` lists the
+    ones it does); the start model's temperature is kept.
+    """
+    base = info.prototypes
+    assert base is not None
+    index = {c: k for k, c in enumerate(classes, start=1)}
+    # background prototypes from a few clicks also cover the frame's unlabelled features: the
+    # start model's trained background prototypes are kept instead
+    new = [i for i, label in enumerate(prototypes.labels) if label != 0 and classes[label - 1] not in unchanged]
+    vectors, labels = [prototypes.vectors[new]], [prototypes.labels[i] for i in new]
+    for v, label in zip(base.vectors, base.labels, strict=True):
+        name = "background" if label == 0 else info.classes[label - 1]
+        if label == 0 or name in index:
+            vectors.append(v[None])
+            labels.append(0 if label == 0 else index[name])
+    stacked = np.concatenate(vectors).astype(np.float32)
+    # the start model's temperature was fitted on many validation pixels, and its calibrated
+    # thresholds hold for it: a few clicks are no better ground for a new one
+    temperature = base.temperature
+    return Prototypes(stacked, tuple(labels), temperature)
 
 
 def _cross_validated_offset(
@@ -421,8 +480,12 @@ def _calibrate(
     known_background: Sequence[np.ndarray],
     classes: Sequence[str],
     radius_nm: float,
+    unchanged: set[str] | None = None,
 ) -> dict[str, Any]:
     """Per-class score thresholds from the labelled frames themselves.
+
+    Classes in ``unchanged`` (left to the start model's trained prototypes)
+    start from its calibrated thresholds instead of the clicked examples'.
 
     * *known background* (background rectangles, the unlabelled parts of
       all-labelled rectangles): a hard limit: the thresholds (minimum score
@@ -471,9 +534,12 @@ def _calibrate(
     kept: dict[str, list[int]] = {}
     for c in classes:
         pos, neg = positives[c], negatives[c]
-        # positives: nothing less certain than every clicked example (less a margin of 0.05)
-        score_floor = min(s for s, _ in pos) - 0.05 if pos else 0.0
         base_area = float(area_floor.get(c, 0.0)) if isinstance(area_floor, Mapping) else 0.0
+        if unchanged and c in unchanged:  # the start model's validated thresholds
+            start_scores, start_areas = base.thresholds()
+            score_floor, base_area = start_scores.get(c, 0.0), max(base_area, start_areas.get(c, 0.0))
+        else:  # positives: nothing less certain than every clicked example (less a margin of 0.05)
+            score_floor = min(s for s, _ in pos) - 0.05 if pos else 0.0
         scores = sorted({max(score_floor, 0.0), *(s + 1e-4 for s, _ in neg)})
         areas = sorted({base_area, *(a + 1e-6 for _, a in neg)})
         best: tuple[int, float, float, int] | None = None
