@@ -195,7 +195,7 @@ def part_dense(encoder: str, today: bool) -> dict[str, Any]:
     return out
 
 
-def part_sim(frames: int = 8, seed: int = 60_000, draws: int = 3) -> dict[str, Any]:
+def part_sim(frames: int = 8, seed: int = 60_000, draws: int = 3, today: bool = False) -> dict[str, Any]:
     """Simulator: si001-ash3 adapted from 3 clicks per class on one frame, scored on the other frames.
 
     Each draw clicks 3 random instances per class of frame ``seed`` (and, in the
@@ -243,7 +243,8 @@ def part_sim(frames: int = 8, seed: int = 60_000, draws: int = 3) -> dict[str, A
                        for i in support.instances):
                     boxes.append((x0, y0, x0 + 3.0, y0 + 3.0))
             example = LabelledFrame(support.frame("Z"), tuple(points), background_boxes=tuple(boxes))
-            proto, info, report = adapt_model(base, [example], list(base.classes), AdaptSettings(seed=d))
+            settings = replace(today_settings(base), keep_base_head=False) if today else AdaptSettings()
+            proto, info, report = adapt_model(base, [example], list(base.classes), replace(settings, seed=d))
             with tempfile.TemporaryDirectory() as tmp:
                 save_model(proto, info, Path(tmp) / "m.onnx")
                 rows.append({"scores": scores(SegmentationModel(Path(tmp) / "m.onnx", provider="cpu")),
@@ -287,10 +288,10 @@ def main() -> int:
         elif part == "baselines":
             value = part_baselines()
         elif part == "sim":
-            value = part_sim(draws=args.draws)
+            value = part_sim(draws=args.draws, today=args.today)
         else:
             value = part_dense(args.encoder, args.today)
-        key = part + ("" if part in ("zero-shot", "baselines", "sim") else suffix)
+        key = part + ("" if part in ("zero-shot", "baselines") else suffix)
         results[key] = {"measured": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.perf_counter() - t0, 1),
                         **value}
         out_path.write_text(json.dumps(results, indent=1) + "\n")
