@@ -261,3 +261,42 @@ def test_bundled_model_on_the_real_labels() -> None:
     score = score_model(SegmentationModel(provider="cpu"), scans, "test").per_class()
     # the bundled model finds most real vacancies and dangling bonds (docs/real_eval.md has the figures)
     assert score["dimer_vacancy"]["recall"] > 0.6 and score["dangling_bond"]["recall"] > 0.6
+
+
+def test_touching_round_features_are_split_and_trench_pieces_merged() -> None:
+    from stm_live.model.instances import find_instances
+
+    rr, cc = np.indices((40, 60))
+    cmap = np.zeros((40, 60), np.uint8)
+    cmap[((rr - 20) ** 2 + (cc - 15) ** 2 <= 36) | ((rr - 20) ** 2 + (cc - 26) ** 2 <= 36)] = 1  # two touching spots
+    cmap[20, 45:48] = cmap[20, 50:53] = 2  # a trench found as two pieces, 0.5 nm apart
+    probs = np.stack([(cmap == 0), (cmap == 1), (cmap == 2)]).astype(np.float32)
+    kw = {"nm_per_px": (0.1, 0.1)}
+    plain = find_instances(cmap, probs, ["spot", "trench"], **kw)
+    assert [d.class_name for d in plain].count("spot") == 1 and [d.class_name for d in plain].count("trench") == 2
+    counted = find_instances(cmap, probs, ["spot", "trench"], split_within_nm={"spot": 0.7},
+                             merge_within_nm={"trench": 1.0}, **kw)
+    spots = sorted(d.x_nm for d in counted if d.class_name == "spot")
+    assert len(spots) == 2 and spots[0] == pytest.approx(1.55, abs=0.15) and spots[1] == pytest.approx(2.65, abs=0.15)
+    assert [d.class_name for d in counted].count("trench") == 1
+
+
+def test_a_dense_mask_gets_a_cross_validated_background_bias(tmp_path: Path, encoder: Path) -> None:
+    data = bumps_image((128, 128), BRIGHT, DARK)
+    frame = Frame((data * 1e-10).astype(np.float32), 25.6e-9, 25.6e-9)
+    mask = np.zeros((128, 128), np.int16)
+    for r, c in BRIGHT:
+        mask[(np.indices(mask.shape)[0] - r) ** 2 + (np.indices(mask.shape)[1] - c) ** 2 <= 4] = 1
+    mask[:, 100:] = 255  # unlabelled
+    base = SegmentationModel(encoder, provider="cpu")
+    proto, info, report = adapt_model(base, [LabelledFrame(frame, mask=mask)], ["up"], AdaptSettings(nm_per_px=0.2))
+    assert info.prototypes is not None and info.prototypes.offsets is not None
+    assert report["cross_validation"] and report["prototypes_per_class"] == 3
+    path = tmp_path / "dense.onnx"
+    save_model(proto, info, path)
+    model = SegmentationModel(path, provider="cpu")
+    assert read_info(load_onnx(path)).prototypes.offsets is not None  # type: ignore[union-attr]
+    probs = model.run(model.prepare(frame)[0])["probs"][0]
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    found = model.segment(frame).detections
+    assert sum(1 for d in found if d.class_name == "up") >= 3

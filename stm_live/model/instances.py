@@ -232,7 +232,7 @@ def class_regions(
 
 
 def split_touching(member: np.ndarray, labels: np.ndarray, n: int, min_separation_px: float) -> tuple[np.ndarray, int]:
-    """Split regions made of touching round features (a watershed of the distance to the region's edge).
+    """Split regions made of touching round features (seeds: maxima of the distance to the region's edge).
 
     Each local maximum of the distance transform at least ``min_separation_px``
     from a higher one, and at least 1.5 px deep, seeds one feature; a region
@@ -246,21 +246,20 @@ def split_touching(member: np.ndarray, labels: np.ndarray, n: int, min_separatio
     size = max(3, 2 * int(min_separation_px / 2) + 1)
     peaks = (dist == ndimage.maximum_filter(dist, size=size)) & (dist >= 1.5)
     seeds, m = ndimage.label(peaks, structure=_EIGHT)
-    if m <= n:
-        per_region = np.bincount(labels[peaks], minlength=n + 1)[1:]
-        if (per_region <= 1).all():
-            return labels, n
-    markers = seeds.astype(np.int32)
-    seeded = np.zeros(n + 1, bool)
-    seeded[np.unique(labels[peaks])] = True
-    unseeded = ~seeded[labels] & member  # small regions without a seed keep themselves
-    markers[unseeded] = m + labels[unseeded]
-    markers[~member] = -1
-    depth = (dist.max() - dist) / max(float(dist.max()), 1e-9) * 65000
-    flooded = ndimage.watershed_ift(depth.astype(np.uint16), markers, structure=_EIGHT)
-    lost = member & (flooded <= 0)  # not reached from a seed: the pixel keeps its region
-    flooded[lost] = m + labels[lost]
-    flooded[~member] = 0
+    if m <= 1:
+        return labels, n
+    # every pixel of a seeded region goes to its nearest seed (the bisector between two
+    # touching round features); a pixel whose nearest seed lies in another region, and
+    # every pixel of a region without a seed, keeps its own region
+    per_region = np.zeros(n + 1, np.int64)
+    seed_region = ndimage.maximum(labels, seeds, np.arange(1, m + 1)).astype(np.int64)
+    np.add.at(per_region, seed_region, 1)
+    _, (near_r, near_c) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+    nearest = seeds[near_r, near_c]
+    split = (per_region[labels] > 1) & (labels[near_r, near_c] == labels)
+    flooded = np.where(member & split, nearest, 0).astype(np.int64)
+    whole = member & ~split
+    flooded[whole] = m + labels[whole]
     values, inverse = np.unique(flooded, return_inverse=True)
     out = inverse.reshape(flooded.shape).astype(np.int32)
     if values[0] != 0:
