@@ -65,7 +65,8 @@ def scans_of(names: list[str]) -> list[LabelledScan]:
 
 
 def today_settings(base: SegmentationModel) -> AdaptSettings:
-    return AdaptSettings(nm_per_px=base.info.nm_per_px, radius_nm=0.4, background_margin_nm=1.2, calibrate=False)
+    return AdaptSettings(nm_per_px=base.info.nm_per_px, radius_nm=0.4, background_margin_nm=1.2, calibrate=False,
+                         keep_base_head=False, count_like_a_person=False, prototypes_per_class=1, fine_tune_steps=0)
 
 
 def brief(summary: dict[str, Any]) -> dict[str, Any]:
@@ -243,7 +244,7 @@ def part_sim(frames: int = 8, seed: int = 60_000, draws: int = 3, today: bool = 
                        for i in support.instances):
                     boxes.append((x0, y0, x0 + 3.0, y0 + 3.0))
             example = LabelledFrame(support.frame("Z"), tuple(points), background_boxes=tuple(boxes))
-            settings = replace(today_settings(base), keep_base_head=False) if today else AdaptSettings()
+            settings = today_settings(base) if today else AdaptSettings()
             proto, info, report = adapt_model(base, [example], list(base.classes), replace(settings, seed=d))
             with tempfile.TemporaryDirectory() as tmp:
                 save_model(proto, info, Path(tmp) / "m.onnx")

@@ -86,6 +86,9 @@ class AdaptSettings:
     when the start model has a head, its trained prototypes of the labelled
     classes and of the background stay beside the new ones (and its pitch is
     kept), so that a few clicks add to what it knows instead of replacing it.
+    ``count_like_a_person``: merge the pieces of dark (trench-like) features
+    within their measured size and split touching bright ones; False keeps
+    the older rule (pieces within two disc radii merged, nothing split).
     """
 
     nm_per_px: float | None = None
@@ -98,6 +101,7 @@ class AdaptSettings:
     centre_prior_nm2: float = 2.5
     calibrate: bool = True
     keep_base_head: bool = True
+    count_like_a_person: bool = True
     seed: int = 0
     extra_provenance: Mapping[str, Any] = field(default_factory=dict)
 
@@ -327,9 +331,10 @@ def adapt_model(
 
     disc_nm2 = float(np.pi * radius**2)
     detection: dict[str, Any] = {}
-    if any(ex.mask is None for ex in examples):
-        # pieces of one feature closer than its own measured size are one feature (a trench
-        # breaks into several regions; two features rarely sit closer than their size)
+    if any(ex.mask is None for ex in examples) and not settings.count_like_a_person:
+        detection = {"merge_within_nm": round(2 * radius, 4),
+                     "min_area_nm2": {c: round(0.15 * disc_nm2, 4) for c in classes}}
+    elif any(ex.mask is None for ex in examples):
         # Dark features (vacancies) are often trenches: pieces closer than their size are one.
         # Bright ones are round: pieces within the labelled disc are one, and touching ones
         # are split when their centres are 0.7 of their size apart (neighbouring spots).
