@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "AdaptError",
     "ConfigError",
+    "LabelError",
     "ModelError",
     "ScanReadError",
     "StmLiveError",
@@ -45,6 +46,10 @@ class ModelError(StmLiveError, ValueError):
 
 class AdaptError(StmLiveError, ValueError):
     """The labels given for adaptation cannot make prototypes (a class without examples, ...)."""
+
+
+class LabelError(StmLiveError, ValueError):
+    """A file of hand labels (``eval/real/*.json``) is unreadable or inconsistent."""
 
 
 class WireError(StmLiveError, ValueError):

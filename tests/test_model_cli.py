@@ -75,8 +75,10 @@ def test_adapt_from_a_mask(tmp_path: Path, scan: Path, encoder: Path) -> None:
         mask[(rr - r) ** 2 + (cc - c) ** 2 <= 4] = 2
     np.save(tmp_path / "mask.npy", mask)
     out = tmp_path / "m.onnx"
+    # The tiny encoder's fixed filters suit features at its own pitch only; the pitch measured
+    # from the labels is tested with the real base encoder (tests/test_real_eval.py).
     assert main(["adapt", "--model", str(encoder), "--image", str(scan), "--mask", str(tmp_path / "mask.npy"),
-                 "--classes", "up,down", "--out", str(out), "--fine-tune-steps", "20"]) == 0
+                 "--classes", "up,down", "--out", str(out), "--fine-tune-steps", "20", "--nm-per-px", "0.2"]) == 0
     seg = SegmentationModel(out, provider="cpu").segment(__import__("stm_live.io").io.read_frame(scan))
     assert sorted(d.class_name for d in seg.detections) == ["down"] * 3 + ["up"] * 4
 

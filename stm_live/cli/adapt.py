@@ -17,7 +17,13 @@ Computes new class prototypes from the model's embeddings of labelled images and
 new model with them: no gradient training, seconds on a CPU. Labels are either points a
 person clicked (CSV with header x_nm,y_nm,class; class 'background' marks background
 explicitly) or an integer mask of the image's shape (0 = background, k = k-th --classes
-name). Give --image once per labelled image, each with its own --points or --mask.
+name; 255 = unlabelled). Give --image once per labelled image, each with its own --points or
+--mask. A points CSV may also hold rectangles (columns x2_nm,y2_nm filled): class
+'background' marks a rectangle with no feature, class 'all_labelled' a rectangle in which
+every feature is clicked, so that the rest of it is background. By default the model pitch
+and the labelled disc are measured from the clicked features' size on the image, and the
+detection thresholds are the lowest that find nothing in the marked background
+(docs/real_eval.md).
 With --centre-features the new model centres each frame on its own features' mean
 embedding before it decides which class a feature is, so that what a tip change does to
 every feature alike cancels (docs/model.md says when that helps).
@@ -41,14 +47,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width-nm", type=float, metavar="W", help="physical width of array images")
     parser.add_argument("--height-nm", type=float, help="physical height of array images (default: square pixels)")
     parser.add_argument("--nm-per-px", type=float,
-                        help="pixel pitch the new model runs at (default: the base model's); pick it so the "
-                        "lattice period spans about 4-6 px")
-    parser.add_argument("--radius-nm", type=float, default=0.4, help="radius labelled around each point (nm)")
-    parser.add_argument("--background-margin-nm", type=float, default=1.2,
-                        help="pixels this far from every point are background candidates (nm)")
+                        help="pixel pitch the new model runs at (default: chosen from the labelled features' "
+                        "size measured on the image)")
+    parser.add_argument("--radius-nm", type=float,
+                        help="radius labelled around each point (nm; default: from the measured feature size)")
+    parser.add_argument("--background-margin-nm", type=float,
+                        help="pixels this far from every point are background candidates (nm; default 3x the "
+                        "radius)")
     parser.add_argument("--background-prototypes", type=int, default=4, help="k-means clusters for the background")
-    parser.add_argument("--fine-tune-steps", type=int, default=0,
-                        help="optionally refine the prototypes by this many gradient steps (head only)")
+    parser.add_argument("--fine-tune-steps", type=int,
+                        help="refine the prototypes by this many gradient steps (head only; default 100 with "
+                        "--mask, 0 with --points)")
+    parser.add_argument("--prototypes-per-class", type=int,
+                        help="prototypes per feature class (k-means of its pixels; default 3 with --mask, 1 with "
+                        "--points)")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="keep the default detection thresholds instead of calibrating them on the marked "
+                        "background")
+    parser.add_argument("--bias-polarity", choices=["positive", "negative"],
+                        help="sample bias polarity of the labelled images when the files do not store it "
+                        "(.npy); recorded in the model, which warns on frames of the other polarity")
     parser.add_argument("--centre-features", action="store_true",
                         help="classify features after centring each frame on its features' mean embedding")
     parser.add_argument("--centre-prior-nm2", type=float, default=2.5, metavar="A",
@@ -59,17 +77,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+#: Classes of rectangle rows in a points CSV.
+BACKGROUND_BOX = "background"
+ALL_LABELLED_BOX = "all_labelled"
+
+
 def read_points(path: Path) -> list:
-    """Points from a CSV with header ``x_nm,y_nm,class``; errors name the file and line."""
+    """Points from a CSV with header ``x_nm,y_nm,class``; errors name the file and line.
+
+    Rows with ``x2_nm,y2_nm`` (optional columns) are rectangles; they are
+    returned by :func:`read_labels`, not here.
+    """
+    return read_labels(path)[0]
+
+
+def read_labels(path: Path) -> tuple[list, list, list]:
+    """``(points, background boxes, all-labelled boxes)`` from a points CSV (see the command's help)."""
     from ..model.prototypes import Point
 
+    points, background, complete = [], [], []
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             fields = [f.strip() for f in reader.fieldnames or []]
             if not {"x_nm", "y_nm", "class"} <= set(fields):
                 raise AdaptError(f"{path}: expected a CSV header x_nm,y_nm,class, found {','.join(fields) or 'none'}")
-            points = []
             for line, row in enumerate(reader, start=2):
                 row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
                 try:
@@ -78,18 +110,43 @@ def read_points(path: Path) -> list:
                     raise AdaptError(
                         f"{path}:{line}: x_nm/y_nm must be numbers, got {row['x_nm']!r}, {row['y_nm']!r}"
                     ) from None
+                try:
+                    x2 = float(row["x2_nm"]) if row.get("x2_nm") else None
+                    y2 = float(row["y2_nm"]) if row.get("y2_nm") else None
+                except ValueError:
+                    raise AdaptError(
+                        f"{path}:{line}: x2_nm/y2_nm must be numbers, got {row.get('x2_nm')!r}, {row.get('y2_nm')!r}"
+                    ) from None
                 if not row["class"]:
                     raise AdaptError(f"{path}:{line}: empty class name")
+                if (x2 is None) != (y2 is None):
+                    raise AdaptError(f"{path}:{line}: a rectangle needs both x2_nm and y2_nm")
+                if x2 is not None and y2 is not None:
+                    box = (min(x, x2), min(y, y2), max(x, x2), max(y, y2))
+                    if row["class"] == BACKGROUND_BOX:
+                        background.append(box)
+                    elif row["class"] == ALL_LABELLED_BOX:
+                        complete.append(box)
+                    else:
+                        raise AdaptError(f"{path}:{line}: a rectangle's class must be {BACKGROUND_BOX!r} or "
+                                         f"{ALL_LABELLED_BOX!r}, got {row['class']!r}")
+                    continue
                 points.append(Point(x, y, row["class"]))
     except FileNotFoundError:
         raise AdaptError(f"{path}: points file not found") from None
     if not points:
         raise AdaptError(f"{path}: no points")
-    return points
+    return points, background, complete
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _polarity(bias_v: float | None) -> str | None:
+    if bias_v is None or bias_v == 0:
+        return None
+    return "positive" if bias_v > 0 else "negative"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,15 +155,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..io import read_frame
-    from ..model.format import ModelInfo, attach_head, load_onnx, save_model
-    from ..model.prepare import to_model_grid
-    from ..model.prototypes import (
-        LabelledImage,
-        feature_centring,
-        labels_from_points,
-        prototypes_from_labels,
-        refine_prototypes,
-    )
+    from ..model.adapt import AdaptSettings, LabelledFrame, adapt_model
+    from ..model.format import save_model
     from ..model.runtime import SegmentationModel
     from .segment import resolve_model_path
 
@@ -120,36 +170,35 @@ def run(args: argparse.Namespace) -> int:
         raise AdaptError("--mask needs --classes a,b,... naming mask values 1, 2, ...")
     if args.centre_features and not args.centre_prior_nm2 > 0:
         raise AdaptError(f"--centre-prior-nm2 must be positive, got {args.centre_prior_nm2}")
+    for flag in ("nm_per_px", "radius_nm", "background_margin_nm"):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            raise AdaptError(f"--{flag.replace('_', '-')} must be positive, got {value}")
     base_path = resolve_model_path(args.model)
     base = SegmentationModel(base_path, provider="cpu")
-    info: ModelInfo = base.info
-    if args.nm_per_px:
-        info = replace(info, nm_per_px=args.nm_per_px)
 
     if args.points:
-        all_points = [read_points(Path(p)) for p in args.points]
-        classes = list(dict.fromkeys(p.class_name for pts in all_points for p in pts if p.class_name != "background"))
+        all_labels = [read_labels(Path(p)) for p in args.points]
+        classes = list(dict.fromkeys(p.class_name for pts, _, _ in all_labels for p in pts
+                                     if p.class_name != "background"))
     else:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     if not classes:
         raise AdaptError("no feature class among the labels (only background?)")
 
-    images = []
+    examples = []
     provenance_images = []
+    polarities = set()
     for i, image_path in enumerate(map(Path, args.image)):
         frame = read_frame(image_path, channel=args.channel, direction=args.direction,
                            width_nm=args.width_nm, height_nm=args.height_nm)
-        embedding, prepared = base.embed(frame, nm_per_px=info.nm_per_px)
-        h, w = prepared.shape
-        # Rows not acquired are not part of the model input (partial frames).
-        rows = frame.valid_rows
-        pitch = (info.nm_per_px, info.nm_per_px)
+        polarities.add(args.bias_polarity or _polarity(frame.bias_v))
         if args.points:
-            points = all_points[i]
-            shifted = [replace(p, y_nm=p.y_nm - rows.start * frame.nm_per_px[1]) for p in points]
-            labels = labels_from_points(shifted, classes, shape=(h, w), nm_per_px=pitch, radius_nm=args.radius_nm,
-                                        background_margin_nm=args.background_margin_nm)
-            label_desc = {"points": len(points), "points_file": str(args.points[i])}
+            points, background, complete = all_labels[i]
+            example = LabelledFrame(frame, tuple(points), background_boxes=tuple(background),
+                                    complete_boxes=tuple(complete), source=str(image_path))
+            label_desc = {"points": len(points), "points_file": str(args.points[i]),
+                          "background_boxes": len(background), "all_labelled_boxes": len(complete)}
         else:
             mask_path = Path(args.mask[i])
             try:
@@ -161,52 +210,50 @@ def run(args: argparse.Namespace) -> int:
                     f"{mask_path}: mask must be an integer array of the image's shape {frame.data.shape}, "
                     f"got {mask.dtype} {mask.shape}"
                 )
-            if mask.max() > len(classes) or mask.min() < 0:
-                raise AdaptError(f"{mask_path}: mask values {int(mask.min())}..{int(mask.max())}, but only "
-                                 f"{len(classes)} --classes (values 0..{len(classes)})")
-            mask = mask[rows]
-            labels = to_model_grid(mask, (h, w), nm_per_px=frame.nm_per_px,
-                                   target_nm_per_px=info.nm_per_px).astype(np.int16)
-            label_desc = {"mask_file": str(mask_path), "labelled_pixels": int((mask > 0).sum())}
-        images.append(LabelledImage(embedding, labels))
-        provenance_images.append({"path": str(image_path), "sha256": _sha256(image_path), **label_desc})
-        counts = {c: int((labels == k).sum()) for k, c in enumerate(classes, start=1)}
-        log.info("%s: labelled model pixels per class %s, background %d", image_path, counts, int((labels == 0).sum()))
-
-    prototypes = prototypes_from_labels(images, len(classes), n_background=args.background_prototypes, seed=args.seed)
-    if args.fine_tune_steps:
-        prototypes = refine_prototypes(prototypes, images, steps=args.fine_tune_steps, seed=args.seed)
-    if args.centre_features:
-        prior_px = args.centre_prior_nm2 / info.nm_per_px**2
-        prototypes = replace(prototypes, centring=feature_centring(images, prototypes, prior_px=prior_px))
+            valid = mask[mask != 255]
+            if valid.size and (valid.max() > len(classes) or valid.min() < 0):
+                raise AdaptError(f"{mask_path}: mask values {int(valid.min())}..{int(valid.max())}, but only "
+                                 f"{len(classes)} --classes (values 0..{len(classes)}, 255 unlabelled)")
+            example = LabelledFrame(frame, mask=mask.astype(np.int16), source=str(mask_path))
+            label_desc = {"mask_file": str(mask_path), "labelled_pixels": int(((mask > 0) & (mask != 255)).sum())}
+        examples.append(example)
+        provenance_images.append({"path": str(image_path), "sha256": _sha256(image_path),
+                                  "bias_v": frame.bias_v, **label_desc})
+    if len(polarities - {None}) > 1:
+        raise AdaptError("the labelled images were taken at both bias polarities; contrast inverts between them: "
+                         "adapt one model per polarity")
+    polarity = next(iter(polarities - {None}), None)
     out = Path(args.out)
-    # Real features are often ragged: pieces of one class within a feature's diameter
-    # are one feature, and specks far smaller than a labelled disc are noise.
-    disc_nm2 = float(np.pi * args.radius_nm**2)
-    detection = (
-        {"merge_within_nm": 2 * args.radius_nm, "min_area_nm2": {c: round(0.15 * disc_nm2, 4) for c in classes}}
-        if args.points
-        else {}
+    settings = AdaptSettings(
+        nm_per_px=args.nm_per_px,
+        radius_nm=args.radius_nm,
+        background_margin_nm=args.background_margin_nm,
+        n_background=args.background_prototypes,
+        fine_tune_steps=args.fine_tune_steps,
+        prototypes_per_class=args.prototypes_per_class,
+        centre_features=args.centre_features,
+        centre_prior_nm2=args.centre_prior_nm2,
+        calibrate=not args.no_calibrate,
+        seed=args.seed,
     )
-    new_info = replace(
-        info,
-        detection=detection,
-        name=args.name or out.stem,
-        classes=tuple(classes),
-        surface=args.surface or info.surface,
-        prototypes=prototypes,
-        provenance={
-            "method": "prototypes from labelled examples" + (" + head fine-tuning" if args.fine_tune_steps else ""),
-            "base_model": {"id": base.info.id, "name": base.info.name, "path": str(base_path)},
-            "images": provenance_images,
-            "radius_nm": args.radius_nm if args.points else None,
-            "feature_centring": {"prior_nm2": args.centre_prior_nm2} if args.centre_features else None,
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        },
-    )
-    model = attach_head(load_onnx(base_path), prototypes)
-    saved = save_model(model, new_info, out)
+    model, info, report = adapt_model(base, examples, classes, settings, name=args.name or out.stem,
+                                      surface=args.surface)
+    provenance = {
+        **dict(info.provenance),
+        "method": "prototypes from labelled examples"
+        + (" + head fine-tuning" if report.get("fine_tune_steps") else ""),
+        "base_model": {"id": base.info.id, "name": base.info.name, "path": str(base_path)},
+        "images": provenance_images,
+        "bias_polarity": polarity,
+        "feature_centring": {"prior_nm2": args.centre_prior_nm2} if args.centre_features else None,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    saved = save_model(model, replace(info, provenance=provenance), out)
+    n_protos = len(info.prototypes.labels) if info.prototypes is not None else 0
     print(f"wrote {out}: model {saved.name} [{saved.id}], classes {', '.join(saved.classes)}, "
-          f"{len(prototypes.labels)} prototypes, {saved.nm_per_px:g} nm/px"
+          f"{n_protos} prototypes, {saved.nm_per_px:g} nm/px"
+          + (f" (measured feature size {report['feature_size_nm']:g} nm)" if report.get("feature_size_nm")
+             and not args.nm_per_px else "")
+          + (f", bias {polarity}" if polarity else "")
           + (", features centred per frame" if args.centre_features else ""))
     return 0

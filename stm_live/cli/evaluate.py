@@ -19,6 +19,13 @@ K-shot, --queries per class, --episodes repetitions, on instance embeddings;
 --centre-features first subtracts from each frame's instance embeddings the mean
 embedding of all that frame's feature pixels (no labels used), as a model made with
 `stm-live adapt --centre-features` does.
+
+With --labels, DATA is not needed: the model is measured on hand-labelled real images
+(eval/real/*.json, docs/real_eval.md; images under --data-root): per-class object
+precision / recall / F1 and false detections per 100 nm^2 in the regions of --split.
+A model with a head is scored as it is (zero-shot); with --adapt-shots K... the model (or
+a bare encoder) is adapted from K clicked features per class drawn from the dev regions
+(and K feature-free background squares), --draws times, and scored on the test regions.
 """
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=100, help="episodes per K (0 = skip)")
     parser.add_argument("--centre-features", action="store_true",
                         help="episodes on per-frame feature-centred instance embeddings (transductive)")
+    parser.add_argument("--labels", nargs="+", metavar="L.json",
+                        help="hand-labelled real images (eval/real/*.json) instead of DATA")
+    parser.add_argument("--data-root", default="../shared/data",
+                        help="folder the label files' image paths are relative to (default: ../shared/data)")
+    parser.add_argument("--split", default="test", choices=["dev", "test", "all"],
+                        help="with --labels: which regions are scored (default: test)")
+    parser.add_argument("--adapt-shots", type=int, nargs="+", metavar="K",
+                        help="with --labels: adapt from K dev-region clicks per class and score on the test regions")
+    parser.add_argument("--draws", type=int, default=5, help="with --adapt-shots: random support draws per K")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -65,11 +81,57 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_labelled(report: dict[str, Any]) -> str:
+    """The --labels report as text: one table per row (zero-shot, k-shot means)."""
+    lines = [f"model {report['model']['name']} [{report['model']['id']}] on {', '.join(report['labels'])}"]
+    for key, row in report["rows"].items():
+        fd = row["false_per_100nm2"]
+        fd_text = f"{fd[0]:.2f} +- {fd[1]:.2f}" if isinstance(fd, list) else f"{fd:.2f}"
+        lines.append(f"  {key}: false detections {fd_text} per 100 nm^2")
+        lines.append("  {:>16s} {:>6s} {:>6s} {:>6s}".format("class", "prec", "recall", "F1"))
+        for name, s in row["classes"].items():
+            lines.append(f"  {name:>16s} {s['precision']:6.3f} {s['recall']:6.3f} {s['f1']:6.3f}")
+    return "\n".join(lines)
+
+
+def run_labelled(args: argparse.Namespace) -> int:
+    from ..model.labels import read_label_set
+    from ..model.real_eval import kshot, load_scan, score_model
+    from ..model.runtime import SegmentationModel
+    from .segment import resolve_model_path
+
+    model = SegmentationModel(resolve_model_path(args.model), provider="cpu")
+    scans = [load_scan(read_label_set(p), args.data_root) for p in args.labels]
+    rows: dict[str, Any] = {}
+    if model.has_head:
+        score = score_model(model, scans, args.split, min_score=args.min_score).to_dict()
+        rows["zero-shot"] = {"classes": score["classes"], "false_per_100nm2": score["false_per_100nm2"],
+                             "false_detections": score["false_detections"], "area_nm2": score["area_nm2"]}
+    elif not args.adapt_shots:
+        raise StmLiveError(f"{model.path} is a bare encoder: give --adapt-shots K to adapt it from the dev regions")
+    if args.adapt_shots:
+        if args.draws < 1 or min(args.adapt_shots) < 1:
+            raise StmLiveError("--adapt-shots and --draws must be at least 1")
+        res = kshot(model, scans, args.adapt_shots, draws=args.draws, seed=args.seed)
+        for k in args.adapt_shots:
+            r = res[f"{k}-shot"]
+            rows[f"{k}-shot (mean of {args.draws} draws)"] = {
+                "classes": r["mean"], "sd": r["sd"], "false_per_100nm2": r["false_per_100nm2"],
+                "pitch_nm": sorted({d["adapt"]["nm_per_px"] for d in r["draws"]}),
+            }
+    report = {"model": {"id": model.id, "name": model.name, "path": str(model.path)}, "labels": list(args.labels),
+              "split": args.split, "rows": rows}
+    print(json.dumps(report) if args.json else format_labelled(report))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..model.evaluate import evaluate_model
     from ..model.runtime import SegmentationModel
     from .segment import resolve_model_path
 
+    if args.labels:
+        return run_labelled(args)
     if not args.data and not args.simulate:
         raise StmLiveError("no data: give .sxm files with truth sidecars, folders of them, or --simulate SURFACE")
     model = SegmentationModel(resolve_model_path(args.model), provider="cpu")

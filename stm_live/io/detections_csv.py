@@ -1,7 +1,7 @@
 """Result records as a detections table: one CSV row per detection, for spreadsheets.
 
 The records are the ones ``stm-live segment --json`` prints and the daemon and
-``stm-live batch`` store (:func:`stm_live.model.runtime.result_record`, plus
+``stm-live batch`` store (:func:`stm_live.publish.documents.result_record`, plus
 ``scan_id``, ``complete`` and ``sha256`` when stored). The file is UTF-8 with a
 byte-order mark, so that Excel reads non-ASCII file names right (LibreOffice,
 pandas and ``csv`` with ``encoding="utf-8-sig"`` read it too); numbers use a

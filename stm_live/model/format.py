@@ -140,11 +140,18 @@ class Prototypes:
     labels: tuple[int, ...]
     temperature: float = 1.0
     centring: FeatureCentring | None = None
+    #: Optional per-prototype logit offsets (``(M,)``): a calibrated prior, e.g. a background bias.
+    offsets: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(self.labels) or vectors.shape[0] == 0:
             raise ValueError(f"prototypes: {vectors.shape} vectors for {len(self.labels)} labels")
+        if self.offsets is not None:
+            offsets = np.asarray(self.offsets, dtype=np.float32).reshape(-1)
+            if offsets.shape[0] != vectors.shape[0] or not np.isfinite(offsets).all():
+                raise ValueError(f"prototype offsets: {offsets.shape} finite values needed for {vectors.shape[0]}")
+            object.__setattr__(self, "offsets", offsets)
         if not np.isfinite(vectors).all():
             raise ValueError("prototypes contain NaN or inf")
         if not (np.isfinite(self.temperature) and self.temperature > 0):
@@ -169,13 +176,17 @@ class Prototypes:
         }
         if self.centring is not None:
             out["centring"] = self.centring.to_json()
+        if self.offsets is not None:
+            out["offsets"] = self.offsets.tolist()
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Prototypes:
         centring = data.get("centring")
+        offsets = data.get("offsets")
         return cls(np.asarray(data["vectors"], dtype=np.float32), tuple(data["labels"]), float(data["temperature"]),
-                   None if centring is None else FeatureCentring.from_json(centring))
+                   None if centring is None else FeatureCentring.from_json(centring),
+                   None if offsets is None else np.asarray(offsets, np.float32))
 
 
 @dataclass(frozen=True)
@@ -393,7 +404,8 @@ def attach_head(model: onnx.ModelProto, prototypes: Prototypes) -> onnx.ModelPro
     for m, label in enumerate(prototypes.labels):
         assign[label, m] = 1.0
     init("weight", (2.0 * p / t).astype(np.float32).reshape(len(p), d, 1, 1))
-    init("bias", (-(p**2).sum(axis=1) / t).astype(np.float32))
+    offsets = 0.0 if prototypes.offsets is None else prototypes.offsets.astype(np.float64)
+    init("bias", (-(p**2).sum(axis=1) / t + offsets).astype(np.float32))
     init("assign", assign)
     init("axes", np.array([1], np.int64))
     centring = prototypes.centring

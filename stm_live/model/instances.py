@@ -19,6 +19,7 @@ from ..frame import Detection
 
 __all__ = [
     "Feature", "Regions", "class_map_from_probs", "class_regions", "find_instances", "number_features", "per_class",
+    "split_touching",
 ]
 
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -56,6 +57,7 @@ def find_instances(
     min_pixels: int = 2,
     row_offset: int = 0,
     merge_within_nm: float | Mapping[str, float] = 0.0,
+    split_within_nm: float | Mapping[str, float] = 0.0,
 ) -> list[Detection]:
     """Detections from a class map and the matching probabilities.
 
@@ -83,6 +85,9 @@ def find_instances(
         Regions of one class whose centres are closer than this are one
         feature (ragged real features break into pieces); 0 merges nothing.
         Filters apply to the merged feature.
+    split_within_nm : float or Mapping[str, float]
+        Regions made of touching round features whose centres are at least
+        this far apart are split (:func:`split_touching`); 0 splits nothing.
 
     Returns
     -------
@@ -101,7 +106,8 @@ def find_instances(
     found: list[Feature] = []
     for k in range(1, len(classes) + 1):
         name = classes[k - 1]
-        regions = class_regions(class_map, probs, k, nm_per_px=nm_per_px, row_offset=row_offset)
+        split_px = per_class(split_within_nm, name) / float(np.sqrt(nm_per_px[0] * nm_per_px[1]))
+        regions = class_regions(class_map, probs, k, nm_per_px=nm_per_px, row_offset=row_offset, split_px=split_px)
         if regions is None:
             continue
         found.extend(
@@ -190,17 +196,21 @@ def class_regions(
     nm_per_px: tuple[float, float],
     row_offset: int = 0,
     extents: bool = False,
+    split_px: float = 0.0,
 ) -> Regions | None:
     """The regions of class ``k`` in ``class_map`` (None when there are none).
 
     ``row_offset`` is the grid row of the map's first row (a strip of a
     larger image); ``extents`` also fills each region's first and last row,
-    and the label image.
+    and the label image; ``split_px`` > 0 splits touching round features
+    whose centres are at least that far apart (:func:`split_touching`).
     """
     member = class_map == k
     labels, n = ndimage.label(member, structure=_EIGHT)
     if not n:
         return None
+    if split_px > 0:
+        labels, n = split_touching(member, labels, n, split_px)
     px_x, px_y = nm_per_px
     # Per-region sums over the class's pixels only (a few percent of the image);
     # nonzero() of the bool mask is several times faster than of the labels.
@@ -219,6 +229,42 @@ def class_regions(
         first = np.array([b[0].start for b in boxes], np.int64) + row_offset
         last = np.array([b[0].stop - 1 for b in boxes], np.int64) + row_offset
     return Regions(counts, mass, x_nm, y_nm, px_x * px_y, first, last, kept if extents else None)
+
+
+def split_touching(member: np.ndarray, labels: np.ndarray, n: int, min_separation_px: float) -> tuple[np.ndarray, int]:
+    """Split regions made of touching round features (seeds: maxima of the distance to the region's edge).
+
+    Each local maximum of the distance transform at least ``min_separation_px``
+    from a higher one, and at least 1.5 px deep, seeds one feature; a region
+    with one seed or none stays whole. Returns the new label image and count.
+
+    >>> m = np.zeros((7, 15), bool); m[1:6, 1:6] = m[1:6, 9:14] = m[3, 6:9] = True
+    >>> split_touching(m, *ndimage.label(m), 3.0)[1]
+    2
+    """
+    dist = ndimage.distance_transform_edt(member)
+    size = max(3, 2 * int(min_separation_px / 2) + 1)
+    peaks = (dist == ndimage.maximum_filter(dist, size=size)) & (dist >= 1.5)
+    seeds, m = ndimage.label(peaks, structure=_EIGHT)
+    if m <= 1:
+        return labels, n
+    # every pixel of a seeded region goes to its nearest seed (the bisector between two
+    # touching round features); a pixel whose nearest seed lies in another region, and
+    # every pixel of a region without a seed, keeps its own region
+    per_region = np.zeros(n + 1, np.int64)
+    seed_region = ndimage.maximum(labels, seeds, np.arange(1, m + 1)).astype(np.int64)
+    np.add.at(per_region, seed_region, 1)
+    _, (near_r, near_c) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+    nearest = seeds[near_r, near_c]
+    split = (per_region[labels] > 1) & (labels[near_r, near_c] == labels)
+    flooded = np.where(member & split, nearest, 0).astype(np.int64)
+    whole = member & ~split
+    flooded[whole] = m + labels[whole]
+    values, inverse = np.unique(flooded, return_inverse=True)
+    out = inverse.reshape(flooded.shape).astype(np.int32)
+    if values[0] != 0:
+        out += 1
+    return out, int(len(values) - (1 if values[0] == 0 else 0))
 
 
 def per_class(value: float | Mapping[str, float], name: str) -> float:

@@ -272,7 +272,9 @@ class LiveSegmenter:
         next_from = open_from
         current: list[Feature] = []
         for k, name in enumerate(self.model.classes, start=1):
-            regions = class_regions(class_map, probs, k, nm_per_px=(pitch, pitch), row_offset=start, extents=True)
+            split_px = per_class(self.model.info.detection.get("split_within_nm", 0.0), name) / pitch
+            regions = class_regions(class_map, probs, k, nm_per_px=(pitch, pitch), row_offset=start, extents=True,
+                                    split_px=split_px)
             if regions is None:
                 continue
             assert regions.first_row is not None and regions.last_row is not None and regions.labels is not None

@@ -42,6 +42,7 @@ __all__ = [
     "feature_centring",
     "first_stage_features",
     "fit_temperature",
+    "head_probabilities",
     "labels_from_points",
     "prototypes_from_labels",
     "refine_prototypes",
@@ -170,6 +171,20 @@ def fit_temperature(vectors: np.ndarray, labels: Sequence[int], pixels: np.ndarr
     return best_t
 
 
+def head_probabilities(embedding: np.ndarray, prototypes: Prototypes) -> np.ndarray:
+    """Class probabilities ``(C + 1, N)`` of embeddings ``(D, N)`` under the (uncentred) head, in float64."""
+    e = embedding.astype(np.float64)
+    p = prototypes.vectors.astype(np.float64)
+    logits = (2.0 * p @ e - (p**2).sum(axis=1)[:, None]) / prototypes.temperature
+    if prototypes.offsets is not None:
+        logits += prototypes.offsets.astype(np.float64)[:, None]
+    logits -= logits.max(axis=0, keepdims=True)
+    x = np.exp(logits)
+    labels = np.asarray(prototypes.labels)
+    out = np.stack([x[labels == k].sum(axis=0) for k in range(prototypes.n_classes)])
+    return out / out.sum(axis=0, keepdims=True)
+
+
 def first_stage_features(embedding: np.ndarray, prototypes: Prototypes) -> np.ndarray:
     """Where the head's first (uncentred) stage finds features: background probability below 0.5.
 
@@ -180,6 +195,8 @@ def first_stage_features(embedding: np.ndarray, prototypes: Prototypes) -> np.nd
     e = embedding.reshape(d, -1).astype(np.float64)
     p = prototypes.vectors.astype(np.float64)
     logits = (2.0 * p @ e - (p**2).sum(axis=1)[:, None]) / prototypes.temperature  # (M, h*w)
+    if prototypes.offsets is not None:
+        logits += prototypes.offsets.astype(np.float64)[:, None]
     logits -= logits.max(axis=0, keepdims=True)
     x = np.exp(logits)
     background = x[np.asarray(prototypes.labels) == 0].sum(axis=0) / x.sum(axis=0)
@@ -227,6 +244,7 @@ def prototypes_from_labels(
     n_background: int = 4,
     seed: int = 0,
     exclude_lookalikes: bool = True,
+    per_class: int = 1,
 ) -> Prototypes:
     """Prototypes (one per class, ``n_background`` for background) from labelled images.
 
@@ -243,6 +261,9 @@ def prototypes_from_labels(
     exclude_lookalikes : bool
         Drop background pixels that are as close to a class prototype as
         that class's own labelled pixels (unlabelled features).
+    per_class : int
+        Prototypes per feature class: more than one (k-means over the class's
+        pixels) when a dense mask gives enough pixels (50 per prototype).
 
     Raises
     ------
@@ -263,7 +284,26 @@ def prototypes_from_labels(
         vectors.append(centre)
         proto_labels.append(k)
         radii.append(float(np.quantile(((pix - centre) ** 2).sum(axis=1), 0.95)) if len(pix) > 1 else 0.0)
+    extra: list[np.ndarray] = []
+    extra_labels: list[int] = []
+    if per_class > 1:
+        for k in range(1, n_classes + 1):
+            pix = _subsample(emb[lab == k], _MAX_PIXELS, rng)
+            m = min(per_class, len(pix) // 50)
+            if m > 1:
+                centres, _ = kmeans2(pix.astype(np.float64), m, minit="++", seed=rng)
+                extra.extend(centres)
+                extra_labels.extend([k] * m)
+        if extra:  # the class means give way to the clusters of the classes that have them
+            clustered = set(extra_labels)
+            keep = [i for i, label in enumerate(proto_labels) if label not in clustered]
+            vectors = [vectors[i] for i in keep] + list(extra)
+            proto_labels = [proto_labels[i] for i in keep] + extra_labels
+            radii = [radii[i] for i in keep] + [0.0] * len(extra)
     background = emb[lab == 0]
+    # A large labelled region gives far more background pixels than k-means and the
+    # temperature need; a seeded sample keeps the look-alike test below cheap.
+    background = _subsample(background, 4 * _MAX_PIXELS, rng)
     if exclude_lookalikes and len(background) and vectors:
         # A background candidate is an unlabelled feature when it lies as close to a
         # class prototype as that class's own pixels do, or closer to a class

@@ -39,6 +39,7 @@ __all__ = [
     "create_session",
     "import_onnxruntime",
     "onnxruntime_install_problem",
+    "polarity_mismatch",
     "provider_chain",
     "select_providers",
 ]
@@ -357,6 +358,7 @@ class SegmentationModel:
         if EMBEDDING_NAME not in outputs:
             raise ModelError(f"{self.path}: model has no 'embedding' output (outputs: {outputs})")
         self._outputs = outputs
+        self._polarity_warned: set[str] = set()
 
     # ------------------------------------------------------------------ basics
     @property
@@ -472,6 +474,10 @@ class SegmentationModel:
             raise ModelError(
                 f"{self.path}: this is a bare encoder without prototypes; make a model from it with `stm-live adapt`"
             )
+        warning = polarity_mismatch(self.info, frame)
+        if warning and (frame.source or "") not in self._polarity_warned:
+            self._polarity_warned.add(frame.source or "")
+            log.warning(warning)
         t0 = time.perf_counter()
         data, rows = self._acquired(frame, levelled)
         t1 = time.perf_counter()
@@ -530,6 +536,7 @@ class SegmentationModel:
             min_score=scores,
             min_area_nm2=areas,
             merge_within_nm=self.info.detection.get("merge_within_nm", 0.0),
+            split_within_nm=self.info.detection.get("split_within_nm", 0.0),
         )
         if rows.start:
             shift = rows.start * frame.nm_per_px[1]
@@ -545,3 +552,27 @@ class SegmentationModel:
         """
         image, _ = self.prepare(frame, nm_per_px=nm_per_px)
         return self.run(image, embedding=True)[EMBEDDING_NAME][0], image
+
+
+def polarity_mismatch(info: ModelInfo, frame: Frame) -> str | None:
+    """A warning when ``frame`` was taken at the other bias polarity than the model's labelled images.
+
+    The polarity is what ``stm-live adapt`` recorded (``provenance.bias_polarity``);
+    None when either side is unknown or they agree. On these surfaces contrast
+    inverts with the bias, so the prototypes do not describe such a frame.
+
+    >>> from stm_live.model.format import ModelInfo
+    >>> info = ModelInfo("m", ("a",), 0.1, 4, provenance={"bias_polarity": "negative"})
+    >>> polarity_mismatch(info, Frame(np.zeros((2, 2), np.float32), 1e-9, 1e-9, bias_v=1.5)) is not None
+    True
+    """
+    polarity = info.provenance.get("bias_polarity") if isinstance(info.provenance, dict) else None
+    if polarity not in ("positive", "negative") or frame.bias_v is None or frame.bias_v == 0:
+        return None
+    here = "positive" if frame.bias_v > 0 else "negative"
+    if here == polarity:
+        return None
+    return (f"{frame.source or 'frame'}: taken at {here} sample bias ({frame.bias_v:g} V) but model "
+            f"{info.name!r} was adapted on {polarity}-bias images; contrast inverts between polarities, so its "
+            "detections are unreliable here (adapt a model on a frame of this polarity)")
+

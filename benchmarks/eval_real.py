@@ -1,0 +1,303 @@
+"""Real-image evaluation on the hand labels in eval/real (docs/real_eval.md).
+
+Parts (``--part``, several allowed; default all):
+
+* ``zero-shot``: the bundled si001-ash3 on the Si(001):H test regions;
+* ``kshot``: k-shot adaptation (k = 1, 3, 5, ``--draws`` draws) of ``--encoder``
+  from dev-region clicks, scored on the test regions, for Si(001):H and TiO2;
+  ``--today`` adapts as ``stm-live adapt`` did before this evaluation existed
+  (model pitch 0.1 nm/px, 0.4 nm discs, no background squares, no calibration);
+* ``baselines``: a tuned height threshold and a Laplacian-of-Gaussian blob
+  detector per class, parameters chosen on the dev regions, scored on test;
+* ``dense``: TiO2 dense mask: adapt on the dev half (left), Dice on the test
+  half (right), against a height threshold tuned on the dev half;
+* ``sim``: simulated Si(001): si001-ash3 adapted from 3 clicks per class on one
+  frame, against the unadapted model on 7 other frames;
+* ``dev``: the tuning protocol: leave-one-dev-region-out k-shot (support from
+  the other dev regions, scored on the one left out); never reads test.
+
+Writes ``--out`` (JSON, default docs/real_eval.json: parts merged into what is
+there). Needs ../shared/data beside the checkout; skips with a message otherwise.
+
+Usage: python benchmarks/eval_real.py [--part kshot dense] [--draws 5] [--today]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stm_live.level import level_frame
+from stm_live.model.adapt import AdaptSettings
+from stm_live.model.baselines import log_detect, threshold_detect, threshold_mask
+from stm_live.model.labels import dense_mask, read_label_set
+from stm_live.model.real_eval import (
+    LabelledScan,
+    dense_adapt,
+    dense_dice,
+    dice,
+    kshot,
+    load_scan,
+    score_detections,
+    score_model,
+)
+from stm_live.model.runtime import SegmentationModel, bundled_model_path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+SI = ["si001h_brockley_23_2_0", "si001h_ph3_paddington_24_2_0"]
+TIO2 = ["tio2_110_m70"]
+SURFACES = [("si001h", SI), ("tio2", TIO2)]
+BRIGHT = {"dangling_bond": True, "dimer_vacancy": False, "bright_spot": True}
+
+
+def scans_of(names: list[str]) -> list[LabelledScan]:
+    return [load_scan(read_label_set(REPO / "eval" / "real" / f"{n}.json"), DATA) for n in names]
+
+
+def today_settings(base: SegmentationModel) -> AdaptSettings:
+    return AdaptSettings(nm_per_px=base.info.nm_per_px, radius_nm=0.4, background_margin_nm=1.2, calibrate=False,
+                         keep_base_head=False, count_like_a_person=False, prototypes_per_class=1, fine_tune_steps=0)
+
+
+def brief(summary: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in summary.items() if k != "draws"}
+    out["pitch_nm"] = sorted({d["adapt"]["nm_per_px"] for d in summary["draws"]})
+    return out
+
+
+def part_zero_shot() -> dict[str, Any]:
+    model = SegmentationModel(bundled_model_path("si001-ash3"), provider="cpu")
+    scans = scans_of(SI)
+    return {"model": model.id, **{split: score_model(model, scans, split).to_dict() for split in ("dev", "test")},
+            "per_frame_test": {s.labels.image: score_model(model, [s], "test").to_dict() for s in scans}}
+
+
+def part_kshot(encoder: str, draws: int, today: bool) -> dict[str, Any]:
+    base = SegmentationModel(bundled_model_path(encoder) if "/" not in encoder else encoder, provider="cpu")
+    settings = today_settings(base) if today else AdaptSettings()
+    out: dict[str, Any] = {"encoder": base.id, "today": today}
+    for label, names in SURFACES:
+        t0 = time.perf_counter()
+        res = kshot(base, scans_of(names), (1, 3, 5), draws=draws, settings=settings,
+                    background_squares=0 if today else None)
+        out[label] = {k: brief(v) if isinstance(v, dict) and "draws" in v else v for k, v in res.items()}
+        out[label]["seconds"] = round(time.perf_counter() - t0, 1)
+        for k in ("1-shot", "3-shot", "5-shot"):
+            print(label, k, json.dumps(out[label][k]["mean"]), "FD", out[label][k]["false_per_100nm2"], flush=True)
+    return out
+
+
+def part_dev(encoder: str, draws: int, today: bool) -> dict[str, Any]:
+    """Leave-one-dev-region-out, k = 3: the only protocol used to choose settings."""
+    base = SegmentationModel(bundled_model_path(encoder) if "/" not in encoder else encoder, provider="cpu")
+    settings = today_settings(base) if today else AdaptSettings()
+    out: dict[str, Any] = {}
+    for label, names in SURFACES:
+        scans = scans_of(names)
+        dev_ids = [r.id for s in scans for r in s.labels.regions_of("dev")]
+        rows = []
+        for held in dev_ids:
+            folded = []
+            for s in scans:
+                regions = tuple(replace(r, split="test" if r.id == held else "dev")
+                                for r in s.labels.regions_of("dev"))
+                folded.append(LabelledScan(replace(s.labels, regions=regions), s.frame))
+            if not any(r.split == "test" for s in folded for r in s.labels.regions):
+                continue
+            if label == "tio2":  # one dev region: left and right quarters of it instead
+                r = scans[0].labels.regions_of("dev")[0]
+                mid = (r.x0_nm + r.x1_nm) / 2
+                halves = (replace(r, id="T1a", x1_nm=mid, split="dev"), replace(r, id="T1b", x0_nm=mid, split="test"))
+                folded = [LabelledScan(replace(scans[0].labels, regions=halves), scans[0].frame)]
+            try:
+                res = kshot(base, folded, (3,), draws=draws, settings=settings,
+                            background_squares=0 if today else None)
+            except Exception as exc:  # too few features in the remaining regions
+                print(label, held, "skipped:", exc)
+                continue
+            rows.append({"held_out": held, **brief(res["3-shot"])})
+            print(label, held, json.dumps(res["3-shot"]["mean"]), "FD", res["3-shot"]["false_per_100nm2"], flush=True)
+            if label == "tio2":
+                break
+        out[label] = rows
+    return out
+
+
+def _tune(scans: list[LabelledScan], cls: str, detect: Any, grid: dict[str, list[float]]) -> dict[str, Any]:
+    """Grid search of a detector's parameters for one class on the dev regions (best F1)."""
+    levelled = {s.labels.path: level_frame(s.frame.data) for s in scans}
+    best: tuple[float, dict[str, float]] = (-1.0, {})
+    keys = list(grid)
+    for values in product(*(grid[k] for k in keys)):
+        params = dict(zip(keys, values, strict=True))
+        dets = {s.labels.path: detect(levelled[s.labels.path], s.frame.nm_per_px, cls, bright=BRIGHT[cls], **params)
+                for s in scans}
+        f1 = score_detections(dets, scans, "dev", [cls]).per_class()[cls]["f1"]
+        if f1 > best[0]:
+            best = (float(f1), params)
+    dets = {s.labels.path: detect(levelled[s.labels.path], s.frame.nm_per_px, cls, bright=BRIGHT[cls], **best[1])
+            for s in scans}
+    test = score_detections(dets, scans, "test", [cls]).to_dict()
+    return {"params": best[1], "dev_f1": best[0], "test": test}
+
+
+def part_baselines() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for label, names in (("si001h", SI), ("tio2", TIO2)):
+        scans = scans_of(names)
+        classes = [c for c in scans[0].labels.classes if c in BRIGHT]
+        out[label] = {}
+        for cls in classes:
+            px = scans[0].frame.nm_per_px[0]
+            thr_grid = {"threshold": [1.5, 2, 2.5, 3, 3.5, 4, 5, 6], "sigma_px": [0.5, 1.0, 2.0] if px > 0.05
+                        else [2.0, 4.0, 8.0], "min_area_nm2": [0.0, 0.1, 0.2, 0.4] if px > 0.05
+                        else [0.0, 0.02, 0.05, 0.1]}
+            log_grid = {"threshold": [1, 1.5, 2, 2.5, 3, 4, 5, 6],
+                        "sigmas_nm": [(0.2, 0.3, 0.45, 0.65)] if px > 0.05 else [(0.06, 0.1, 0.15, 0.2)],
+                        "min_distance_nm": [0.6, 1.0, 1.5] if px > 0.05 else [0.3, 0.45, 0.6]}
+            out[label][cls] = {"threshold": _tune(scans, cls, threshold_detect, thr_grid),
+                               "log": _tune(scans, cls, log_detect, log_grid)}
+            for kind in ("threshold", "log"):
+                t = out[label][cls][kind]
+                print(label, cls, kind, t["params"], "dev F1", t["dev_f1"], "test", json.dumps(t["test"]), flush=True)
+    return out
+
+
+def part_dense(encoder: str, today: bool) -> dict[str, Any]:
+    scan = scans_of(TIO2)[0]
+    base = SegmentationModel(bundled_model_path(encoder) if "/" not in encoder else encoder, provider="cpu")
+    settings = today_settings(base) if today else AdaptSettings()
+    model, report, tmp = dense_adapt(base, scan, settings)
+    with tmp:
+        out: dict[str, Any] = {"adapt": report, "dice_test": round(dense_dice(model, scan, "test"), 4),
+                               "dice_dev": round(dense_dice(model, scan, "dev"), 4)}
+    truth = dense_mask(scan.labels)
+    levelled = level_frame(scan.frame.data)
+    best = (-1.0, 0.0, 0.0)
+    for sigma in (0.0, 2.0, 4.0):
+        for t in np.arange(0.0, 4.01, 0.1):
+            d = dice(threshold_mask(levelled, float(t), sigma_px=sigma), truth, scan.labels, "dev")
+            if d > best[0]:
+                best = (d, float(t), sigma)
+    test = dice(threshold_mask(levelled, best[1], sigma_px=best[2]), truth, scan.labels, "test")
+    out["threshold"] = {"threshold": round(best[1], 2), "sigma_px": best[2], "dice_dev": round(best[0], 4),
+                        "dice_test": round(test, 4)}
+    print("dense", json.dumps(out), flush=True)
+    return out
+
+
+def part_sim(frames: int = 8, seed: int = 60_000, draws: int = 3, today: bool = False) -> dict[str, Any]:
+    """Simulator: si001-ash3 adapted from 3 clicks per class on one frame, scored on the other frames.
+
+    Each draw clicks 3 random instances per class of frame ``seed`` (and, in the
+    second variant, marks 3 feature-free 3 x 3 nm squares as background); the
+    unadapted model is scored on the same frames. Precision must not drop by
+    more than 2 points for any class.
+    """
+    import tempfile
+
+    from stm_live.model.adapt import LabelledFrame, adapt_model
+    from stm_live.model.evaluate import ClassScore, Truth, object_scores
+    from stm_live.model.format import save_model
+    from stm_live.model.prototypes import Point
+    from stm_live.sim import simulate_scan
+
+    base = SegmentationModel(bundled_model_path("si001-ash3"), provider="cpu")
+    scans = [simulate_scan("si001-ash3", size_nm=50.0, pixels=512, seed=seed + i) for i in range(frames)]
+    held = scans[1:]
+    truth = [[Truth(t.class_name, t.x_nm, t.y_nm) for t in s.instances] for s in held]
+
+    def scores(model: SegmentationModel) -> dict[str, dict[str, float]]:
+        total = {c: ClassScore() for c in base.classes}
+        for s, t in zip(held, truth, strict=True):
+            seg = model.segment(s.frame("Z"))
+            for name, sc in object_scores(seg.detections, t, base.classes).items():
+                total[name].add(sc)
+        return {c: {k: v for k, v in sc.to_dict().items() if k != "median_error_nm"} for c, sc in total.items()}
+
+    out: dict[str, Any] = {"model": base.id, "frames": f"{seed}..{seed + frames - 1}, support {seed}",
+                           "unadapted": scores(base)}
+    support = scans[0]
+    rng = np.random.default_rng(0)
+    for variant, n_bg in (("3 points per class", 0), ("3 points per class + 3 background squares", 3)):
+        rows = []
+        for d in range(draws):
+            points = []
+            for c in base.classes:
+                inst = [i for i in support.instances if i.class_name == c]
+                for j in rng.choice(len(inst), size=3, replace=False):
+                    points.append(Point(inst[int(j)].x_nm, inst[int(j)].y_nm, c))
+            boxes = []
+            while len(boxes) < n_bg:
+                x0, y0 = (float(v) for v in rng.uniform(0, 47, size=2))
+                if all(not (x0 - 0.5 <= i.x_nm <= x0 + 3.5 and y0 - 0.5 <= i.y_nm <= y0 + 3.5)
+                       for i in support.instances):
+                    boxes.append((x0, y0, x0 + 3.0, y0 + 3.0))
+            example = LabelledFrame(support.frame("Z"), tuple(points), background_boxes=tuple(boxes))
+            settings = today_settings(base) if today else AdaptSettings()
+            proto, info, report = adapt_model(base, [example], list(base.classes), replace(settings, seed=d))
+            with tempfile.TemporaryDirectory() as tmp:
+                save_model(proto, info, Path(tmp) / "m.onnx")
+                rows.append({"scores": scores(SegmentationModel(Path(tmp) / "m.onnx", provider="cpu")),
+                             "nm_per_px": report["nm_per_px"]})
+        mean = {c: {k: round(float(np.mean([r["scores"][c][k] for r in rows])), 4)
+                    for k in ("precision", "recall", "f1")} for c in base.classes}
+        out[variant] = {"mean": mean, "draws": rows}
+        print("sim", variant, json.dumps(mean), flush=True)
+    print("sim unadapted", json.dumps(out["unadapted"]), flush=True)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", nargs="+", default=["zero-shot", "kshot", "baselines", "dense"],
+                        choices=["zero-shot", "kshot", "baselines", "dense", "dev", "sim"])
+    parser.add_argument("--encoder", default="base-encoder")
+    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--today", action="store_true", help="adapt as before this evaluation existed")
+    parser.add_argument("--out", default=str(REPO / "docs" / "real_eval.json"))
+    parser.add_argument("--tag", default="", help="suffix of the result keys (e.g. a variant's name)")
+    parser.add_argument("--surface", choices=["si001h", "tio2"], help="k-shot and dev parts: this surface only")
+    args = parser.parse_args()
+    if args.surface:
+        SURFACES[:] = [s for s in SURFACES if s[0] == args.surface]
+    logging.basicConfig(level=logging.WARNING)
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} is not there (../shared beside the checkout)", file=sys.stderr)
+        return 0
+    out_path = Path(args.out)
+    results: dict[str, Any] = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    suffix = ("-today" if args.today else "") + (f"-{args.tag}" if args.tag else "")
+    for part in args.part:
+        t0 = time.perf_counter()
+        if part == "zero-shot":
+            value = part_zero_shot()
+        elif part == "kshot":
+            value = part_kshot(args.encoder, args.draws, args.today)
+        elif part == "dev":
+            value = part_dev(args.encoder, args.draws, args.today)
+        elif part == "baselines":
+            value = part_baselines()
+        elif part == "sim":
+            value = part_sim(draws=args.draws, today=args.today)
+        else:
+            value = part_dense(args.encoder, args.today)
+        key = part + ("" if part in ("zero-shot", "baselines") else suffix)
+        results[key] = {"measured": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.perf_counter() - t0, 1),
+                        **value}
+        out_path.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
