@@ -230,11 +230,19 @@ def test_a_file_replaced_while_it_waits_gets_the_record_of_the_bytes_that_were_s
     daemon = spawn(base_settings(tmp_path, tiny_model, **{"watch.folders": [str(watch)]}))
     sub = Subscriber(make_socket, daemon.publish)
     sub.wait_heartbeat()
-    # Keep the whole-frame path busy with a large streamed frame, so that the file waits in its queue.
-    busy = Frame(np.random.default_rng(0).normal(size=(3072, 3072)) * 1e-10, 3072 * 0.2e-9, 3072 * 0.2e-9)
+    # Keep the whole-frame path busy with a large streamed frame (16 tiles), so that the file waits in its queue.
+    busy = Frame(np.random.default_rng(0).normal(size=(4096, 4096)) * 1e-10, 4096 * 0.2e-9, 4096 * 0.2e-9)
     with bridge(make_socket, daemon.ingest) as streamer:
         streamer.stream([("busy", busy)], line_time_s=0.0)
         wait_until(lambda: events(daemon.results, "scan_finished"), timeout=60, what="the busy frame handed on")
+
+    def segmenting() -> bool:  # two heartbeats in a row: nothing waits, nothing stored: it is in flight
+        first = read_state(daemon.results)
+        wait_until(lambda: read_state(daemon.results)["t"] > first["t"], what="the next heartbeat")
+        now = read_state(daemon.results)
+        return all(s["queues"]["frames"] == 0 and s["counters"]["frames"] == 0 for s in (first, now))
+
+    wait_until(segmenting, what="the busy frame in flight")
     a = bumps_frame(128, 128)
     b = Frame(np.flipud(a.data), a.width_m, a.height_m)  # the same size, other content
     write_sxm(tmp_path / "a.sxm", [a])
