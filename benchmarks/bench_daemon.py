@@ -212,7 +212,9 @@ def _stream_and_listen(streamer: LineStreamer, sub: zmq.Socket[Any], scans: list
 
 def bench_latency(args: argparse.Namespace) -> dict[str, Any]:
     runs = []
-    with tempfile.TemporaryDirectory() as tmp, daemon(Path(tmp), args.model, **{"live.cadence_lines": 1}) as (
+    settings = {"live.cadence_lines": 1, **dict(kv.split("=", 1) for kv in args.set)}
+    settings = {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in settings.items()}
+    with tempfile.TemporaryDirectory() as tmp, daemon(Path(tmp), args.model, **settings) as (
         _, state
     ):
         ctx = zmq.Context()
@@ -349,6 +351,8 @@ def main() -> None:
     parser.add_argument("--no-overlay", dest="overlay", action="store_false")
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a configuration setting of the daemon (latency), e.g. live.whole_frame_nice=0")
     args = parser.parse_args()
     args.pixels = args.pixels or (32 if args.what == "rss" else 512)
     args.size_nm = args.size_nm or args.pixels * 50.0 / 512

@@ -252,6 +252,7 @@ class LiveSection(_Section):
 
     cadence_lines: Annotated[int, Range(1, 32768)] = 1
     freeze_rows: Annotated[int, Range(1, 32768)] = 32
+    whole_frame_nice: Annotated[int, Range(0, 19)] = 10
 
 
 Megabytes = Annotated[int, Range(1, 1 << 20, unit="MB")]

@@ -626,3 +626,26 @@ def test_the_model_is_swapped_without_a_restart_and_the_scan_in_progress_uses_it
     wait_until(lambda: events(daemon.results_dir, "model"), what="the swap in the event log")
     event = events(daemon.results_dir, "model")[0]
     assert event["old"]["id"] == old_id and event["new"]["id"] == new_model.id and event["reason"] == "test"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to read thread priorities")
+def test_the_whole_frame_path_runs_at_a_lower_priority_than_the_live_path(
+    tmp_path: Path, tiny_model: Path, spawn: Callable[..., DaemonProcess]
+) -> None:
+    daemon = spawn(base_settings(tmp_path, tiny_model, **{"live.whole_frame_nice": 7}))
+
+    def nice_values() -> dict[int, int]:
+        values = {}
+        for task in Path(f"/proc/{daemon.proc.pid}/task").iterdir():
+            fields = task.joinpath("stat").read_text().rsplit(")", 1)[1].split()
+            values[int(task.name)] = int(fields[16])  # field 19 of stat: nice
+        return values
+
+    def seen() -> dict[int, int] | None:
+        values = nice_values()
+        return values if 7 in values.values() else None
+
+    values = wait_until(seen, what="a thread at nice 7")
+    assert values[daemon.proc.pid] == 0  # the main thread, and with it the live path, at normal priority
+    assert set(values.values()) <= {0, 7}
+    assert daemon.terminate() == 0

@@ -272,13 +272,46 @@ class FramesWorker:
         self._remember = remember
         self._recheck = recheck
         self._clock = clock
+        self._next_model: SegmentationModel | None = None
+        #: Nice increment of this thread and its inference threads (``live.whole_frame_nice``; 0: none).
+        self.nice = config.live.whole_frame_nice
 
     def use_model(self, model: SegmentationModel) -> None:
         """Segment with ``model`` from the next frame on (thread-safe: the frame in flight keeps its model)."""
-        self.model = model
+        self._next_model = model
+
+    def _own_session(self, model: SegmentationModel) -> SegmentationModel:
+        """A session of ``model`` made on this thread, so that its thread pool shares this thread's priority.
+
+        Falls back to the shared session when the model's file cannot be loaded again.
+        """
+        if self.nice <= 0:
+            return model
+        try:
+            return SegmentationModel(model.path, provider=self.config.model.provider, threads=self.config.model.threads,
+                                     allow_spinning=False)
+        except Exception as exc:  # the live path's session still works: use it, and say so
+            log.warning("whole-frame path: cannot load %s again (%s); sharing the live path's session", model.path,
+                        exc)
+            return model
+
+    def _lower_priority(self) -> None:
+        """Whole frames yield the CPU to the live path: a nice value for this thread (Linux, macOS)."""
+        if self.nice <= 0 or not hasattr(os, "setpriority"):
+            return
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.nice))
+        except OSError as exc:
+            log.info("whole-frame path: cannot lower its priority (%s); it competes with the live path", exc)
 
     def run(self) -> None:
+        self._lower_priority()
+        self.model = self._own_session(self.model)
         while True:
+            if self._next_model is not None:
+                model, self._next_model = self._next_model, None
+                self.model = self._own_session(model)
             job = self.inbox.get(0.5)
             if job is None:
                 if self.inbox.drained():
