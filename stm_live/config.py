@@ -31,6 +31,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from .bridge.settings import BridgeSection
+from .decide.rules import DecideSection
 from .errors import ConfigError
 
 __all__ = [
@@ -175,6 +177,8 @@ class Config(_Section):
     live: LiveSection = LiveSection()
     results: ResultsSection = ResultsSection()
     log: LogSection = LogSection()
+    bridge: BridgeSection = BridgeSection()
+    decide: DecideSection = DecideSection()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able form (paths as strings)."""

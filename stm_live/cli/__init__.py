@@ -39,6 +39,8 @@ COMMANDS: dict[str, str] = {
     "run": "run",
     "status": "status",
     "demo": "demo",
+    "bridge": "bridge",
+    "quality": "quality",
 }
 
 EXIT_USAGE = 2
