@@ -475,11 +475,15 @@ class VirtualController:
     # -- the protocol ------------------------------------------------------------
 
     def _accept(self, listener: socket.socket, port: int) -> None:
+        listener.settimeout(0.1)  # closing a listening socket does not wake accept(): look now and then
         while not self._stopping.is_set():
             try:
                 conn, _ = listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            conn.settimeout(None)
             if port in self._clients:
                 # One client per port, as on the real controller.
                 log.warning("virtual controller: port %d is taken; refusing a second client", port)
