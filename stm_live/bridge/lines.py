@@ -93,6 +93,11 @@ class LineTracker:
         return self.scan_id is not None and not self._done
 
     @property
+    def rows(self) -> int:
+        """Rows of the current scan (0 before the first)."""
+        return 0 if self._shape is None else self._shape[0]
+
+    @property
     def rows_sent(self) -> int:
         """Rows of the current scan sent so far."""
         return 0 if self._sent is None else int(self._sent.sum())

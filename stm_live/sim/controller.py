@@ -180,6 +180,9 @@ class VirtualController:
     seed : int
     scan_up : bool
         Scan upwards until a ``Scan.Action`` start says otherwise.
+    record_line_times : bool
+        Keep the time (monotonic s) each forward line entered the buffer in
+        :attr:`line_times` ``{(scan number, display row): t}`` (benchmarks).
     """
 
     def __init__(
@@ -203,6 +206,7 @@ class VirtualController:
         faults: Iterable[Fault] = (),
         seed: int = 0,
         scan_up: bool = False,
+        record_line_times: bool = False,
     ) -> None:
         self.sample = sample if sample is not None else VirtualSample(seed=seed)
         self.host = host
@@ -221,6 +225,9 @@ class VirtualController:
         self.received: list[ReceivedCommand] = []
         self.saved: list[str] = []
         self.tip_events: list[dict[str, Any]] = []
+        self.line_times: dict[tuple[int, int], float] | None = {} if record_line_times else None
+        #: Pause between the end of a frame and the start of the next (the tip's way back), s.
+        self.frame_gap_s = 2 * self.line_time_s
         self._rng = np.random.default_rng(np.random.SeedSequence([int(seed), 20]))
         angle = self._rng.uniform(0, 2 * math.pi)
         self._drift_step = np.array([math.cos(angle), math.sin(angle)]) * drift_nm_per_line * 1e-9
@@ -436,6 +443,11 @@ class VirtualController:
                 if not self._running or self._paused:
                     self._cond.wait(0.05)
                     continue
+                restart = self._restart or self._scan is None
+                ended = self._scan is not None and self._scan.next_line >= self._scan.rows
+            if restart and ended and self._stopping.wait(self.frame_gap_s):
+                return  # the tip travels back to the start of the frame: the finished buffer stays a moment
+            with self._cond:
                 if self._restart or self._scan is None:
                     self._start_scan()
             for movement in (0, 1):
@@ -449,6 +461,8 @@ class VirtualController:
                     row = scan.display_row(k)
                     if movement == 0:
                         scan.buf_f[k] = scan.forward[row]
+                        if self.line_times is not None:
+                            self.line_times[(scan.number, row)] = time.monotonic()
                     else:
                         scan.buf_b[k] = scan.backward[row, ::-1]  # as scanned: right to left
                         scan.next_line += 1

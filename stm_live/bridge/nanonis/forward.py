@@ -186,11 +186,19 @@ class LineForwarder:
             if r["timed_out"] and self._scan_ends.empty():
                 self._idle()
                 return
-        else:
+        ended = set()
+        if not self._use_wait:
             if self._line_time_s is None:
                 self._line_time_s = max(self.control.line_time_s(), 1e-4)
-            self._stop.wait(self.settings.poll_lines * self._line_time_s)
-        ended = set()
+            # Poll every few line times, every half line near the end of a frame, and at once when
+            # it ends: its last lines must be grabbed before the next frame clears the buffer.
+            first = self._trackers[self.settings.directions[0]]
+            left = (first.rows - first.rows_sent) if first.open else self.settings.poll_lines
+            lines = min(self.settings.poll_lines, max(0.5, left - 1.0))
+            try:
+                ended.add(self._scan_ends.get(timeout=lines * self._line_time_s)[1])
+            except queue.Empty:
+                pass
         while not self._scan_ends.empty():
             ended.add(self._scan_ends.get()[1])
         self.grab_and_forward()
