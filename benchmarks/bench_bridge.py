@@ -69,7 +69,8 @@ def measure(layout: str, pixels: int, line_time: float, frames: int, poll_lines:
             while not vc.commands("Scan.FrameDataGrab" if layout == "legacy" else "Scan.WaitEndOfLine"):
                 sub.poll(20)
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"the bridge did not start (exit {proc.poll()}):\n{(tmp / 'bridge.log').read_text()}")
+                    text = (tmp / "bridge.log").read_text()
+                    raise RuntimeError(f"the bridge did not start (exit {proc.poll()}):\n{text}")
             for _ in range(50):
                 sub.poll(20)
             with NanonisConnection("127.0.0.1", vc.port + 3) as c:  # the fourth port: the operator's

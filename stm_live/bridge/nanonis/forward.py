@@ -23,6 +23,7 @@ without a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -195,10 +196,8 @@ class LineForwarder:
             first = self._trackers[self.settings.directions[0]]
             left = (first.rows - first.rows_sent) if first.open else self.settings.poll_lines
             lines = min(self.settings.poll_lines, max(0.5, left - 1.0))
-            try:
+            with contextlib.suppress(queue.Empty):
                 ended.add(self._scan_ends.get(timeout=lines * self._line_time_s)[1])
-            except queue.Empty:
-                pass
         while not self._scan_ends.empty():
             ended.add(self._scan_ends.get()[1])
         self.grab_and_forward()
