@@ -36,6 +36,18 @@ def _mad(d: np.ndarray) -> float:
     return float(np.median(np.abs(d - np.median(d))))
 
 
+def _detrend(d: np.ndarray) -> np.ndarray:
+    """``d`` less its least-squares line (the two lines' offsets and slopes differ for reasons other than the tip)."""
+    ok = np.isfinite(d)
+    if ok.sum() < 3:
+        return d
+    x = np.arange(d.size, dtype=np.float64)
+    xm, dm = float(x[ok].mean()), float(d[ok].mean())
+    xc = x[ok] - xm
+    slope = float((xc * (d[ok] - dm)).sum() / (xc * xc).sum())
+    return d - dm - slope * (x - xm)
+
+
 def _log(v: float) -> float:
     return math.log(v + _EPS) if math.isfinite(v) else math.nan
 
@@ -47,9 +59,9 @@ def line_features(line: np.ndarray, previous: np.ndarray | None = None,
     * ``along``: log of the robust spread (median absolute deviation) of the
       differences of neighbouring pixels along the line (a step edge touches
       one of them, tilt shifts them all);
-    * ``across``: the same for the difference from the previous line (the
-      line's offset removed): the detail across lines, which is all there is
-      when atomic rows run along the scan lines;
+    * ``across``: the same for the difference from the previous line (its
+      offset and slope removed): the detail across lines, which is all there
+      is when atomic rows run along the scan lines;
     * ``detail``: half the log of the sum of both spreads squared: the
       finest detail whatever its orientation. On Si(001) the dimer rows turn
       by 90 degrees at every step, which swaps ``along`` and ``across`` but
@@ -85,7 +97,7 @@ def line_features(line: np.ndarray, previous: np.ndarray | None = None,
     if np.isfinite(v).sum() < 8:
         return out
     along = _mad(np.diff(v))
-    across = _mad(v - np.asarray(previous, dtype=np.float64)) if previous is not None else math.nan
+    across = _mad(_detrend(v - np.asarray(previous, dtype=np.float64))) if previous is not None else math.nan
     out[1] = _log(along)
     out[2] = _log(across)
     out[0] = 0.5 * _log(along * along + across * across) if math.isfinite(across) else out[1]
