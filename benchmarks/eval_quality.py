@@ -13,10 +13,12 @@ Reported per part:
 * false alarms per 100 good images, for each verdict (good judged
   tip_change; good judged bad);
 * the confusion matrix;
-* for comparison, a learned combination of the same evidence numbers
-  (multinomial logistic regression fitted on ``dev`` when this runs, each
-  class's threshold set for 10 false alarms per 100 good ``dev`` images;
-  nothing is saved): what the evidence could give beyond hand-set thresholds.
+* both ways of judging: the learned combination of the evidence numbers
+  (the default, :mod:`stm_live.quality.learned`, written by
+  ``benchmarks/fit_quality_model.py`` from ``dev``: multinomial logistic
+  regression, each verdict's threshold at 10 false alarms per 100 good dev
+  images), and the hand-set thresholds it is measured against; plus a check
+  that a fresh fit on ``dev`` gives the shipped coefficients.
 
 Usage::
 
@@ -36,27 +38,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from stm_live.quality.frame import judge_frame
+from stm_live.quality.frame import FEATURE_NAMES, judge_frame, model_features
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tip-state"
 LABELS = ("good", "bad", "tip_change")
 
 
-def _features(ev: dict[str, Any]) -> list[float]:
-    if "tip_change_z" not in ev:
-        return [0.0, 0.0, -5.0, -5.0, 0.0, 1.0]
-    return [float(np.log1p(ev["tip_change_z"])), float(np.log1p(ev["break_z"])), float(ev["lattice"]),
-            float(ev["sharpness"]), float(ev["broken_lines"]), 0.0]
-
-
-def judge_part(names: list[str]) -> list[dict[str, Any]]:
+def judge_part(names: list[str], method: str) -> list[dict[str, Any]]:
     out = []
     for name in names:
         with Image.open(DATA / "images" / name) as im:
             grey = np.asarray(im.convert("L"), dtype=np.float32)
-        v = judge_frame(grey)
-        out.append({"file": name, "verdict": v.verdict, "features": _features(v.evidence)})
+        v = judge_frame(grey, method=method)
+        out.append({"file": name, "verdict": v.verdict, "features": model_features(v.evidence).tolist()})
     return out
 
 
@@ -93,23 +88,17 @@ def _proba(model: tuple[Any, ...], x: np.ndarray) -> np.ndarray:
     return p / p.sum(1, keepdims=True)
 
 
-def learned(dev: list[dict[str, Any]], dev_labels: list[str], part: list[dict[str, Any]]) -> list[str]:
+def fit_model(dev: list[dict[str, Any]], dev_labels: list[str]) -> dict[str, Any]:
+    """The learned combination as :data:`stm_live.quality.frame` stores it (``model.json``)."""
     x = np.array([r["features"] for r in dev])
     y = np.array([LABELS.index(t) for t in dev_labels])
     model = _fit(x, y)
     p_dev = _proba(model, x)
     good = y == 0
-    thr = {c: float(np.percentile(p_dev[good, c], 90)) for c in (1, 2)}
-    p = _proba(model, np.array([r["features"] for r in part]))
-    out = []
-    for row in p:
-        if row[2] > thr[2]:
-            out.append("tip_change")
-        elif row[1] > thr[1]:
-            out.append("bad")
-        else:
-            out.append("good")
-    return out
+    mu, sd, w = model
+    return {"features": list(FEATURE_NAMES), "classes": list(LABELS), "mean": mu.tolist(), "scale": sd.tolist(),
+            "weights": w.tolist(), "threshold": {"bad": float(np.percentile(p_dev[good, 1], 90)),
+                                                 "tip_change": float(np.percentile(p_dev[good, 2], 90))}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,15 +112,22 @@ def main(argv: list[str] | None = None) -> int:
     split = json.loads((REPO / "benchmarks" / "tip_state_split.json").read_text())
     with open(DATA / "labels.csv", newline="") as f:
         label = {r["file"]: r["label"] for r in csv.DictReader(f)}
-    dev = judge_part(split["dev"])
-    part = dev if a.part == "dev" else judge_part(split[a.part])
+    from stm_live.quality.learned import MODEL
+
+    dev = judge_part(split["dev"], "thresholds")
+    refit = fit_model(dev, [label[n] for n in split["dev"]])
+    matches = all(np.allclose(np.array(refit[k]), np.array(MODEL[k]), rtol=1e-9, atol=1e-12)
+                  for k in ("mean", "scale", "weights")) and all(
+        abs(refit["threshold"][c] - MODEL["threshold"][c]) < 1e-9 for c in ("bad", "tip_change"))
     names = split[a.part]
     labels = [label[n] for n in names]
+    by_thresholds = dev if a.part == "dev" else judge_part(names, "thresholds")
+    by_learned = judge_part(names, "learned")
     result = {
         "part": a.part,
-        "thresholds": scores(labels, [r["verdict"] for r in part]),
-        "learned_logistic_regression_fitted_on_dev": scores(labels, learned(dev, [label[n] for n in split["dev"]],
-                                                                            part)),
+        "learned_default": scores(labels, [r["verdict"] for r in by_learned]),
+        "thresholds": scores(labels, [r["verdict"] for r in by_thresholds]),
+        "shipped_coefficients_equal_a_fresh_fit_on_dev": bool(matches),
     }
     text = json.dumps(result, indent=1)
     print(text)

@@ -21,9 +21,10 @@ What a microscopist looks for, as numbers (:func:`frame_evidence`):
   not help the verdict.
 
 :func:`judge_frame` turns the evidence into a verdict with fixed thresholds
-(:data:`THRESHOLDS`), chosen on the development part of the real tip-state
-images (``benchmarks/eval_quality.py`` reports how they do on the part kept
-aside). Works on any image: metres, amperes, or the grey levels of a PNG;
+(:data:`THRESHOLDS`) or with a learned combination of the same numbers
+(:mod:`.learned`, the default), both chosen on the development part of the
+real tip-state images (``benchmarks/eval_quality.py`` reports how each does
+on the part kept aside). Works on any image: metres, amperes, or the grey levels of a PNG;
 no physical size is needed. Pure.
 """
 
@@ -37,7 +38,7 @@ import numpy as np
 
 from .lines import line_features
 
-__all__ = ["THRESHOLDS", "Verdict", "frame_evidence", "judge_frame"]
+__all__ = ["FEATURE_NAMES", "THRESHOLDS", "Verdict", "frame_evidence", "judge_frame", "model_features"]
 
 #: Decision thresholds (see :func:`judge_frame`), chosen on the development part of the real
 #: tip-state images as the best balance of both recalls with at most 10 % of good frames called
@@ -47,6 +48,8 @@ THRESHOLDS: dict[str, float] = {
     "break_z": 8.0,
     "lattice_min": 1.25,
 }
+#: The evidence numbers the learned combination (:mod:`.learned`) reads, in order.
+FEATURE_NAMES = ("log1p_tip_change_z", "log1p_break_z", "lattice", "sharpness", "broken_lines", "too_small")
 #: Fewest lines a frame needs to be judged at all.
 MIN_LINES = 32
 
@@ -203,20 +206,57 @@ def frame_evidence(image: np.ndarray) -> dict[str, Any]:
     }
 
 
-def judge_frame(image: np.ndarray, *, thresholds: dict[str, float] | None = None) -> Verdict:
+def model_features(evidence: dict[str, Any]) -> np.ndarray:
+    """The evidence as the vector :data:`FEATURE_NAMES` (what the learned combination reads)."""
+    if "tip_change_z" not in evidence:
+        return np.array([0.0, 0.0, -5.0, -5.0, 0.0, 1.0])
+    return np.array([math.log1p(evidence["tip_change_z"]), math.log1p(evidence["break_z"]),
+                     float(evidence["lattice"]), float(evidence["sharpness"]), float(evidence["broken_lines"]), 0.0])
+
+
+def _learned(ev: dict[str, Any]) -> Verdict:
+    from .learned import MODEL
+
+    x = (model_features(ev) - np.array(MODEL["mean"])) / np.array(MODEL["scale"])
+    logits = np.r_[x, 1.0] @ np.array(MODEL["weights"])
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    prob = dict(zip(MODEL["classes"], (round(float(v), 4) for v in p), strict=True))
+    ev["probability"] = prob
+    th = MODEL["threshold"]
+    if prob["tip_change"] > th["tip_change"]:
+        line = ev["break_line"] if ev["break_z"] > ev["tip_change_z"] / 2 else ev["tip_change_line"]
+        ev["reasons"] = [f"tip change likely ({prob['tip_change']:.2f} > {th['tip_change']:.2f}); strongest change "
+                         f"at line {line}"]
+        return Verdict("tip_change", int(line), ev)
+    if prob["bad"] > th["bad"]:
+        ev["reasons"] = [f"bad frame likely ({prob['bad']:.2f} > {th['bad']:.2f}): spectral peak {ev['lattice']:.1f}, "
+                         f"fine detail {ev['sharpness']:.2f}"]
+        return Verdict("bad", None, ev)
+    ev["reasons"] = []
+    return Verdict("good", None, ev)
+
+
+def judge_frame(image: np.ndarray, *, method: str = "learned",
+                thresholds: dict[str, float] | None = None) -> Verdict:
     """``good``, ``bad`` or ``tip_change`` for one frame, with the evidence.
 
-    A tip change is called when the combined change across one line reaches
-    ``tip_change_z`` or one line breaks (``break_z``); otherwise the frame
-    is bad when it is too small to judge or its lattice peak is weak
-    (``lattice_min``).
+    ``method="learned"`` (default): a logistic combination of the evidence
+    (:mod:`.learned`, fitted on the development part of the real tip-state
+    images) gives each verdict a probability; tip_change, then bad, is called
+    above its threshold (set for 10 false alarms per 100 good development
+    images). ``method="thresholds"``: a tip change when the combined change
+    across one line reaches ``tip_change_z`` or one line breaks
+    (``break_z``); otherwise bad when its lattice peak is weak
+    (``lattice_min``). Either way a frame too small to judge, or flat, is bad.
 
     Parameters
     ----------
     image : numpy.ndarray
         ``(rows, cols)`` display order, any unit.
+    method : {"learned", "thresholds"}
     thresholds : dict, optional
-        Override some of :data:`THRESHOLDS`.
+        Override some of :data:`THRESHOLDS` (``method="thresholds"``).
 
     Examples
     --------
@@ -238,6 +278,8 @@ def judge_frame(image: np.ndarray, *, thresholds: dict[str, float] | None = None
     >>> judge_frame(0.1 * rng.standard_normal((128, 128))).verdict
     'bad'
     """
+    if method not in ("learned", "thresholds"):
+        raise ValueError(f"method {method!r}: expected 'learned' or 'thresholds'")
     th = {**THRESHOLDS, **(thresholds or {})}
     ev = frame_evidence(image)
     if ev.get("flat"):
@@ -246,6 +288,8 @@ def judge_frame(image: np.ndarray, *, thresholds: dict[str, float] | None = None
     if "tip_change_z" not in ev:
         ev["reasons"] = [f"only {ev['lines']} complete lines (fewer than {MIN_LINES}): nothing to judge"]
         return Verdict("bad", None, ev)
+    if method == "learned":
+        return _learned(ev)
     if ev["tip_change_z"] >= th["tip_change_z"]:
         ev["reasons"] = [f"abrupt lasting change at line {ev['tip_change_line']}: {ev['tip_change_z']:.1f} noise "
                          f"units (>= {th['tip_change_z']:g})"]
