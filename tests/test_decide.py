@@ -196,3 +196,29 @@ def test_documents_without_a_scan_are_refused() -> None:
         e.feed({"rows_done": 1})
     with pytest.raises(DecisionError, match="no kind"):
         e.feed({"scan_id": "x", "foo": 1})
+
+
+def test_the_daemons_document_topics_are_understood() -> None:
+    """scan.started (position), level.line (payload as data), seg.frame, scan.finished: as the daemon emits them."""
+    e = engine([{"name": "again", "action": "rescan", "when": [{"found_again": {"class": "AsH3"}}]},
+                {"name": "tip", "action": "pulse", "params": {"bias_v": 3.0, "width_s": 0.05},
+                 "when": [{"tip_change": {}}]}])
+    position = {"centre_m": [0.0, 0.0], "size_m": [5e-8, 5e-8], "angle_deg": 135.0, "scan_direction": "down"}
+    e.feed({"kind": "scan.started", "scan_id": "a", "rows": 100, "cols": 100, "position": position})
+    e.feed({"kind": "seg.frame", **seg("a", [("AsH3", 10.0, 10.0)], final=True)})
+    assert e.feed({"kind": "scan.finished", "scan_id": "a", "complete": True, "reason": "complete"}) == []
+    moved = {**position, "centre_m": [1e-9, 0.0]}
+    e.feed({"kind": "scan.started", "scan_id": "b", "rows": 100, "cols": 100, "position": moved})
+    from stm_live.bridge.geometry import ScanFrame
+
+    x, y = ScanFrame((1e-9, 0.0), 5e-8, 5e-8, 135.0).controller_to_image(
+        *ScanFrame((0.0, 0.0), 5e-8, 5e-8, 135.0).image_to_controller(10.0, 10.0))
+    [d] = e.feed({"kind": "seg.partial", **seg("b", [("AsH3", x, y)], rows_done=50)})
+    assert d["rule"] == "again"
+    rng = np.random.default_rng(2)
+    out = []
+    for r in range(60):
+        values = rng.standard_normal(64) * (1.0 if r < 40 else 0.2)
+        out += e.feed({"kind": "level.line", "v": 1, "scan_id": "c", "row": r, "rows_done": r + 1, "rows": 100,
+                       "cols": 64, "data": values})
+    assert [d["rule"] for d in out] == ["tip"]

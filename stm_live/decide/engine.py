@@ -18,6 +18,14 @@ interface. Documents are plain dicts, whichever sink feeds them:
 
 ``kind`` may be left out: ``row`` + ``data`` make a line, ``rows_done`` a
 ``seg.partial`` (``seg.frame`` when ``complete`` or ``source`` is present).
+The daemon's document topics are understood as they are: ``scan.started``
+(its ``position`` gives the frame), ``level.line`` (the levelled row is the
+document's payload: feed ``{"kind": doc.topic, **doc.header, "data":
+doc.payload}``), ``seg.partial``/``seg.frame`` (with ``position``) and
+``scan.finished``. A sink hosting the engine is::
+
+    for decision in engine.feed({"kind": doc.topic, **doc.header, "data": doc.payload}):
+        bus.emit(decision)          # topic "decision", schema schemas/decision.json
 
 After each document the rules are tried in their order on the document's
 scan; the first whose conditions all hold, that has not fired on this scan
@@ -90,10 +98,14 @@ class _Scan:
         return min(1.0, max(self.rows_done, self.lines) / self.rows)
 
 
+#: The daemon's document topics (``stm_live.publish.documents``) and what the engine makes of them.
+_ALIASES = {"scan.started": "scan", "scan.finished": "end", "level.line": "line"}
+
+
 def _kind(doc: Mapping[str, Any]) -> str:
     kind = doc.get("kind") or doc.get("topic")
     if kind:
-        return str(kind)
+        return _ALIASES.get(str(kind), str(kind))
     if "row" in doc and "data" in doc:
         return "line"
     if "rows_done" in doc:
@@ -107,11 +119,18 @@ def _kind(doc: Mapping[str, Any]) -> str:
 
 
 def _frame(obj: Any) -> ScanFrame | None:
+    """A scan frame from ``{"x_m", "y_m", "width_m", "height_m", "angle_deg"}`` or from the daemon's
+    ``position`` (``{"centre_m": [x, y], "size_m": [w, h], "angle_deg"}``); None when unknown."""
     if not isinstance(obj, Mapping):
         return None
     try:
+        if "centre_m" in obj:
+            if obj["centre_m"] is None:
+                return None
+            (x, y), (w, h) = obj["centre_m"], obj["size_m"]
+            return ScanFrame((float(x), float(y)), float(w), float(h), float(obj.get("angle_deg") or 0.0))
         return ScanFrame((float(obj["x_m"]), float(obj["y_m"])), float(obj["width_m"]), float(obj["height_m"]),
-                         float(obj.get("angle_deg", 0.0)))
+                         float(obj.get("angle_deg") or 0.0))
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -189,7 +208,7 @@ class DecisionEngine:
         if kind == "scan":
             s.rows = int(doc.get("rows", s.rows) or 0)
             s.cols = int(doc.get("cols", s.cols) or 0)
-            s.frame = _frame(doc.get("frame")) or s.frame
+            s.frame = _frame(doc.get("frame")) or _frame(doc.get("position")) or s.frame
             if s.frame is not None:
                 s.width_nm, s.height_nm = s.frame.width_m * 1e9, s.frame.height_m * 1e9
         elif kind == "line":
@@ -223,6 +242,7 @@ class DecisionEngine:
             s.image[row] = data
 
     def _seg(self, s: _Scan, doc: Mapping[str, Any], *, final: bool) -> None:
+        s.frame = _frame(doc.get("position")) or s.frame
         s.rows = int(doc.get("rows") or s.rows)
         s.cols = int(doc.get("cols") or s.cols)
         if doc.get("width_m"):
