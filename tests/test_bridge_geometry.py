@@ -145,3 +145,36 @@ def test_tracker_ignores_an_empty_buffer_and_partial_lines():
     b = np.full((3, 4), np.nan, np.float32)
     b[0, :1] = 1.0  # a quarter of a line: not acquired yet
     assert t.update(b, up=False).items == []
+
+
+# -- drift between frames ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("angle", "zoom"), [(0.0, False), (135.0, False), (135.0, True)])
+def test_drift_is_measured_from_the_overlap_of_two_frames(angle: float, zoom: bool) -> None:
+    from stm_live.bridge.drift import DriftTracker, measure_drift
+    from stm_live.sim.sample import VirtualSample
+
+    sample = VirtualSample(size_nm=120.0, seed=3, steps=1)
+    first = ScanFrame((10e-9, 0.0), 40e-9, 40e-9, angle)
+    second = ScanFrame((14e-9, 3e-9), 16e-9, 16e-9, angle) if zoom else first
+    drift = np.array([1.3e-9, -0.7e-9])
+    a = sample.render(first, 128, 128)
+    b = sample.render(second, 128, 128, drift_m=np.tile(drift, (128, 1)))
+    d = measure_drift(a, first, b, second)
+    assert d.reliable
+    assert (d.dx_m, d.dy_m) == pytest.approx(tuple(drift), abs=0.15e-9)
+    tracker = DriftTracker()
+    assert tracker.add(a, first, 10.0) is None
+    tracker.add(b, second, 20.0)
+    assert tracker.velocity_m_s == pytest.approx(tuple(drift / 10.0), abs=0.02e-9)
+    assert tracker.predict(0.0, 0.0, 5.0) == pytest.approx(tuple(drift / 2), abs=0.1e-9)
+
+
+def test_frames_that_do_not_overlap_give_no_drift() -> None:
+    from stm_live.bridge.drift import measure_drift
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 64))
+    d = measure_drift(a, ScanFrame((0.0, 0.0), 10e-9, 10e-9), a, ScanFrame((50e-9, 0.0), 10e-9, 10e-9))
+    assert not d.reliable and d.overlap == 0.0 and (d.dx_m, d.dy_m) == (0.0, 0.0)
