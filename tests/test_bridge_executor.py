@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import zmq
 from test_daemon import wait_until
@@ -229,3 +230,46 @@ def test_an_operator_moving_the_frame_by_hand_pauses_automation(
     controller.operator_set_frame(FRAME.shifted(12e-9, 0.0))
     wait_until(lambda: svc.executor.state == "paused", 30.0, "automation to pause")
     assert "changed by hand" in svc.executor.reason
+
+
+def test_moves_aim_where_the_drift_will_have_taken_the_target(controller: VirtualController,
+                                                             control: NanonisControl) -> None:
+    from stm_live.bridge.drift import DriftTracker
+
+    now = [1000.0]
+    drift = DriftTracker()
+    drift.velocity_m_s, drift.measurements = (0.1e-9, -0.05e-9), 1  # nm per second
+    ex = Executor(control, Limits(max_offset_nm=50, max_step_nm=20, min_range_nm=5, max_range_nm=40),
+                  automation=True, clock=lambda: now[0], drift=drift)
+    ex.on_scan("s1", ScanContext(FRAME, 48, 48, up=False, started_t=980.0))
+    now[0] = 990.0
+    ex.on_end("s1", complete=True)  # a 10 s frame, seen around t = 985
+    now[0] = 991.0
+    assert ex.handle(_decision("zoom", x_nm=20.0, y_nm=10.0, width_nm=10.0))["executed"]
+    args = controller.commands("Scan.FrameSet")[0].args
+    ahead = 991.0 - 985.0 + 5.0  # since the target was seen, plus half the new frame
+    assert (args["x_m"], args["y_m"]) == pytest.approx((5e-9 + 0.1e-9 * ahead, 5e-9 - 0.05e-9 * ahead), abs=1e-14)
+    assert ex.counters["drift_corrections"] == 1
+
+
+def test_the_service_measures_the_virtual_samples_drift_from_successive_frames(
+    tmp_path: Path, sample: VirtualSample, make_socket: SocketFactory,
+) -> None:
+    with VirtualController(sample, pixels=64, lines=64, line_time_s=0.006, frame=FRAME, drift_nm_per_line=0.02,
+                           seed=9) as vc:
+        ingest = make_socket(zmq.SUB, subscribe=b"")
+        port = ingest.bind_to_random_port("tcp://127.0.0.1")
+        config = load_config(None, use_default_file=False, environ={}, overrides={
+            "bridge.port": vc.port, "bridge.wait_ms": 200, "bridge.decisions": "off",
+            "bridge.control_endpoint": None, "ingest.endpoint": f"tcp://127.0.0.1:{port}", "publish.endpoint": None})
+        svc = BridgeService(config, context=make_socket.context)  # type: ignore[attr-defined]
+        wait_until(lambda: ingest.poll(10) is not None and svc.wait_for_daemon(0.01), 10.0, "the bridge to connect")
+        svc.start()
+        try:
+            wait_until(lambda: svc.drift.measurements >= 2, 60.0, "two drift measurements")
+        finally:
+            svc.close()
+        per_line = np.hypot(*svc.drift.velocity_m_s) * vc.line_time_s * 1e9  # nm per line, from the images
+        assert per_line == pytest.approx(0.02, rel=0.35)
+        step = vc._drift_step / np.linalg.norm(vc._drift_step)
+        assert np.dot(svc.drift.velocity_m_s, step) / np.hypot(*svc.drift.velocity_m_s) > 0.9  # its direction

@@ -34,6 +34,7 @@ from typing import Any, Literal, Protocol
 from ..decide.rules import Limits
 from ..decide.safety import check_frame, check_pulse
 from ..errors import ControllerError
+from .drift import DriftTracker
 from .geometry import ScanFrame
 
 __all__ = ["Controller", "Executor", "ScanContext"]
@@ -58,13 +59,15 @@ class Controller(Protocol):
 
 
 class ScanContext:
-    """What the executor knows of a scan: its frame, buffer size and direction."""
+    """What the executor knows of a scan: its frame, buffer size and direction, when it started and ended."""
 
-    def __init__(self, frame: ScanFrame, pixels: int, lines: int, up: bool) -> None:
+    def __init__(self, frame: ScanFrame, pixels: int, lines: int, up: bool, started_t: float | None = None) -> None:
         self.frame = frame
         self.pixels = pixels
         self.lines = lines
         self.up = up
+        self.started_t = started_t
+        self.ended_t: float | None = None
 
 
 class Executor:
@@ -80,11 +83,14 @@ class Executor:
         ``event_log(record)`` with a JSON-able dict per decision handled.
     clock : callable
         Unix seconds.
+    drift : DriftTracker, optional
+        The sample's drift from successive frames: moves and zooms aim where
+        the feature will be when the new frame scans it, not where it was.
     """
 
     def __init__(self, controller: Controller, limits: Limits, *, automation: bool = False,
                  event_log: Callable[[dict[str, Any]], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, drift: DriftTracker | None = None) -> None:
         self.controller = controller
         self.limits = limits
         self._state: State = "running" if automation else "dry_run"
@@ -96,6 +102,8 @@ class Executor:
         self._expected: ScanContext | None = None
         self._we_stopped = False
         self.counters: Counter[str] = Counter()
+        self.drift = drift
+        self._frame_s: float | None = None  # how long the last complete frame took
 
     # -- state ------------------------------------------------------------------
 
@@ -165,6 +173,16 @@ class Executor:
                 self.counters["manual_changes"] += 1
                 self._set("paused", "the scan was changed by hand: " + "; ".join(changes) +
                           "; automation paused (stm-live bridge resume to go on)")
+
+    def on_end(self, scan_id: str, complete: bool) -> None:
+        """A scan ended (its duration is the expected duration of the next)."""
+        with self._lock:
+            scan = self.scans.get(scan_id)
+            if scan is None:
+                return
+            scan.ended_t = self._clock()
+            if complete and scan.started_t is not None:
+                self._frame_s = scan.ended_t - scan.started_t
 
     def on_idle(self, running: bool) -> None:
         """No line for a while; ``running`` is what the controller says: a stop nobody here asked for pauses."""
@@ -267,8 +285,21 @@ class Executor:
         if scan is None:
             raise ControllerError("the decision's scan is not one this bridge forwarded: its frame is unknown")
         width = params.get("width_nm")
-        return scan.frame.centred_on(float(params["x_nm"]), float(params["y_nm"]),
-                                     width_m=None if width is None or action == "move" else float(width) * 1e-9)
+        new = scan.frame.centred_on(float(params["x_nm"]), float(params["y_nm"]),
+                                    width_m=None if width is None or action == "move" else float(width) * 1e-9)
+        return self._ahead_of_drift(new, scan)
+
+    def _ahead_of_drift(self, frame: ScanFrame, scan: ScanContext) -> ScanFrame:
+        """``frame`` moved by the drift expected between the scan that saw the target and the middle of
+        the new frame (nothing without a drift measurement or the scan's times)."""
+        if self.drift is None or self.drift.measurements == 0 or scan.started_t is None:
+            return frame
+        now = self._clock()
+        seen = (scan.started_t + (scan.ended_t or now)) / 2.0
+        ahead = now - seen + 0.5 * (self._frame_s or (now - scan.started_t))
+        x, y = self.drift.predict(*frame.centre_m, ahead)
+        self.counters["drift_corrections"] += 1
+        return frame.shifted(x - frame.centre_m[0], y - frame.centre_m[1])
 
     def _set_frame(self, frame: ScanFrame) -> None:
         self.controller.set_frame(frame)

@@ -26,9 +26,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import zmq
 
 from ..errors import ControllerError, WireError
+from .drift import DriftTracker
 from .executor import Executor, ScanContext
 from .link import DaemonLink
 from .nanonis.client import Backoff, NanonisConnection
@@ -113,8 +115,10 @@ class BridgeService:
             backoff=Backoff(settings.retry_initial_s, settings.retry_max_s), sleep=self.stop_event.wait)
         self.control = NanonisControl(self.control_conn)
         self._event_log = _EventLog(settings.event_log) if settings.event_log is not None else None
+        self.drift = DriftTracker()
         self.executor = Executor(self.control, config.decide.limits, automation=settings.automation,
-                                 event_log=self._event_log)
+                                 event_log=self._event_log, drift=self.drift)
+        self._image: tuple[str, np.ndarray] | None = None  # the scan being assembled, for the drift
         self.engine: DecisionEngine | None = None
         if settings.decisions == "local":
             from ..decide.engine import DecisionEngine
@@ -123,7 +127,7 @@ class BridgeService:
         self._docs: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self.forwarder = LineForwarder(settings, publish=self.link.send, control=self.control,
                                        stop=self.stop_event, on_scan=self._on_scan,
-                                       on_line=self._docs.put if self.engine is not None else None,
+                                       on_line=self._on_line,
                                        on_end=self._on_end, on_idle=self.executor.on_idle)
         self.decisions: list[dict[str, Any]] = []
         self._threads: list[threading.Thread] = []
@@ -132,14 +136,28 @@ class BridgeService:
 
     def _on_scan(self, record: ScanRecord) -> None:
         s = record.state
-        self.executor.on_scan(record.scan_id, ScanContext(s.frame, s.pixels, s.lines, record.up))
+        self.executor.on_scan(record.scan_id, ScanContext(s.frame, s.pixels, s.lines, record.up, record.started_t))
         if self.engine is not None:
             f = s.frame
             self._docs.put({"kind": "scan", "scan_id": record.scan_id, "rows": record.rows, "cols": record.cols,
                             "frame": {"x_m": f.centre_m[0], "y_m": f.centre_m[1], "width_m": f.width_m,
                                       "height_m": f.height_m, "angle_deg": f.angle_deg}})
 
+    def _on_line(self, doc: dict[str, Any]) -> None:
+        if self._image is None or self._image[0] != doc["scan_id"]:
+            self._image = (doc["scan_id"], np.full((doc["rows"], doc["cols"]), np.nan, dtype=np.float32))
+        self._image[1][doc["row"]] = doc["data"]
+        if self.engine is not None:
+            self._docs.put(doc)
+
     def _on_end(self, scan_id: str, complete: bool) -> None:
+        self.executor.on_end(scan_id, complete)
+        record = self.forwarder.records.get(scan_id)
+        if complete and record is not None and self._image is not None and self._image[0] == scan_id:
+            d = self.drift.add(self._image[1], record.state.frame, (record.started_t + time.time()) / 2.0)
+            if d is not None:
+                log.info("drift since the last frame: (%.3g, %.3g) nm (peak %.1f%s)", d.dx_m * 1e9, d.dy_m * 1e9,
+                         d.peak, "" if d.reliable else ", not used")
         if self.engine is not None:
             self._docs.put({"kind": "end", "scan_id": scan_id, "complete": complete})
 
