@@ -21,22 +21,22 @@ without a hand-written type checker.
 
 from __future__ import annotations
 
-import math
 import os
 import reprlib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, ValidationError, ValidationInfo, field_validator
-from pydantic_core import core_schema
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
+from .bridge.settings import BridgeSection
+from .decide.rules import DecideSection
 from .errors import ConfigError
 from .limits import MAX_LENGTH_M, MIN_LENGTH_M
+from .ranges import Lines, Messages, Range, Seconds, Sigmas
 
 __all__ = [
     "ENV_PREFIX",
@@ -87,65 +87,6 @@ def _show(value: Any) -> str:
     return _clip(_SHOW.repr(value), 120)
 
 
-def _plain_number(value: float) -> str:
-    """``1000000`` rather than ``1e+06`` for whole numbers; ``0.001`` stays ``0.001``."""
-    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
-
-
-@dataclass(frozen=True)
-class Range:
-    """A number's sane range, as ``Annotated`` metadata: ``Annotated[int, Range(1, 1000)]``.
-
-    Every numeric setting has one, so an absurd value (``ingest.rcv_hwm:
-    3000000000``, which ZeroMQ cannot take, or a timeout of ``1e300`` s)
-    stops start-up with the key, the value and the range, instead of failing
-    later deep inside a socket or a timer. Booleans are refused (YAML's
-    ``yes`` is not a number), NaN and infinities fall outside every range.
-    ``above=True`` makes the lower bound exclusive.
-    """
-
-    lo: float
-    hi: float
-    above: bool = False
-    unit: str = ""
-
-    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        return core_schema.no_info_before_validator_function(
-            self._not_bool, core_schema.no_info_after_validator_function(self._check, handler(source))
-        )
-
-    def describe(self, integer: bool) -> str:
-        """``"an integer from 1 to 1000000"``, ``"a number above 0, up to 86400 s"``."""
-        kind = "an integer" if integer else "a number"
-        unit = f" {self.unit}" if self.unit else ""
-        lo, hi = _plain_number(self.lo), _plain_number(self.hi)
-        if self.above:
-            return f"{kind} above {lo}, up to {hi}{unit}"
-        return f"{kind} from {lo} to {hi}{unit}"
-
-    @staticmethod
-    def _not_bool(value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("expected a number, not true/false")
-        return value
-
-    def _check(self, value: float) -> float:
-        low_ok = value > self.lo if self.above else value >= self.lo
-        if not (math.isfinite(value) and low_ok and value <= self.hi):
-            raise ValueError(f"out of range: expected {self.describe(isinstance(value, int))}")
-        return value
-
-
-#: Durations in seconds: at least a millisecond (no busy loops), at most a day
-#: (threading timers overflow near 1e9 s; nothing here waits longer than a day).
-Seconds = Annotated[float, Range(1e-3, 86400.0, unit="s")]
-#: A count of messages ZeroMQ may queue on one socket: a C int there, and each
-#: message may hold a line or a frame, so far below 2**31.
-Messages = Annotated[int, Range(1, 1_000_000)]
-#: A threshold in robust standard deviations.
-Sigmas = Annotated[float, Range(0.0, 100.0, above=True)]
-#: A number of scan lines (the largest scan has 32768).
-Lines = Annotated[float, Range(0.0, 32768.0, above=True)]
 #: A physical length in nanometres (the scan size limits of :mod:`stm_live.limits`).
 LengthNm = Annotated[float, Range(MIN_LENGTH_M * 1e9, MAX_LENGTH_M * 1e9, unit="nm")]
 Fraction = Annotated[float, Range(0.0, 1.0)]
@@ -328,6 +269,8 @@ class Config(_Section):
     results: ResultsSection = ResultsSection()
     log: LogSection = LogSection()
     security: SecuritySection = SecuritySection()
+    bridge: BridgeSection = BridgeSection()
+    decide: DecideSection = DecideSection()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able form (paths as strings)."""

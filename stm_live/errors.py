@@ -12,6 +12,9 @@ from __future__ import annotations
 __all__ = [
     "AdaptError",
     "ConfigError",
+    "ControllerConnectionError",
+    "ControllerError",
+    "DecisionError",
     "LabelError",
     "ModelError",
     "ScanReadError",
@@ -54,3 +57,18 @@ class LabelError(StmLiveError, ValueError):
 
 class WireError(StmLiveError, ValueError):
     """A ZeroMQ message does not follow the stm-live protocol."""
+
+
+class ControllerError(StmLiveError, RuntimeError):
+    """A microscope controller refused a command, broke the protocol, or could not be reached.
+
+    The message names the controller (host:port), the command and what went wrong.
+    """
+
+
+class ControllerConnectionError(ControllerError, ConnectionError):
+    """The connection to the controller failed, timed out or was closed mid-message."""
+
+
+class DecisionError(StmLiveError, ValueError):
+    """A decision rule or a decision message is invalid."""

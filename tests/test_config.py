@@ -147,9 +147,10 @@ def test_the_walk_finds_the_numeric_keys() -> None:
 def test_every_numeric_key_refuses_absurd_values_naming_key_value_and_range(
     tmp_path: Path, key: str, integer: bool, value: str,
 ) -> None:
-    section, name = key.split(".")
+    *sections, name = key.split(".")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"{section}:\n  {name}: {value}\n")
+    cfg.write_text("".join(f"{'  ' * depth}{section}:\n" for depth, section in enumerate(sections))
+                   + f"{'  ' * len(sections)}{name}: {value}\n")
     if value == "true":
         expected = "expected a number, not true/false"
     elif integer and value in ("1e300", ".nan", ".inf"):

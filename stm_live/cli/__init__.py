@@ -42,6 +42,8 @@ COMMANDS: dict[str, str] = {
     "status": "status",
     "demo": "demo",
     "keys": "keys",
+    "bridge": "bridge",
+    "quality": "quality",
 }
 
 EXIT_USAGE = 2

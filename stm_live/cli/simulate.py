@@ -10,7 +10,10 @@ added the same way: one more ``_run_*`` function and a branch in :func:`run`):
   sidecars go to ``--truth-dir`` (default ``OUT/truth``);
 * ``--zmq ENDPOINT``: the Z forward image of each scan is streamed line by
   line to a daemon's ingest socket (protocol v1), one line per
-  ``--line-time``; with ``--out`` the sidecars are written there too.
+  ``--line-time``; with ``--out`` the sidecars are written there too;
+* ``--controller nanonis --port P``: a virtual Nanonis controller
+  (:mod:`stm_live.sim.controller`) speaking the TCP protocol on P..P+3 and
+  scanning windows of one ``--sample-nm`` sample, until Ctrl-C.
 
 File ``k`` uses seed ``--seed + k``; same options, same bytes.
 """
@@ -74,6 +77,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     stream.add_argument("--config", type=Path, metavar="PATH",
                         help="configuration whose security section holds this client's CURVE keys "
                              "(default: $STM_LIVE_CONFIG, else ./config.yaml)")
+    ctl = parser.add_argument_group("virtual controller mode (a stand-in Nanonis controller for the bridge)")
+    ctl.add_argument("--controller", choices=("nanonis",), help="serve the controller's TCP protocol on --port..+3")
+    ctl.add_argument("--port", type=int, default=6501, metavar="P", help="first TCP port (6501)")
+    ctl.add_argument("--host", default="127.0.0.1", metavar="HOST", help="interface to listen on (127.0.0.1)")
+    ctl.add_argument("--layout", choices=("current", "legacy"), default="current",
+                     help="protocol layout answered (current; legacy has no Scan.WaitEndOfLine)")
+    ctl.add_argument("--sample-nm", type=float, default=300.0, metavar="NM", help="side of the sample, nm (300)")
+    ctl.add_argument("--drift-nm-per-line", type=float, default=0.002, metavar="NM", help="drift per line (0.002)")
+    ctl.add_argument("--tip-change-per-line", type=float, default=0.0005, metavar="P",
+                     help="chance of a spontaneous tip change per line (0.0005)")
+    ctl.add_argument("--restore-chance", type=float, default=0.8, metavar="P",
+                     help="chance that a bias pulse restores a changed tip (0.8)")
+    ctl.add_argument("--fault", action="append", default=[], metavar="CMD:KIND[:COUNT[:AFTER]]",
+                     help="inject a fault: KIND error, drop or delay; CMD a command or '*' (repeatable)")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -90,8 +107,10 @@ def _check(args: argparse.Namespace) -> None:
         problems.append("--frame-time and --chunk-interval must be >= 0 and --chunk-bytes >= 1")
     if args.zmq and not (args.line_time >= 0 and args.wait_s > 0):
         problems.append("--line-time must be >= 0 and --wait-s > 0")
-    if args.out is None and not args.zmq:
-        problems.append("--out DIR is required (or --zmq ENDPOINT)")
+    if args.controller and not (0 < args.port <= 65532 and args.line_time > 0 and args.sample_nm > args.size_nm):
+        problems.append("--port must be within 1..65532, --line-time > 0 and --sample-nm larger than --size-nm")
+    if args.out is None and not args.zmq and not args.controller:
+        problems.append("--out DIR is required (or --zmq ENDPOINT, or --controller nanonis)")
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -156,8 +175,41 @@ def _run_zmq(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_controller(args: argparse.Namespace) -> int:
+    import threading
+
+    from ..bridge.geometry import ScanFrame
+    from ..sim.controller import VirtualController, parse_fault
+    from ..sim.sample import VirtualSample
+
+    try:
+        faults = [parse_fault(f) for f in args.fault]
+        sample = VirtualSample(args.surface, size_nm=args.sample_nm, seed=args.seed,
+                               density_scale=args.density_scale)
+        controller = VirtualController(
+            sample, host=args.host, port=args.port, layout=args.layout, pixels=args.pixels, lines=args.pixels,
+            frame=ScanFrame((0.0, 0.0), args.size_nm * 1e-9, args.size_nm * 1e-9), line_time_s=args.line_time,
+            drift_nm_per_line=args.drift_nm_per_line, tip_change_per_line=args.tip_change_per_line,
+            restore_chance=args.restore_chance, faults=faults, seed=args.seed,
+            scan_up=args.scan_direction == "up")
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"virtual controller: {exc}") from None
+    stop = threading.Event()
+    with controller:
+        log.info("virtual Nanonis controller: %s sample of %g nm, ports %s on %s; Ctrl-C to stop", args.surface,
+                 args.sample_nm, ", ".join(map(str, controller.ports)), args.host)
+        try:
+            while not stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            log.info("stopping the virtual controller")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     _check(args)
+    if args.controller:
+        return _run_controller(args)
     if args.zmq:
         return _run_zmq(args)
     if args.paced:
