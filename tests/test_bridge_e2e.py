@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from test_daemon import DaemonProcess, Subscriber, base_settings, wait_until
+from daemon_kit import DaemonProcess, Subscriber, base_settings, events, wait_until
 from tiny_models import write_tiny_model
 from zmq_sockets import SocketFactory, make_socket_fixture  # noqa: F401 - the fixture
 
@@ -71,11 +71,21 @@ def controller() -> Iterator[VirtualController]:
         yield vc
 
 
+ZOOM_RULES = {"rules": [{"name": "zoom-on-bright", "action": "zoom", "params": {"target": "bright", "width_nm": 10},
+                         "when": [{"count": {"class": "bright", "min": 1}}, {"fraction_scanned": {"min": 1.0}}],
+                         "cooldown_s": 3600}],
+              "limits": {"max_offset_nm": 60, "max_step_nm": 40, "min_range_nm": 5, "max_range_nm": 50}}
+
+
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[DaemonProcess]:
+    """The daemon; with the marker ``daemon_rules`` it runs the zoom rules itself (``decide`` in its config)."""
     model = tmp_path / "tiny.onnx"
     write_tiny_model(model, nm_per_px=0.2)
-    proc = DaemonProcess(tmp_path, base_settings(tmp_path, model, **{"live.cadence_lines": 16}))
+    extra: dict[str, Any] = {"live.cadence_lines": 16}
+    if request.node.get_closest_marker("daemon_rules") is not None:
+        extra |= {"decide.rules": ZOOM_RULES["rules"], "decide.limits": ZOOM_RULES["limits"]}
+    proc = DaemonProcess(tmp_path, base_settings(tmp_path, model, **extra))
     try:
         proc.wait_ready()
         yield proc
@@ -155,7 +165,11 @@ def test_a_rule_fires_the_bridge_zooms_and_the_next_frame_is_the_new_window(
         return sets[0] if sets else None
 
     command = wait_until(frame_set, 90.0, "the bridge to send Scan.FrameSet")
-    decision = next(e for e in map(json.loads, events.read_text().splitlines()) if e.get("event") == "decision")
+    def logged() -> Any:  # written once the commands are sent: a moment after the controller saw them
+        lines = events.read_text().splitlines() if events.exists() else []
+        return next((e for e in map(json.loads, lines) if e.get("event") == "decision"), None)
+
+    decision = wait_until(logged, 30.0, "the decision in the bridge's event log")
     assert decision["executed"] and decision["decision"]["rule"] == "zoom-on-bright"
     p = decision["decision"]["params"]
     expected = FRAME.centred_on(p["x_nm"], p["y_nm"], width_m=10e-9)
@@ -171,4 +185,28 @@ def test_a_rule_fires_the_bridge_zooms_and_the_next_frame_is_the_new_window(
     # The target of the zoom is near the centre of the new window (where the features of the sample are).
     target = FRAME.image_to_controller(p["x_nm"], p["y_nm"])
     assert np.hypot(*np.subtract(controller.current_frame.centre_m, target)) < 1e-12
+    assert bridge.terminate() == 0
+
+
+@pytest.mark.daemon_rules
+def test_the_daemon_decides_and_the_bridge_executes_its_decision_messages(
+    tmp_path: Path, spawn_bridge: Callable[..., BridgeProcess], daemon: DaemonProcess,
+    controller: VirtualController, make_socket: SocketFactory,
+) -> None:
+    """The rules run in the daemon (a sink of its document stream); the bridge takes `decision` messages."""
+    sub = Subscriber(make_socket, daemon.publish)
+    sub.wait_heartbeat()
+    bridge = spawn_bridge({"decisions": "daemon", "automation": True})
+
+    def frame_set() -> Any:
+        bridge.alive()
+        sets = controller.commands("Scan.FrameSet")
+        return sets[0] if sets else None
+
+    wait_until(frame_set, 90.0, "the bridge to send Scan.FrameSet on the daemon's decision")
+    decided = wait_until(lambda: events(daemon.results, "decision"), 30.0, "the decision in the daemon's event log")
+    assert decided[0]["rule"] == "zoom-on-bright" and decided[0]["action"] == "zoom"
+    assert decided[0]["params"]["width_nm"] == 10.0 and decided[0]["params"]["target"]["class"] == "bright"
+    wait_until(lambda: daemon.wait_ready()["counters"].get("decisions", 0) >= 1, 30.0, "the decision counted")
+    assert "decisions daemon" in bridge.log()
     assert bridge.terminate() == 0

@@ -36,6 +36,7 @@ from stm_live.wire import (
     decode_seg,
     decode_status,
     encode,
+    encode_decision,
     encode_document,
     encode_end,
     encode_frame,
@@ -214,8 +215,19 @@ def _minimal_and_full(topic: str) -> tuple[dict[str, Any], dict[str, Any]]:
         return _header(encode_seg(_seg(final=final, with_map=False, detections=0))), _header(encode_seg(full))
     if topic == "level.line":
         return _header(_level_line(False)), _header(_level_line(True))  # type: ignore[arg-type]
+    if topic == "decision":
+        return _header(encode_decision(DECISION)), _header(encode_decision(FULL_DECISION))
     h = _header(encode_status(_status()))
     return h, h
+
+
+DECISION = {"v": 1, "scan_id": "s1", "rule": "tip", "action": "rescan", "params": {}, "reason": "", "t": 1.7e9}
+FULL_DECISION = {
+    **DECISION, "id": "d-1", "action": "survey",
+    "params": {"x_nm": 1.0, "y_nm": 2.0, "width_nm": 10.0, "target": {"class": "AsH3", "id": 3, "score": 0.9},
+               "bias_v": -3.0, "width_s": 0.05, "rescan": True, "cell": [1, 2],
+               "frame": {"x_m": 1e-7, "y_m": 0.0, "width_m": 5e-8, "height_m": 5e-8, "angle_deg": 135.0}},
+}
 
 
 def _validator(topic: str) -> jsonschema.protocols.Validator:
@@ -253,6 +265,8 @@ def test_schema_required_fields_are_exactly_those_the_decoder_requires(topic: st
         parts = [bytes(p) for p in _level_line(True)]
     elif topic == "status":
         parts = encode_status(_status())
+    elif topic == "decision":
+        parts = encode_decision(FULL_DECISION)
     elif topic == "stm.end":
         parts = encode_end(EndMessage("e", True))
     elif topic == "stm.line":

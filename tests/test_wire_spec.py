@@ -90,8 +90,19 @@ def full_headers() -> dict[str, list[dict[str, Any]]]:
         "seg.frame": [_header(encode_document(result)), _header(encode_document(skipped))],
         "level.line": [_header(encode_document(documents.level_line("s", frame, 7, np.ones(10), rows_done=2)))],
         "status": [_header(encode_document(status))],
+        "decision": [_header(encode_document(documents.decision(d))) for d in DECISIONS],
         "result": [dict(result.local["record"]), dict(skipped.local["record"])],
     }
+
+
+#: What the decision engine emits: a dry rescan, and a survey step with every parameter.
+DECISIONS = (
+    {"v": 1, "scan_id": "s1", "rule": "tip", "action": "rescan", "params": {}, "reason": "", "t": 1.7e9},
+    {"v": 1, "id": "d-1", "scan_id": "s1", "rule": "grid", "action": "survey", "reason": "2 AsH3", "t": 1.7e9,
+     "params": {"x_nm": 1.0, "y_nm": 2.0, "width_nm": 10.0, "target": {"class": "AsH3", "id": 3, "score": 0.9},
+                "bias_v": -3.0, "width_s": 0.05, "rescan": True, "cell": [1, 2],
+                "frame": {"x_m": 1e-7, "y_m": 0.0, "width_m": 5e-8, "height_m": 5e-8, "angle_deg": 135.0}}},
+)
 
 
 HEADERS = full_headers()

@@ -45,6 +45,8 @@ import zmq
 
 from .. import __version__
 from ..config import Config
+from ..decide.engine import DecisionEngine
+from ..decide.sink import DecisionSink
 from ..errors import ConfigError, ModelError
 from ..ingest.journal import ScanJournal, recover
 from ..ingest.stream import LineSource, Received
@@ -227,6 +229,10 @@ class Daemon:
                                                                   security=cfg.security))
             self._endpoints["publish"] = self.publisher.endpoint
             bus.subscribe("zmq", ZmqSink(self.publisher, clock=self._clock), topics=ZmqSink.topics,
+                          max_bytes=sink_bytes)
+        if cfg.decide.rules:  # the rules run here; a bridge executes the decisions it receives
+            engine = DecisionEngine(cfg.decide)
+            bus.subscribe("decide", DecisionSink(engine, emit=bus.emit), topics=DecisionSink.topics,
                           max_bytes=sink_bytes)
         for name, sink, topics in self._extra_sinks:
             bus.subscribe(name, sink, topics=topics, max_bytes=sink_bytes)

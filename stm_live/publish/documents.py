@@ -24,6 +24,7 @@ Published on the bus and on the PUB socket:
 ``seg.frame``    result of a finished frame, or why it was not segmented (:func:`frame_result`, :func:`not_segmented`)
 ``level.line``   one levelled scan line as it arrives, for viewers (:func:`level_line`)
 ``status``       the heartbeat (:func:`status`)
+``decision``     what a rule decided, from the decision engine's sink (:func:`decision`)
 
 In-process only (the event log, the counters and the console read them):
 
@@ -44,6 +45,7 @@ from ..frame import Detection, Frame, Segmentation
 
 __all__ = [
     "BAD_INPUT",
+    "DECISION",
     "EVENT",
     "LEVEL_LINE",
     "PUBLISHED_TOPICS",
@@ -54,6 +56,7 @@ __all__ = [
     "STATUS",
     "Document",
     "bad_input",
+    "decision",
     "detection_json",
     "event",
     "frame_result",
@@ -78,10 +81,11 @@ STATUS: Final = "status"
 SCAN_STARTED: Final = "scan.started"
 SCAN_FINISHED: Final = "scan.finished"
 BAD_INPUT: Final = "bad_input"
+DECISION: Final = "decision"
 EVENT: Final = "event"
 
 #: Topics that go out on the PUB socket (each has a schema in ``stm_live/schemas``).
-PUBLISHED_TOPICS: Final = (SEG_PARTIAL, SEG_FRAME, LEVEL_LINE, STATUS)
+PUBLISHED_TOPICS: Final = (SEG_PARTIAL, SEG_FRAME, LEVEL_LINE, STATUS, DECISION)
 
 _EMPTY: Mapping[str, Any] = types.MappingProxyType({})
 #: What a header costs in memory, roughly, on top of its arrays (for the byte budgets).
@@ -461,6 +465,16 @@ def bad_input(
     if scan_id is not None:
         header["scan_id"] = scan_id
     return Document(BAD_INPUT, header)
+
+
+def decision(content: Mapping[str, Any]) -> Document:
+    """``decision``: what a rule of the decision engine decided (:class:`stm_live.decide.DecisionEngine`).
+
+    ``content`` is the engine's decision (``scan_id``, ``rule``, ``action``,
+    ``params``, ``reason``, ``t``, and ``id`` when it numbers them); the
+    protocol version is set here.
+    """
+    return Document(DECISION, {"v": PROTOCOL_VERSION, **{k: v for k, v in content.items() if k != "v"}})
 
 
 def event(kind: str, **context: Any) -> Document:

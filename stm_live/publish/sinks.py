@@ -190,7 +190,7 @@ _EVENT_KINDS: Final = {
 class EventLogSink:
     """Writes every low-rate document to the event log (not lines, partials or heartbeats)."""
 
-    topics: Final = (docs.SCAN_STARTED, docs.SCAN_FINISHED, docs.BAD_INPUT, docs.EVENT)
+    topics: Final = (docs.SCAN_STARTED, docs.SCAN_FINISHED, docs.BAD_INPUT, docs.EVENT, docs.DECISION)
 
     def __init__(self, events: EventLog) -> None:
         self.events = events
@@ -202,6 +202,9 @@ class EventLogSink:
         elif doc.topic == docs.BAD_INPUT:
             kind = "bad_message" if header.get("kind") == "message" else f"bad_{header.get('kind', 'input')}"
             header.pop("kind", None)
+        elif doc.topic == docs.DECISION:
+            kind = "decision"
+            header.pop("v", None)
         else:
             kind = _EVENT_KINDS[doc.topic]
         self.events.write(kind, **header)
@@ -218,7 +221,7 @@ class Counters:
     """
 
     NAMES: Final = ("messages", "lines", "partials", "frames", "files", "not_segmented", "errors", "bad_messages",
-                    "bad_files", "refused", "quarantined", "duplicates", "ignored")
+                    "bad_files", "refused", "quarantined", "duplicates", "ignored", "decisions")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -248,6 +251,8 @@ class Counters:
             self.add({"message": "bad_messages", "file": "bad_files"}.get(str(kind), "refused"))
             if h.get("quarantined"):
                 self.add("quarantined")
+        elif topic == docs.DECISION:
+            self.add("decisions")
         elif topic == docs.EVENT:
             kind = h.get("kind")
             if kind == "error":
@@ -261,7 +266,7 @@ class Counters:
 class ConsoleSink:
     """Tells the person at the microscope what happens, in the log (bad inputs rate-limited)."""
 
-    topics: Final = (docs.SCAN_STARTED, docs.SCAN_FINISHED, docs.BAD_INPUT, docs.EVENT)
+    topics: Final = (docs.SCAN_STARTED, docs.SCAN_FINISHED, docs.BAD_INPUT, docs.EVENT, docs.DECISION)
 
     def __init__(self) -> None:
         self._bad = 0
@@ -280,6 +285,9 @@ class ConsoleSink:
                 log.warning("%s refused (%s): %s", h["source"], h["kind"], h["reason"])
                 if self._bad == 20:
                     log.warning("more refused inputs are logged every 1000th only (all are in events.jsonl)")
+        elif doc.topic == docs.DECISION:
+            log.info("decision: rule %s -> %s %s on scan %s: %s", h["rule"], h["action"],
+                     {k: v for k, v in h["params"].items() if k != "target"}, h["scan_id"], h["reason"])
         elif doc.topic == docs.EVENT:
             self._event(h)
 

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import WireError
 from ..frame import Detection
 from .messages import (
+    DecisionMessage,
     EndMessage,
     FrameMessage,
     IngestMessage,
@@ -38,6 +39,7 @@ from .topics import (
     PROTOCOL_VERSION,
     PUBLISH_TOPICS,
     SPECS,
+    TOPIC_DECISION,
     TOPIC_END,
     TOPIC_FRAME,
     TOPIC_LEVEL_LINE,
@@ -52,6 +54,7 @@ __all__ = [
     "Buffer",
     "check_header",
     "decode",
+    "decode_decision",
     "decode_end",
     "decode_frame",
     "decode_ingest",
@@ -60,6 +63,7 @@ __all__ = [
     "decode_seg",
     "decode_status",
     "encode",
+    "encode_decision",
     "encode_document",
     "encode_end",
     "encode_frame",
@@ -77,11 +81,13 @@ _FRAME = SPECS[TOPIC_FRAME]
 _END = SPECS[TOPIC_END]
 _LEVEL_LINE = SPECS[TOPIC_LEVEL_LINE]
 _STATUS = SPECS[TOPIC_STATUS]
+_DECISION = SPECS[TOPIC_DECISION]
 _SHAPES = {
     TOPIC_LINE: "[topic, header, payload]",
     TOPIC_FRAME: "[topic, header, payload]",
     TOPIC_END: "[topic, header]",
     TOPIC_STATUS: "[topic, header]",
+    TOPIC_DECISION: "[topic, header]",
     TOPIC_LEVEL_LINE: "[topic, header, payload]",
 }
 
@@ -636,6 +642,35 @@ def decode_level_line(parts: Sequence[Buffer]) -> LevelLineMessage:
     return _level_line_message(got, data)
 
 
+def encode_decision(decision: Mapping[str, Any]) -> list[bytes]:
+    """``decision`` message parts: ``[b"decision", header]``.
+
+    Raises
+    ------
+    WireError
+        The decision would not pass :func:`decode_decision`.
+    """
+    _DECISION.check(Header(TOPIC_DECISION, decision))
+    return [TOPIC_DECISION.encode(), _dumps(decision)]
+
+
+def decode_decision(parts: Sequence[Buffer]) -> DecisionMessage:
+    """Check and decode a ``decision`` message.
+
+    Raises
+    ------
+    WireError
+        Wrong topic or part count, bad header.
+    """
+    topic = _topic(parts)
+    if topic != TOPIC_DECISION:
+        raise WireError(f"expected topic {TOPIC_DECISION!r}, got {topic!r}")
+    got = _DECISION.check(_header(topic, parts, (2,)))
+    return DecisionMessage(scan_id=got["scan_id"], rule=got["rule"], action=got["action"],
+                           params=json.loads(bytes(parts[1]))["params"], reason=got["reason"], t=got["t"],
+                           id=got.get("id"))
+
+
 def encode_document(doc: Any) -> list[Buffer]:
     """The message parts of a published document (:class:`stm_live.publish.documents.Document`).
 
@@ -668,7 +703,7 @@ def encode_document(doc: Any) -> list[Buffer]:
         if payload is None or payload.dtype != np.dtype("<f4") or payload.shape != (got["cols"],):
             raise WireError(f"{h.where('payload')}: expected ({got['cols']},) little-endian float32 values")
     elif payload is not None:
-        raise WireError(f"{h.where()}: a status message has no payload")
+        raise WireError(f"{h.where()}: a {topic} message has no payload")
     parts: list[Buffer] = [topic.encode(), _dumps(header)]
     if payload is not None:
         parts.append(np.ascontiguousarray(payload).data.cast("B"))
@@ -710,6 +745,8 @@ def decode(parts: Sequence[Buffer]) -> Message:
         return decode_status(parts)
     if topic == TOPIC_LEVEL_LINE:
         return decode_level_line(parts)
+    if topic == TOPIC_DECISION:
+        return decode_decision(parts)
     return decode_seg(parts)
 
 

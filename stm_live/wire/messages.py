@@ -18,6 +18,7 @@ from ..frame import Detection, Direction
 from .topics import TOPIC_PARTIAL, TOPIC_SEG_FRAME
 
 __all__ = [
+    "DecisionMessage",
     "EndMessage",
     "FrameMessage",
     "IngestMessage",
@@ -189,6 +190,19 @@ class StatusMessage:
     model_name: str | None = None
 
 
+@dataclass(frozen=True)
+class DecisionMessage:
+    """``decision``: what a rule decided for a scan (``params`` as the decision's JSON object)."""
+
+    scan_id: str
+    rule: str
+    action: str
+    params: Mapping[str, Any]
+    reason: str
+    t: float
+    id: str | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class LevelLineMessage:
     """``level.line``: display row ``row`` of scan ``scan_id``, levelled, as it arrived.
@@ -211,4 +225,4 @@ class LevelLineMessage:
 
 
 IngestMessage = LineMessage | FrameMessage | EndMessage
-Message = LineMessage | FrameMessage | EndMessage | SegMessage | StatusMessage | LevelLineMessage
+Message = LineMessage | FrameMessage | EndMessage | SegMessage | StatusMessage | LevelLineMessage | DecisionMessage

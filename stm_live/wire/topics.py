@@ -66,6 +66,7 @@ TOPIC_END: Final = "stm.end"
 TOPIC_PARTIAL: Final = "seg.partial"
 TOPIC_SEG_FRAME: Final = "seg.frame"
 TOPIC_STATUS: Final = "status"
+TOPIC_DECISION: Final = "decision"
 TOPIC_LEVEL_LINE: Final = "level.line"
 #: Not a topic: the name of the stored result record's definition.
 RESULT: Final = "result"
@@ -73,7 +74,7 @@ RESULT: Final = "result"
 #: Topics a controller bridge sends to the daemon.
 INGEST_TOPICS: Final = (TOPIC_LINE, TOPIC_FRAME, TOPIC_END)
 #: Topics the daemon publishes.
-PUBLISH_TOPICS: Final = (TOPIC_PARTIAL, TOPIC_SEG_FRAME, TOPIC_STATUS, TOPIC_LEVEL_LINE)
+PUBLISH_TOPICS: Final = (TOPIC_PARTIAL, TOPIC_SEG_FRAME, TOPIC_STATUS, TOPIC_LEVEL_LINE, TOPIC_DECISION)
 #: Every topic of protocol v1.
 TOPICS: Final = INGEST_TOPICS + PUBLISH_TOPICS
 
@@ -435,6 +436,53 @@ RESULT_RECORD = MessageSpec(
     part="record",
 )
 
+# --------------------------------------------------------------------------
+# Decisions (rules over the results: docs/bridge.md)
+# --------------------------------------------------------------------------
+
+#: What a rule may ask the controller to do.
+DECISION_ACTIONS: Final = ("stop", "rescan", "move", "zoom", "pulse", "tip_shape", "survey")
+
+DECISION = MessageSpec(
+    TOPIC_DECISION,
+    "decision (protocol v1)",
+    "What a rule decided for a scan: published on the bus and in the event log, executed by a bridge only when "
+    "automation is on. No payload.",
+    (
+        V,
+        Field("id", Text(1, MAX_ID), "the decision's id (unique within the daemon's run)", required=False),
+        replace(SCAN_ID, description="the scan whose results fired the rule"),
+        Field("rule", Text(1, MAX_NAME, pattern="^[A-Za-z0-9_.-]+$"), "the rule's name (config `decide.rules`)",
+              expected="a rule name: letters, digits, '_', '.', '-'"),
+        Field("action", Choice(DECISION_ACTIONS), "what to do"),
+        Field("params", ObjectOf((
+            Field("x_nm", Number(), "image position (nm from the left edge) of the scan's frame to centre on",
+                  required=False),
+            Field("y_nm", Number(), "image position (nm from the top edge)", required=False),
+            Field("width_nm", Number(0, lo_open=True), "zoom: the new frame's width (nm)", required=False),
+            Field("target", ObjectOf((
+                Field("class", Text(1, MAX_NAME), "the class of the feature aimed at"),
+                Field("id", Integer(0, 1 << 31), "its detection id in the results", required=False),
+                Field("score", Number(0, 1), "its score", required=False),
+            )), "the feature the frame is centred on", required=False),
+            Field("bias_v", Number(), "pulse: sample bias during the pulse (V)", required=False),
+            Field("width_s", Number(0, lo_open=True), "pulse: duration (s)", required=False),
+            Field("rescan", Boolean(), "pulse / tip_shape: start a new scan afterwards", required=False),
+            Field("frame", ObjectOf((
+                Field("x_m", Number(), "centre x (m, controller coordinates)"),
+                Field("y_m", Number(), "centre y (m)"),
+                Field("width_m", Number(0, lo_open=True), "width (m)"),
+                Field("height_m", Number(0, lo_open=True), "height (m)"),
+                Field("angle_deg", Number(), "rotation (deg, clockwise)", required=False),
+            )), "survey: the next frame in controller coordinates", required=False),
+            Field("cell", ListOf(Integer(0), min_items=2, max_items=2, says="[column, row] of the survey grid"),
+                  "survey: the grid cell of the next frame", required=False),
+        )), "the action's arguments"),
+        Field("reason", Text(0, 2000), "why the rule fired, for people"),
+        Field("t", UNIX_T, "Unix seconds", expected=f"{UNIX_T.expected()} (Unix time in seconds)"),
+    ),
+)
+
 #: Every definition: the topics of protocol v1, and ``"result"``.
 SPECS: Final = {spec.topic: spec for spec in (
-    STM_LINE, STM_FRAME, STM_END, SEG_PARTIAL, SEG_FRAME, LEVEL_LINE, STATUS, RESULT_RECORD)}
+    STM_LINE, STM_FRAME, STM_END, SEG_PARTIAL, SEG_FRAME, LEVEL_LINE, STATUS, DECISION, RESULT_RECORD)}
