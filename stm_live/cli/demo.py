@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="PATH", help="ONNX model file or bundled model name (default: si001-ash3)")
     parser.add_argument("--config", type=Path, metavar="PATH",
                         help="configuration file for the daemon's other settings (default: ./config.yaml if any)")
+    parser.add_argument("--autonomous", action="store_true",
+                        help="the closed loop instead: a virtual Nanonis controller, the bridge and the daemon's "
+                             "rules (survey, zoom on AsH3, a tip change, a pulse, a rescan); --frames at least 5")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -176,6 +179,12 @@ def _subscribed(daemon: Any, sub: Any, timeout_s: float) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     import zmq
+
+    if getattr(args, "autonomous", False):
+        from .demo_autonomous import run_autonomous
+
+        _check(args)
+        return run_autonomous(args)
 
     from ..config import load_config
     from ..daemon import Daemon
