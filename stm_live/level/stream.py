@@ -40,6 +40,7 @@ import numpy as np
 
 from .checks import LevelError, as_image, check_positive
 from .linefit import MAD_TO_SIGMA, robust_line
+from .terraces import TerraceLevels
 
 __all__ = ["LineLeveller", "level_stream"]
 
@@ -127,6 +128,7 @@ class LineLeveller:
         slope: bool = True,
         min_valid: float = 0.25,
         restore_every: int = 2,
+        anchor: bool = True,
     ) -> None:
         if isinstance(cols, bool) or not isinstance(cols, int | np.integer) or cols < 1:
             raise LevelError(f"cols must be a positive integer (pixels per line), got {cols!r}")
@@ -174,6 +176,7 @@ class LineLeveller:
         self._diffs = np.empty(max(n - 1, 1))
         self._jumps = np.zeros(max(n - 1, 1), dtype=bool)
         self._crossed = np.zeros(n, dtype=np.int32)
+        self._terraces = TerraceLevels(n, reject=self._reject) if anchor else None
         self.reset()
 
     @property
@@ -194,6 +197,8 @@ class LineLeveller:
         self._own_line = (0.0, 0.0)
         self._lines = 0
         self._last = (0.0, 0.0)
+        if self._terraces is not None:
+            self._terraces.reset()
 
     def push(self, line: Any) -> np.ndarray:
         """Level one scan line against the lines seen so far.
@@ -223,14 +228,33 @@ class LineLeveller:
             return self._push_incomplete(v)
         x, raw, lev = self._x, self._raw, self._lev
         np.copyto(raw, v, casting="unsafe")
+        exclude = None
         if self._lines == 0:
             a, b = robust_line(x, raw, reject=self._reject, slope=self._slope, lag=self._lag, refine=False)
         else:
             np.subtract(raw, self._ref, out=self._tmp)
             a, b = self._fit_difference(self._tmp)
+            exclude = self._rej
         np.multiply(x, b, out=lev)
         lev += a
         np.subtract(raw, lev, out=lev)
+        terraces = self._terraces
+        if terraces is not None:
+            floor = self._rounding * abs(a)
+            first = terraces.count == 0
+            if first:
+                # The first level comes from this line; then fit the line to it.
+                terraces.learn(lev, floor=floor)
+            for _ in range(2 if first else 1):
+                da, db = terraces.correct(lev, exclude, floor=floor, slope=self._slope)
+                if da or db:
+                    np.multiply(x, db, out=self._tmp)
+                    self._tmp += da
+                    lev -= self._tmp
+                    a += da
+                    b += db
+            if not first:
+                terraces.learn(lev, floor=floor)
         self._accept(lev, None)
         self._last = (a, b)
         return lev.astype(np.float32)
@@ -439,6 +463,7 @@ def level_stream(
     margin: int | None = None,
     slope: bool = True,
     restore_every: int = 2,
+    anchor: bool = True,
 ) -> np.ndarray:
     """Level a whole image the way the daemon does while scanning: one line at a time.
 
@@ -477,6 +502,7 @@ def level_stream(
         margin=margin,
         slope=slope,
         restore_every=restore_every,
+        anchor=anchor,
     )
     out = np.empty(image.shape, dtype=np.float32)
     order = range(image.shape[0]) if scan_direction == "down" else range(image.shape[0] - 1, -1, -1)

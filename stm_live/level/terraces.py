@@ -1,0 +1,415 @@
+"""Terrace heights seen so far in a stream of levelled lines: the anchor of the line-by-line leveller.
+
+A leveller that fits each line against the lines before it (differences of
+neighbouring lines, which keep step edges sharp) lets small errors add up
+along the frame: on a single terrace the result drifts by tens of pm over a
+512-line frame. A flat surface has no such freedom. Its terraces are flat,
+each at its own height, so every levelled pixel should sit on one of a few
+*levels* (the terrace heights) plus lattice, features and noise.
+
+:class:`TerraceLevels` keeps those levels. For a new line, already levelled
+against its predecessors, :meth:`TerraceLevels.correct` fits a small offset
+and slope to the distance of every pixel from the level of its terrace: the
+absolute row fit a whole-frame leveller makes, with no step edge to find and
+nothing accumulated from line to line. The terrace of a pixel is the level
+nearest to the line *smoothed* over a box wider than a lattice period (the
+corrugation of the lattice is often a third of a step height; averaged, a
+few percent); pixels whose smoothed height is near no level (step flanks,
+features, terraces not seen yet) are left out, and so are pixels further
+than ``reject`` noise levels from the fit. The fit only has to start within
+half a step of the truth, which the chained fit gives.
+
+:meth:`TerraceLevels.learn` then refines the levels from the final line and
+adds a new one when the same plateau, a long stretch of pixels far from
+every level, shows up in ``birth_lines`` consecutive lines (a terrace
+entering the frame). The first level comes from the first line.
+
+Pure NumPy, O(columns) per line on preallocated buffers, plus a sort of a
+stretch of pixels while a terrace not yet known is in the line.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .linefit import MAD_TO_SIGMA
+
+__all__ = ["TerraceLevels"]
+
+EXP: dict = {}
+
+
+def _median(values: np.ndarray) -> float:
+    """Upper median, in place (``values`` is scratch)."""
+    k = values.size // 2
+    values.partition(k)
+    return float(values[k])
+
+
+class TerraceLevels:
+    """The heights of the terraces met so far, and the absolute line fit against them.
+
+    Parameters
+    ----------
+    cols : int
+        Pixels per line.
+    reject : float, keyword-only
+        Pixels further than this many robust standard deviations from the
+        fit (or, smoothed, from their level) are left out of it.
+    birth : float, keyword-only
+        A stretch of smoothed pixels further than ``birth`` standard
+        deviations from every level may be a terrace not seen yet.
+    birth_lines : int, keyword-only
+        Consecutive lines in which a new plateau must show up before it
+        becomes a level.
+    box : int, optional, keyword-only
+        Width of the smoothing box, pixels; default ``max(3, cols // 32)``.
+    min_run : int, optional, keyword-only
+        Shortest stretch of a new terrace, pixels; default ``max(3, cols // 8)``.
+    rate : float, keyword-only
+        Fraction of a level's mean residual by which it moves per line.
+    max_levels : int, keyword-only
+        Levels kept; the one unused the longest goes first.
+
+    Examples
+    --------
+    A line levelled 0.2 too high over two terraces 10 apart, the upper one
+    known from the first line:
+
+    >>> t = TerraceLevels(64)
+    >>> x = np.arange(64.0)
+    >>> first = np.where(x < 40, 0.0, 10.0) + 0.01 * np.sin(x)
+    >>> t.correct(first, None, floor=1e-9)
+    (0.0, 0.0)
+    >>> t.learn(first)
+    >>> t.levels.round(3).tolist()
+    [0.0]
+    """
+
+    def __init__(
+        self,
+        cols: int,
+        *,
+        reject: float = 3.0,
+        birth: float = 4.0,
+        birth_lines: int = 3,
+        box: int | None = None,
+        min_run: int | None = None,
+        rate: float = 0.125,
+        max_levels: int = 16,
+    ) -> None:
+        n = self._cols = int(cols)
+        self._reject = float(reject)
+        self._birth = float(birth)
+        self._birth_lines = int(birth_lines)
+        self._min_run = max(3, n // 8) if min_run is None else max(1, int(min_run))
+        self._min = max(3, n // 16)
+        self._gap = max(1, n // 256)
+        self._rate = float(rate)
+        self._max_levels = int(max_levels)
+        half = max(1, (max(3, n // 32) if box is None else int(box)) // 2)
+        self._lag = min(2 * half + 1, max(n - 1, 1))
+        i = np.arange(n)
+        self._lo = np.maximum(i - half, 0)
+        self._hi = np.minimum(i + half + 1, n)
+        self._inv = 1.0 / (self._hi - self._lo)
+        x = np.arange(n, dtype=np.float64) - 0.5 * (n - 1)
+        self._x = x
+        self._xx = x * x
+        self._cum = np.zeros(n + 1)
+        self._s = np.empty(n)
+        self._res = np.empty(n)
+        self._rs = np.empty(n)
+        self._abs = np.empty(n)
+        self._tmp = np.empty(n)
+        self._w = np.empty(n)
+        self._gate = np.zeros(n, dtype=bool)
+        self._keep = np.zeros(n, dtype=bool)
+        self._far = np.zeros(n, dtype=bool)
+        self._idx = np.zeros(n, dtype=np.intp)
+        self._pairs = np.empty(max(n - self._lag, 1))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every level."""
+        self._levels = np.empty(0)
+        self._used = np.empty(0, dtype=np.int64)
+        self._born = np.empty(0, dtype=np.int64)
+        self._mid = np.empty(0)
+        self._pending: list[list[float]] = []  # [sum of levels, votes, last line]
+        self._line = 0
+        self._sigma = 0.0
+        self._kept = 0
+        self._prevfeats = np.zeros(self._cols, dtype=bool)
+
+    @property
+    def levels(self) -> np.ndarray:
+        """The terrace heights, ascending (a copy)."""
+        return self._levels.copy()
+
+    @property
+    def count(self) -> int:
+        """Number of levels."""
+        return int(self._levels.size)
+
+    @property
+    def sigma(self) -> float:
+        """Robust noise level of the last smoothed line (0 before the first)."""
+        return self._sigma
+
+    def _smooth(self, lev: np.ndarray, floor: float) -> None:
+        """Box-smoothed ``lev`` into ``self._s`` and its noise level into ``self._sigma``."""
+        n, cum, s = self._cols, self._cum, self._s
+        np.cumsum(lev, out=cum[1:])
+        np.take(cum, self._hi, out=s)
+        np.take(cum, self._lo, out=self._tmp)
+        s -= self._tmp
+        s *= self._inv
+        # Noise of the smoothed line from differences a box apart: a step
+        # between them is rare, and a staircase does not widen it.
+        lag = self._lag
+        if n > lag:
+            pairs = self._pairs
+            np.subtract(s[lag:], s[:-lag], out=pairs)
+            np.abs(pairs, out=pairs)
+            self._sigma = max(MAD_TO_SIGMA / np.sqrt(2.0) * _median(pairs), floor)
+        else:
+            self._sigma = floor
+
+    def _nearest(self, values: np.ndarray, out: np.ndarray) -> None:
+        """``values`` minus their nearest level into ``out``; the level's index into ``self._idx``."""
+        if self._levels.size == 1:
+            np.subtract(values, self._levels[0], out=out)
+            self._idx[:] = 0
+        else:
+            np.copyto(self._idx, np.searchsorted(self._mid, values))
+            np.subtract(values, self._levels[self._idx], out=out)
+
+    def correct(self, lev: np.ndarray, exclude: np.ndarray | None, *, floor: float, slope: bool = True) -> tuple[
+            float, float]:
+        """Offset and slope to subtract from ``lev`` so that its terrace pixels sit on their levels.
+
+        Parameters
+        ----------
+        lev : numpy.ndarray
+            ``(cols,)`` float64, the line levelled against the previous ones (finite).
+        exclude : numpy.ndarray or None
+            ``(cols,)`` bool, pixels known to be features or missing (left out).
+        floor : float, keyword-only
+            Smallest noise level (rounding of the data).
+        slope : bool, keyword-only
+            Fit a slope as well as an offset.
+
+        Returns
+        -------
+        da, db : float
+            Offset and slope per pixel about the line's centre; 0, 0 when
+            there are no levels yet or too few pixels on one.
+        """
+        self._kept = 0
+        self._smooth(lev, floor)
+        if self._levels.size == 0:
+            return 0.0, 0.0
+        res, rs, absr, gate, keep, w, tmp, x = (
+            self._res, self._rs, self._abs, self._gate, self._keep, self._w, self._tmp, self._x)
+        self._nearest(self._s, rs)
+        self._nearest_same(lev, res)
+        np.abs(rs, out=absr)
+        if EXP.get("gate", True):
+            np.less_equal(absr, self._reject * self._sigma, out=gate)
+        else:
+            gate[:] = True
+        if exclude is not None and EXP.get("exclude", True):
+            gate &= ~exclude
+        sample = res[gate]
+        if sample.size < self._min:
+            return 0.0, 0.0
+        a = _median(sample.copy())
+        sample -= a
+        np.abs(sample, out=sample)
+        thr = self._reject * max(MAD_TO_SIGMA * _median(sample), floor)
+        b = 0.0
+        for it in range(2):
+            np.multiply(x, b, out=tmp)
+            tmp += a
+            np.subtract(res, tmp, out=tmp)  # residual from the current fit
+            np.abs(tmp, out=absr)
+            if it and EXP.get("hyst", 0):
+                flank = EXP["hyst"] * thr / self._reject
+                feats = self._hysteresis(tmp, thr, flank)
+                if EXP.get("prev"):
+                    feats |= (absr > flank) & self._prevfeats
+                    self._prevfeats = feats.copy()
+                gate &= ~feats
+            np.less_equal(absr, thr, out=keep)
+            keep &= gate
+            np.copyto(w, keep)
+            s0 = float(w.sum())
+            if s0 < self._min:
+                return 0.0, 0.0
+            sx = float(w @ x)
+            sr = float(w @ tmp)
+            db = 0.0
+            if slope:
+                sxx = float(w @ self._xx)
+                np.multiply(x, tmp, out=absr)
+                sxr = float(w @ absr)
+                det = s0 * sxx - sx * sx
+                db = (s0 * sxr - sx * sr) / det if det > 0 else 0.0
+            a += (sr - db * sx) / s0
+            b += db
+        self._kept = int(s0)
+        return a, b
+
+    def _hysteresis(self, r: np.ndarray, core: float, flank: float) -> np.ndarray:
+        out = np.zeros(r.size, dtype=bool)
+        for sign in (1.0, -1.0):
+            low = sign * r > flank
+            if not low.any():
+                continue
+            starts = low.copy()
+            starts[1:] &= ~low[:-1]
+            ids = np.cumsum(starts)
+            ids[~low] = 0
+            hit = np.zeros(int(ids.max()) + 1, dtype=bool)
+            hit[ids[sign * r > core]] = True
+            hit[0] = False
+            out |= hit[ids]
+        g = EXP.get("grow", 0)
+        if g:
+            c = np.concatenate(([0], np.cumsum(out)))
+            n = r.size
+            i = np.arange(n)
+            out = (c[np.minimum(i + g + 1, n)] - c[np.maximum(i - g, 0)]) > 0
+        return out
+
+    def _nearest_same(self, values: np.ndarray, out: np.ndarray) -> None:
+        """``values`` minus the levels already chosen in ``self._idx``."""
+        if self._levels.size == 1:
+            np.subtract(values, self._levels[0], out=out)
+        else:
+            np.subtract(values, self._levels[self._idx], out=out)
+
+    def learn(self, lev: np.ndarray, *, floor: float) -> None:
+        """Move the levels towards the final levelled line ``lev`` and add those of new terraces.
+
+        Call after :meth:`correct`, with the line corrected by its result.
+        """
+        self._line += 1
+        line = self._line
+        n_levels = self._levels.size
+        far = self._far
+        self._smooth(lev, floor)
+        s, sigma = self._s, self._sigma
+        if n_levels == 0:
+            far[:] = True
+        else:
+            rs = self._rs
+            self._nearest(s, rs)
+            if n_levels > 1 and self._kept:
+                keep = self._keep  # the inliers of the last fit
+                res = self._res
+                self._nearest_same(lev, res)
+                idx = self._idx[keep]
+                counts = np.bincount(idx, minlength=n_levels)
+                sums = np.bincount(idx, weights=res[keep], minlength=n_levels)
+                seen = counts >= self._min
+                if seen.any():
+                    self._levels[seen] += self._rate * sums[seen] / counts[seen]
+                    self._used[seen] = line
+                    self._sorted()
+                    self._merge()
+            elif self._kept:
+                self._used[0] = line
+            np.abs(rs, out=self._abs)
+            np.greater(self._abs, self._birth * sigma, out=far)
+            if np.count_nonzero(far) < self._min_run:
+                self._pending = [p for p in self._pending if p[2] >= line - 1]
+                return
+        run = self._longest_run(far)
+        if run is not None:
+            lo, hi = run
+            values = s[lo:hi][far[lo:hi]]
+            self._candidate(np.sort(values), sigma, line)
+        self._pending = [p for p in self._pending if p[2] >= line - 1]
+
+    def _longest_run(self, far: np.ndarray) -> tuple[int, int] | None:
+        """The longest stretch of ``far`` pixels, gaps of up to ``_gap`` pixels bridged, if long enough."""
+        flags = np.concatenate(([False], far, [False]))
+        edges = np.flatnonzero(flags[1:] != flags[:-1])
+        starts, ends = edges[0::2], edges[1::2]
+        if starts.size == 0:
+            return None
+        # Bridge short gaps: features and noise dip below the threshold on a terrace.
+        join = starts[1:] - ends[:-1] <= self._gap
+        if join.any():
+            starts = starts[np.concatenate(([True], ~join))]
+            ends = ends[np.concatenate((~join, [True]))]
+        lengths = ends - starts
+        j = int(np.argmax(lengths))
+        if lengths[j] < self._min_run:
+            return None
+        return int(starts[j]), int(ends[j])
+
+    def _candidate(self, values: np.ndarray, sigma: float, line: int) -> None:
+        """The densest plateau of ``values`` (sorted, smoothed heights) votes for a new level."""
+        m = values.size
+        if m < self._min:
+            return
+        width = self._reject * sigma
+        ends = np.searchsorted(values, values + width, side="right")
+        counts = ends - np.arange(m)
+        j = int(np.argmax(counts))
+        if counts[j] < self._min:
+            return
+        plateau = values[j : ends[j]]
+        level = float(plateau[plateau.size // 2])
+        if self._levels.size == 0:
+            self._add(level, line)
+            return
+        votes, total = 1, level
+        for p in self._pending:
+            if p[2] >= line - 1 and abs(p[0] / p[1] - level) <= width:
+                p[0] += level
+                p[1] += 1
+                p[2] = line
+                votes, total = int(p[1]), p[0]
+                break
+        else:
+            self._pending.append([level, 1.0, float(line)])
+        if votes >= self._birth_lines:
+            self._pending = [p for p in self._pending if p[1] < self._birth_lines]
+            self._add(total / votes, line)
+
+    def _add(self, level: float, line: int) -> None:
+        if self._levels.size and float(np.min(np.abs(self._levels - level))) <= self._birth * self._sigma:
+            return
+        if self._levels.size >= self._max_levels:
+            drop = int(np.argmin(self._used))
+            self._levels = np.delete(self._levels, drop)
+            self._used = np.delete(self._used, drop)
+            self._born = np.delete(self._born, drop)
+        self._levels = np.append(self._levels, level)
+        self._used = np.append(self._used, line)
+        self._born = np.append(self._born, line)
+        self._sorted()
+
+    def _merge(self) -> None:
+        """Levels that have come within a birth threshold of each other are one: keep the older."""
+        if self._levels.size < 2:
+            return
+        close = np.diff(self._levels) <= self._birth * self._sigma
+        if close.any():
+            j = int(np.flatnonzero(close)[0])
+            drop = j if self._born[j] > self._born[j + 1] else j + 1
+            self._levels = np.delete(self._levels, drop)
+            self._used = np.delete(self._used, drop)
+            self._born = np.delete(self._born, drop)
+            self._mid = 0.5 * (self._levels[1:] + self._levels[:-1])
+
+    def _sorted(self) -> None:
+        order = np.argsort(self._levels, kind="stable")
+        self._levels = self._levels[order]
+        self._used = self._used[order]
+        self._born = self._born[order]
+        self._mid = 0.5 * (self._levels[1:] + self._levels[:-1])
