@@ -40,6 +40,7 @@ import numpy as np
 
 from .checks import LevelError, as_image, check_positive
 from .linefit import MAD_TO_SIGMA, robust_line
+from .terraces import EXP as EXPS
 from .terraces import TerraceLevels
 
 __all__ = ["LineLeveller", "level_stream"]
@@ -230,7 +231,10 @@ class LineLeveller:
         np.copyto(raw, v, casting="unsafe")
         exclude = None
         if self._lines == 0:
-            a, b = robust_line(x, raw, reject=self._reject, slope=self._slope, lag=self._lag, refine=False)
+            if self._terraces is not None and EXPS.get("stair", True):
+                a, b = self._terraces.first_line(raw, floor=self._rounding * float(np.max(np.abs(raw))), slope=self._slope)
+            else:
+                a, b = robust_line(x, raw, reject=self._reject, slope=self._slope, lag=self._lag, refine=False)
         else:
             np.subtract(raw, self._ref, out=self._tmp)
             a, b = self._fit_difference(self._tmp)
@@ -242,11 +246,13 @@ class LineLeveller:
         if terraces is not None:
             floor = self._rounding * abs(a)
             first = terraces.count == 0
+            ref = None if self._lines == 0 else self._ref
             if first:
                 # The first level comes from this line; then fit the line to it.
-                terraces.learn(lev, floor=floor)
+                terraces.correct(lev, ref, None, floor=floor, slope=self._slope)
+                terraces.learn(lev)
             for _ in range(2 if first else 1):
-                da, db = terraces.correct(lev, exclude, floor=floor, slope=self._slope)
+                da, db = terraces.correct(lev, ref, None, floor=floor, slope=self._slope)
                 if da or db:
                     np.multiply(x, db, out=self._tmp)
                     self._tmp += da
@@ -254,7 +260,7 @@ class LineLeveller:
                     a += da
                     b += db
             if not first:
-                terraces.learn(lev, floor=floor)
+                terraces.learn(lev)
         self._accept(lev, None)
         self._last = (a, b)
         return lev.astype(np.float32)

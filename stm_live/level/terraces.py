@@ -12,20 +12,25 @@ against its predecessors, :meth:`TerraceLevels.correct` fits a small offset
 and slope to the distance of every pixel from the level of its terrace: the
 absolute row fit a whole-frame leveller makes, with no step edge to find and
 nothing accumulated from line to line. The terrace of a pixel is the level
-nearest to the line *smoothed* over a box wider than a lattice period (the
-corrugation of the lattice is often a third of a step height; averaged, a
-few percent); pixels whose smoothed height is near no level (step flanks,
-features, terraces not seen yet) are left out, and so are pixels further
-than ``reject`` noise levels from the fit. The fit only has to start within
-half a step of the truth, which the chained fit gives.
+nearest to the *reference* (the average of the last few levelled lines)
+smoothed over a box wider than a lattice period: averaged over a few lines
+and a box, the corrugation of a lattice, often a third of a step height and
+sometimes running along the lines, shrinks to a few percent. Left out of the
+fit: pixels whose smoothed reference is near no level (step flanks, terraces
+not seen yet), pixels where the new line departs from the reference by more
+than the usual (a step edge that moved), features (cores beyond ``reject``
+noise levels grown over their flanks, and the flanks that continue a
+feature of the previous line) and pixels beyond ``reject`` noise levels of
+the fit. The fit only has to start within half a step of the truth, which
+the chained fit gives.
 
-:meth:`TerraceLevels.learn` then refines the levels from the final line and
-adds a new one when the same plateau, a long stretch of pixels far from
-every level, shows up in ``birth_lines`` consecutive lines (a terrace
-entering the frame). The first level comes from the first line.
+:meth:`TerraceLevels.learn` then refines the levels and adds a new one when
+the same plateau, a long stretch far from every level, shows up in
+``birth_lines`` consecutive lines (a terrace entering the frame). The first
+level comes from the first line.
 
 Pure NumPy, O(columns) per line on preallocated buffers, plus a sort of a
-stretch of pixels while a terrace not yet known is in the line.
+stretch of pixels while a terrace not yet known is in view.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ EXP: dict = {}
 
 
 def _median(values: np.ndarray) -> float:
-    """Upper median, in place (``values`` is scratch)."""
+    """Upper median, partitioning ``values`` in place (scratch)."""
     k = values.size // 2
     values.partition(k)
     return float(values[k])
@@ -54,10 +59,13 @@ class TerraceLevels:
     cols : int
         Pixels per line.
     reject : float, keyword-only
-        Pixels further than this many robust standard deviations from the
-        fit (or, smoothed, from their level) are left out of it.
+        Outlier threshold in robust standard deviations (of the fit, of the
+        smoothed reference about its level, of the new line about the reference).
+    flank : float, keyword-only
+        Flanks of features: beyond this many standard deviations, on the
+        same side as a core.
     birth : float, keyword-only
-        A stretch of smoothed pixels further than ``birth`` standard
+        A stretch of the smoothed reference further than ``birth`` standard
         deviations from every level may be a terrace not seen yet.
     birth_lines : int, keyword-only
         Consecutive lines in which a new plateau must show up before it
@@ -70,20 +78,6 @@ class TerraceLevels:
         Fraction of a level's mean residual by which it moves per line.
     max_levels : int, keyword-only
         Levels kept; the one unused the longest goes first.
-
-    Examples
-    --------
-    A line levelled 0.2 too high over two terraces 10 apart, the upper one
-    known from the first line:
-
-    >>> t = TerraceLevels(64)
-    >>> x = np.arange(64.0)
-    >>> first = np.where(x < 40, 0.0, 10.0) + 0.01 * np.sin(x)
-    >>> t.correct(first, None, floor=1e-9)
-    (0.0, 0.0)
-    >>> t.learn(first)
-    >>> t.levels.round(3).tolist()
-    [0.0]
     """
 
     def __init__(
@@ -91,6 +85,7 @@ class TerraceLevels:
         cols: int,
         *,
         reject: float = 3.0,
+        flank: float = 1.0,
         birth: float = 4.0,
         birth_lines: int = 3,
         box: int | None = None,
@@ -100,6 +95,7 @@ class TerraceLevels:
     ) -> None:
         n = self._cols = int(cols)
         self._reject = float(reject)
+        self._flank = float(flank)
         self._birth = float(birth)
         self._birth_lines = int(birth_lines)
         self._min_run = max(3, n // 8) if min_run is None else max(1, int(min_run))
@@ -117,7 +113,8 @@ class TerraceLevels:
         self._x = x
         self._xx = x * x
         self._cum = np.zeros(n + 1)
-        self._s = np.empty(n)
+        self._s = np.empty(n)  # smoothed line
+        self._sr = np.empty(n)  # smoothed reference
         self._res = np.empty(n)
         self._rs = np.empty(n)
         self._abs = np.empty(n)
@@ -140,7 +137,7 @@ class TerraceLevels:
         self._line = 0
         self._sigma = 0.0
         self._kept = 0
-        self._prevfeats = np.zeros(self._cols, dtype=bool)
+        self._prev = np.zeros(self._cols, dtype=bool)
 
     @property
     def levels(self) -> np.ndarray:
@@ -154,27 +151,27 @@ class TerraceLevels:
 
     @property
     def sigma(self) -> float:
-        """Robust noise level of the last smoothed line (0 before the first)."""
+        """Robust noise level of the smoothed reference (0 before the first line)."""
         return self._sigma
 
-    def _smooth(self, lev: np.ndarray, floor: float) -> None:
-        """Box-smoothed ``lev`` into ``self._s`` and its noise level into ``self._sigma``."""
-        n, cum, s = self._cols, self._cum, self._s
-        np.cumsum(lev, out=cum[1:])
-        np.take(cum, self._hi, out=s)
+    def _smooth(self, values: np.ndarray, out: np.ndarray) -> None:
+        """Box average of ``values`` into ``out``."""
+        cum = self._cum
+        np.cumsum(values, out=cum[1:])
+        np.take(cum, self._hi, out=out)
         np.take(cum, self._lo, out=self._tmp)
-        s -= self._tmp
-        s *= self._inv
-        # Noise of the smoothed line from differences a box apart: a step
-        # between them is rare, and a staircase does not widen it.
+        out -= self._tmp
+        out *= self._inv
+
+    def _spread(self, values: np.ndarray, floor: float) -> float:
+        """Noise level of a smoothed line from its differences a box apart (a step between them is rare)."""
         lag = self._lag
-        if n > lag:
-            pairs = self._pairs
-            np.subtract(s[lag:], s[:-lag], out=pairs)
-            np.abs(pairs, out=pairs)
-            self._sigma = max(MAD_TO_SIGMA / np.sqrt(2.0) * _median(pairs), floor)
-        else:
-            self._sigma = floor
+        if values.size <= lag:
+            return floor
+        pairs = self._pairs
+        np.subtract(values[lag:], values[:-lag], out=pairs)
+        np.abs(pairs, out=pairs)
+        return max(MAD_TO_SIGMA / np.sqrt(2.0) * _median(pairs), floor)
 
     def _nearest(self, values: np.ndarray, out: np.ndarray) -> None:
         """``values`` minus their nearest level into ``out``; the level's index into ``self._idx``."""
@@ -185,16 +182,33 @@ class TerraceLevels:
             np.copyto(self._idx, np.searchsorted(self._mid, values))
             np.subtract(values, self._levels[self._idx], out=out)
 
-    def correct(self, lev: np.ndarray, exclude: np.ndarray | None, *, floor: float, slope: bool = True) -> tuple[
-            float, float]:
+    def _on_levels(self, values: np.ndarray, out: np.ndarray) -> None:
+        """``values`` minus the levels chosen in ``self._idx``."""
+        if self._levels.size == 1:
+            np.subtract(values, self._levels[0], out=out)
+        else:
+            np.subtract(values, self._levels[self._idx], out=out)
+
+    def correct(
+        self,
+        lev: np.ndarray,
+        ref: np.ndarray | None,
+        exclude: np.ndarray | None,
+        *,
+        floor: float,
+        slope: bool = True,
+    ) -> tuple[float, float]:
         """Offset and slope to subtract from ``lev`` so that its terrace pixels sit on their levels.
 
         Parameters
         ----------
         lev : numpy.ndarray
             ``(cols,)`` float64, the line levelled against the previous ones (finite).
+        ref : numpy.ndarray or None
+            ``(cols,)`` float64, the average of the previous levelled lines;
+            None for the first line (the line stands for it).
         exclude : numpy.ndarray or None
-            ``(cols,)`` bool, pixels known to be features or missing (left out).
+            ``(cols,)`` bool, pixels to leave out whatever their values.
         floor : float, keyword-only
             Smallest noise level (rounding of the data).
         slope : bool, keyword-only
@@ -203,65 +217,170 @@ class TerraceLevels:
         Returns
         -------
         da, db : float
-            Offset and slope per pixel about the line's centre; 0, 0 when
+            Offset, and slope per pixel about the line's centre; 0, 0 when
             there are no levels yet or too few pixels on one.
         """
         self._kept = 0
-        self._smooth(lev, floor)
+        s, sr = self._s, self._sr
+        self._smooth(lev, s)
+        if ref is None:
+            np.copyto(sr, s)
+        else:
+            self._smooth(ref, sr)
+        self._sigma = self._spread(sr, floor)
         if self._levels.size == 0:
             return 0.0, 0.0
         res, rs, absr, gate, keep, w, tmp, x = (
             self._res, self._rs, self._abs, self._gate, self._keep, self._w, self._tmp, self._x)
-        self._nearest(self._s, rs)
-        self._nearest_same(lev, res)
+        # The terrace of every pixel, from the reference; usable where the
+        # reference sits near a level and the new line agrees with it.
+        self._nearest(sr, rs)
         np.abs(rs, out=absr)
-        if EXP.get("gate", True):
-            np.less_equal(absr, self._reject * self._sigma, out=gate)
-        else:
-            gate[:] = True
-        if exclude is not None and EXP.get("exclude", True):
+        np.less_equal(absr, self._reject * self._sigma, out=gate)
+        if ref is not None and EXP.get("agree", True):
+            np.subtract(s, sr, out=tmp)
+            dev = tmp[gate]
+            if dev.size >= self._min:
+                centre = _median(dev.copy())
+                tmp -= centre
+                np.abs(tmp, out=tmp)
+                spread = max(MAD_TO_SIGMA * _median(tmp[gate]), floor)
+                np.less_equal(tmp, self._reject * spread, out=keep)
+                gate &= keep
+        if exclude is not None:
             gate &= ~exclude
+        self._on_levels(lev, res)
         sample = res[gate]
         if sample.size < self._min:
+            self._prev[:] = False
             return 0.0, 0.0
         a = _median(sample.copy())
         sample -= a
         np.abs(sample, out=sample)
-        thr = self._reject * max(MAD_TO_SIGMA * _median(sample), floor)
+        sigma = max(MAD_TO_SIGMA * _median(sample), floor)
+        thr = self._reject * sigma
         b = 0.0
         for it in range(2):
             np.multiply(x, b, out=tmp)
             tmp += a
             np.subtract(res, tmp, out=tmp)  # residual from the current fit
-            np.abs(tmp, out=absr)
-            if it and EXP.get("hyst", 0):
-                flank = EXP["hyst"] * thr / self._reject
-                feats = self._hysteresis(tmp, thr, flank)
-                if EXP.get("prev"):
-                    feats |= (absr > flank) & self._prevfeats
-                    self._prevfeats = feats.copy()
+            if it:
+                # Features and their faint flanks bias a line fit as much as their tops.
+                feats = self._features(tmp, thr, self._flank * sigma)
                 gate &= ~feats
+            np.abs(tmp, out=absr)
             np.less_equal(absr, thr, out=keep)
             keep &= gate
             np.copyto(w, keep)
             s0 = float(w.sum())
             if s0 < self._min:
+                self._prev[:] = False
                 return 0.0, 0.0
             sx = float(w @ x)
-            sr = float(w @ tmp)
+            sr_ = float(w @ tmp)
             db = 0.0
             if slope:
                 sxx = float(w @ self._xx)
                 np.multiply(x, tmp, out=absr)
                 sxr = float(w @ absr)
-                det = s0 * sxx - sx * sx
-                db = (s0 * sxr - sx * sr) / det if det > 0 else 0.0
-            a += (sr - db * sx) / s0
+                if self._levels.size > 1 and EXP.get("within", True):
+                    # Slope from within each terrace only: a wrong height
+                    # between two levels must not pass for a tilt.
+                    idx = self._idx[keep]
+                    k = self._levels.size
+                    n_k = np.bincount(idx, minlength=k).astype(np.float64)
+                    sx_k = np.bincount(idx, weights=x[keep], minlength=k)
+                    sr_k = np.bincount(idx, weights=tmp[keep], minlength=k)
+                    on = n_k > 0
+                    sxx_w = sxx - float(np.sum(sx_k[on] ** 2 / n_k[on]))
+                    sxr_w = sxr - float(np.sum(sx_k[on] * sr_k[on] / n_k[on]))
+                    db = sxr_w / sxx_w if sxx_w > 0 else 0.0
+                else:
+                    det = s0 * sxx - sx * sx
+                    db = (s0 * sxr - sx * sr_) / det if det > 0 else 0.0
+            a += (sr_ - db * sx) / s0
             b += db
         self._kept = int(s0)
         return a, b
 
-    def _hysteresis(self, r: np.ndarray, core: float, flank: float) -> np.ndarray:
+    def first_line(self, v: np.ndarray, *, floor: float, slope: bool = True) -> tuple[float, float]:
+        """Offset and slope of a first line that may cross step edges: a staircase fit.
+
+        Step edges are where the line smoothed over the box jumps by more than
+        ``birth`` noise levels between points a box apart; between them lie
+        segments, and the slope is fitted within the segments at least
+        ``min_run`` pixels long, each with its own offset (a staircase has
+        no outliers for a single straight line to reject). The offset is the
+        median of the longest segment.
+
+        Parameters
+        ----------
+        v : numpy.ndarray
+            ``(cols,)`` float64 raw line, finite.
+        floor : float, keyword-only
+            Smallest noise level (rounding of the data).
+        slope : bool, keyword-only
+            Fit a slope as well as an offset.
+
+        Returns
+        -------
+        a, b : float
+            Offset and slope per pixel about the line's centre.
+        """
+        n, x, lag = self._cols, self._x, self._lag
+        s = self._s
+        self._smooth(v, s)
+        edge = np.zeros(n, dtype=bool)
+        if n > lag:
+            d = s[lag:] - s[:-lag]
+            centre = _median(d.copy())
+            dev = np.abs(d - centre)
+            spread = max(MAD_TO_SIGMA * _median(dev.copy()), floor)
+            jumps = np.flatnonzero(dev > self._birth * spread)
+            if jumps.size:
+                marks = np.zeros(n + 1, dtype=np.int64)
+                np.add.at(marks, jumps, 1)
+                np.add.at(marks, jumps + lag + 1, -1)
+                edge = np.cumsum(marks[:n]) > 0
+        seg = np.cumsum(np.concatenate(([True], edge[1:] != edge[:-1])))
+        seg[edge] = 0
+        counts = np.bincount(seg)
+        counts[0] = 0
+        longest = int(np.argmax(counts))
+        if counts[longest] == 0:
+            return 0.0, 0.0
+        usable = counts[seg] >= min(self._min_run, int(counts[longest]))
+        usable &= seg > 0
+        b = 0.0
+        keep = usable.copy()
+        for _ in range(3):
+            r = v - b * x
+            if slope:
+                idx = seg[keep]
+                n_k = np.bincount(idx).astype(np.float64)
+                sx_k = np.bincount(idx, weights=x[keep])
+                sr_k = np.bincount(idx, weights=r[keep])
+                on = n_k > 0
+                sxx = float(x[keep] @ x[keep]) - float(np.sum(sx_k[on] ** 2 / n_k[on]))
+                sxr = float(x[keep] @ r[keep]) - float(np.sum(sx_k[on] * sr_k[on] / n_k[on]))
+                if sxx > 0:
+                    b += sxr / sxx
+            # Outliers (features) from every segment's own median.
+            r = v - b * x
+            med = np.zeros(counts.size)
+            for k in np.flatnonzero(counts >= 1):
+                sel = r[(seg == k) & usable]
+                if sel.size:
+                    med[k] = _median(sel.copy())
+            dev = np.abs(r - med[seg])
+            sigma = max(MAD_TO_SIGMA * _median(dev[usable].copy()), floor)
+            keep = usable & (dev <= self._reject * sigma)
+        r = v - b * x
+        a = _median(r[seg == longest].copy())
+        return a, b
+
+    def _features(self, r: np.ndarray, core: float, flank: float) -> np.ndarray:
+        """Runs beyond ``flank`` (one sign) that hold a core beyond ``core``, or continue the previous line's."""
         out = np.zeros(r.size, dtype=bool)
         for sign in (1.0, -1.0):
             low = sign * r > flank
@@ -270,27 +389,16 @@ class TerraceLevels:
             starts = low.copy()
             starts[1:] &= ~low[:-1]
             ids = np.cumsum(starts)
+            runs = int(ids[-1])
             ids[~low] = 0
-            hit = np.zeros(int(ids.max()) + 1, dtype=bool)
-            hit[ids[sign * r > core]] = True
+            hit = np.zeros(runs + 1, dtype=bool)
+            hit[ids[(sign * r > core) | (low & self._prev)]] = True
             hit[0] = False
             out |= hit[ids]
-        g = EXP.get("grow", 0)
-        if g:
-            c = np.concatenate(([0], np.cumsum(out)))
-            n = r.size
-            i = np.arange(n)
-            out = (c[np.minimum(i + g + 1, n)] - c[np.maximum(i - g, 0)]) > 0
+        self._prev = out
         return out
 
-    def _nearest_same(self, values: np.ndarray, out: np.ndarray) -> None:
-        """``values`` minus the levels already chosen in ``self._idx``."""
-        if self._levels.size == 1:
-            np.subtract(values, self._levels[0], out=out)
-        else:
-            np.subtract(values, self._levels[self._idx], out=out)
-
-    def learn(self, lev: np.ndarray, *, floor: float) -> None:
+    def learn(self, lev: np.ndarray) -> None:
         """Move the levels towards the final levelled line ``lev`` and add those of new terraces.
 
         Call after :meth:`correct`, with the line corrected by its result.
@@ -299,17 +407,14 @@ class TerraceLevels:
         line = self._line
         n_levels = self._levels.size
         far = self._far
-        self._smooth(lev, floor)
-        s, sigma = self._s, self._sigma
+        sr, sigma = self._sr, self._sigma
         if n_levels == 0:
             far[:] = True
         else:
-            rs = self._rs
-            self._nearest(s, rs)
             if n_levels > 1 and self._kept:
                 keep = self._keep  # the inliers of the last fit
                 res = self._res
-                self._nearest_same(lev, res)
+                self._on_levels(lev, res)
                 idx = self._idx[keep]
                 counts = np.bincount(idx, minlength=n_levels)
                 sums = np.bincount(idx, weights=res[keep], minlength=n_levels)
@@ -321,7 +426,7 @@ class TerraceLevels:
                     self._merge()
             elif self._kept:
                 self._used[0] = line
-            np.abs(rs, out=self._abs)
+            np.abs(self._rs, out=self._abs)
             np.greater(self._abs, self._birth * sigma, out=far)
             if np.count_nonzero(far) < self._min_run:
                 self._pending = [p for p in self._pending if p[2] >= line - 1]
@@ -329,7 +434,7 @@ class TerraceLevels:
         run = self._longest_run(far)
         if run is not None:
             lo, hi = run
-            values = s[lo:hi][far[lo:hi]]
+            values = sr[lo:hi][far[lo:hi]]
             self._candidate(np.sort(values), sigma, line)
         self._pending = [p for p in self._pending if p[2] >= line - 1]
 
@@ -395,13 +500,13 @@ class TerraceLevels:
         self._sorted()
 
     def _merge(self) -> None:
-        """Levels that have come within a birth threshold of each other are one: keep the older."""
+        """Levels that have come within ``reject`` noise levels of each other are one: keep the one in use."""
         if self._levels.size < 2:
             return
-        close = np.diff(self._levels) <= self._birth * self._sigma
+        close = np.diff(self._levels) <= self._reject * self._sigma
         if close.any():
             j = int(np.flatnonzero(close)[0])
-            drop = j if self._born[j] > self._born[j + 1] else j + 1
+            drop = j if self._used[j] < self._used[j + 1] else j + 1
             self._levels = np.delete(self._levels, drop)
             self._used = np.delete(self._used, drop)
             self._born = np.delete(self._born, drop)
