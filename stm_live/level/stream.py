@@ -40,7 +40,6 @@ import numpy as np
 
 from .checks import LevelError, as_image, check_positive
 from .linefit import MAD_TO_SIGMA, robust_line
-from .terraces import EXP as EXPS
 from .terraces import TerraceLevels
 
 __all__ = ["LineLeveller", "level_stream"]
@@ -161,6 +160,7 @@ class LineLeveller:
         self._xx = x * x
         # Work buffers, reused for every line.
         self._raw = np.empty(n)
+        self._d = np.empty(n)
         self._lev = np.empty(n)
         self._r = np.empty(n)
         self._dev = np.empty(n)
@@ -227,47 +227,71 @@ class LineLeveller:
             raise LevelError(f"a scan line must be real numbers, got dtype {v.dtype}")
         if not math.isfinite(float(v.sum(dtype=np.float64))):
             return self._push_incomplete(v)
-        x, raw, lev = self._x, self._raw, self._lev
+        x, raw, lev, d = self._x, self._raw, self._lev, self._d
         np.copyto(raw, v, casting="unsafe")
-        exclude = None
+        terraces = self._terraces
         if self._lines == 0:
-            if self._terraces is not None and EXPS.get("stair", True):
-                a, b = self._terraces.first_line(raw, floor=self._rounding * float(np.max(np.abs(raw))), slope=self._slope)
+            if terraces is not None:
+                a, b = terraces.first_line(raw, floor=self._rounding * float(np.max(np.abs(raw))), slope=self._slope)
             else:
                 a, b = robust_line(x, raw, reject=self._reject, slope=self._slope, lag=self._lag, refine=False)
         else:
-            np.subtract(raw, self._ref, out=self._tmp)
-            a, b = self._fit_difference(self._tmp)
-            exclude = self._rej
+            np.subtract(raw, self._ref, out=d)
+            # With terrace levels to anchor to, a first guess within a
+            # fraction of a step is all the chained fit has to give.
+            a, b = self._guess_difference(d) if terraces is not None else self._fit_difference(d)
         np.multiply(x, b, out=lev)
         lev += a
         np.subtract(raw, lev, out=lev)
-        terraces = self._terraces
         if terraces is not None:
-            floor = self._rounding * abs(a)
-            first = terraces.count == 0
-            ref = None if self._lines == 0 else self._ref
-            if first:
-                # The first level comes from this line; then fit the line to it.
-                terraces.correct(lev, ref, None, floor=floor, slope=self._slope)
-                terraces.learn(lev)
-            for _ in range(2 if first else 1):
-                da, db = terraces.correct(lev, ref, None, floor=floor, slope=self._slope)
-                if da or db:
-                    np.multiply(x, db, out=self._tmp)
-                    self._tmp += da
-                    lev -= self._tmp
-                    a += da
-                    b += db
-            if not first:
-                terraces.learn(lev)
+            fit = self._anchor(lev, None)
+            if fit is not None:
+                a += fit[0]
+                b += fit[1]
+            elif self._lines:
+                # No terrace level to hold on to: the chained fit alone.
+                self._prev[:] = False
+                a, b = self._fit_difference(d)
+                np.multiply(x, b, out=lev)
+                lev += a
+                np.subtract(raw, lev, out=lev)
         self._accept(lev, None)
         self._last = (a, b)
         return lev.astype(np.float32)
 
-    def _fit_difference(self, d: np.ndarray) -> tuple[float, float]:
-        """Robust offset and slope of ``d = line - reference`` (all finite), in place on buffers."""
-        x, r, dev, w, tmp = self._x, self._r, self._dev, self._w, self._tmp
+    def _anchor(self, lev: np.ndarray, missing: np.ndarray | None) -> tuple[float, float] | None:
+        """Fit ``lev`` in place to the terrace levels (the first line starts them); the correction made, or None."""
+        terraces = self._terraces
+        assert terraces is not None
+        floor = self._rounding * float(np.max(np.abs(lev)))
+        ref = self._ref if self._lines else None
+        passes = 1
+        if terraces.count == 0:
+            terraces.begin(lev, floor=floor)
+            passes = 2  # the line the level came from: fit it twice
+        total_a = total_b = 0.0
+        for _ in range(passes):
+            fit = terraces.correct(lev, ref, floor=floor, slope=self._slope, missing=missing)
+            if fit is None:
+                return None
+            da, db = fit
+            np.multiply(self._x, db, out=self._tmp)
+            self._tmp += da
+            lev -= self._tmp
+            total_a += da
+            total_b += db
+        if passes == 1:
+            terraces.learn(lev)
+        return total_a, total_b
+
+    def _guess_difference(self, d: np.ndarray) -> tuple[float, float]:
+        """First guess of the offset and slope of ``d = line - reference``: medians only.
+
+        Slope from the median of ``d[i + n/2] - d[i]`` (pairs half a line
+        apart), offset from the median of what is left; leaves ``d - b x`` in
+        ``self._r``.
+        """
+        x, r, dev = self._x, self._r, self._dev
         n, h = self._cols, self._half
         if self._slope:
             pairs = self._pairs
@@ -281,7 +305,13 @@ class LineLeveller:
             np.copyto(r, d)
         np.copyto(dev, r)
         dev.partition(n // 2)
-        a = float(dev[n // 2])
+        return float(dev[n // 2]), b
+
+    def _fit_difference(self, d: np.ndarray) -> tuple[float, float]:
+        """Robust offset and slope of ``d = line - reference`` (all finite), in place on buffers."""
+        x, r, dev, w, tmp = self._x, self._r, self._dev, self._w, self._tmp
+        n = self._cols
+        a, b = self._guess_difference(d)
         r -= a
         np.abs(r, out=dev)
         spread = MAD_TO_SIGMA * float(np.partition(dev, n // 2)[n // 2])
@@ -343,6 +373,9 @@ class LineLeveller:
         else:
             ref[finite] += weight * (lev[finite] - ref[finite])
         self._lines += 1
+        if self._terraces is not None:
+            # Anchored to the terrace levels, the reference cannot drift.
+            return
         # The restoring pull and the feature columns are both drawn from the
         # reference's own fit, on alternate halves of the cadence so that no
         # single line pays for both.
@@ -452,6 +485,16 @@ class LineLeveller:
         else:
             a, b = robust_line(x, raw - self._ref[finite], reject=self._reject, slope=slope)
         out[finite] = raw - (a + b * x)
+        if self._terraces is not None:
+            # Missing pixels stand in as the reference (the line's median at
+            # first) and are left out of the fit.
+            lev = self._ref.copy() if self._lines else np.full(self._cols, float(np.median(out[finite])))
+            lev[finite] = out[finite]
+            fit = self._anchor(lev, ~finite)
+            if fit is not None:
+                out[finite] = lev[finite]
+                a += fit[0]
+                b += fit[1]
         self._prev[:] = False
         self._accept(out, finite)
         self._last = (a, b)

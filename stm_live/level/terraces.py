@@ -41,8 +41,6 @@ from .linefit import MAD_TO_SIGMA
 
 __all__ = ["TerraceLevels"]
 
-EXP: dict = {}
-
 
 def _median(values: np.ndarray) -> float:
     """Upper median, partitioning ``values`` in place (scratch)."""
@@ -124,6 +122,11 @@ class TerraceLevels:
         self._keep = np.zeros(n, dtype=bool)
         self._far = np.zeros(n, dtype=bool)
         self._idx = np.zeros(n, dtype=np.intp)
+        self._low = np.zeros(n, dtype=bool)
+        self._hit = np.zeros(n, dtype=bool)
+        self._starts = np.zeros(n, dtype=bool)
+        self._ids = np.zeros(n, dtype=np.intp)
+        self._prev_next = np.zeros(n, dtype=bool)
         self._pairs = np.empty(max(n - self._lag, 1))
         self.reset()
 
@@ -138,6 +141,7 @@ class TerraceLevels:
         self._sigma = 0.0
         self._kept = 0
         self._prev = np.zeros(self._cols, dtype=bool)
+        self._prev_next = np.zeros(self._cols, dtype=bool)
 
     @property
     def levels(self) -> np.ndarray:
@@ -193,11 +197,11 @@ class TerraceLevels:
         self,
         lev: np.ndarray,
         ref: np.ndarray | None,
-        exclude: np.ndarray | None,
         *,
         floor: float,
         slope: bool = True,
-    ) -> tuple[float, float]:
+        missing: np.ndarray | None = None,
+    ) -> tuple[float, float] | None:
         """Offset and slope to subtract from ``lev`` so that its terrace pixels sit on their levels.
 
         Parameters
@@ -207,17 +211,17 @@ class TerraceLevels:
         ref : numpy.ndarray or None
             ``(cols,)`` float64, the average of the previous levelled lines;
             None for the first line (the line stands for it).
-        exclude : numpy.ndarray or None
-            ``(cols,)`` bool, pixels to leave out whatever their values.
         floor : float, keyword-only
             Smallest noise level (rounding of the data).
         slope : bool, keyword-only
             Fit a slope as well as an offset.
+        missing : numpy.ndarray, optional, keyword-only
+            ``(cols,)`` bool, pixels not measured (``lev`` holds stand-ins there).
 
         Returns
         -------
-        da, db : float
-            Offset, and slope per pixel about the line's centre; 0, 0 when
+        (da, db) or None
+            Offset, and slope per pixel about the line's centre; None when
             there are no levels yet or too few pixels on one.
         """
         self._kept = 0
@@ -227,55 +231,59 @@ class TerraceLevels:
             np.copyto(sr, s)
         else:
             self._smooth(ref, sr)
-        self._sigma = self._spread(sr, floor)
+        self._sigma = sigma_s = self._spread(sr, floor)
         if self._levels.size == 0:
-            return 0.0, 0.0
-        res, rs, absr, gate, keep, w, tmp, x = (
-            self._res, self._rs, self._abs, self._gate, self._keep, self._w, self._tmp, self._x)
+            return None
+        res, absr, gate, keep, w, tmp, x = self._res, self._abs, self._gate, self._keep, self._w, self._tmp, self._x
         # The terrace of every pixel, from the reference; usable where the
-        # reference sits near a level and the new line agrees with it.
-        self._nearest(sr, rs)
-        np.abs(rs, out=absr)
-        np.less_equal(absr, self._reject * self._sigma, out=gate)
-        if ref is not None and EXP.get("agree", True):
+        # reference sits near a level and the new line agrees with it (a
+        # step edge that moved since makes them disagree).
+        self._nearest(sr, self._rs)
+        np.abs(self._rs, out=absr)
+        np.less_equal(absr, self._reject * sigma_s, out=gate)
+        if ref is not None:
             np.subtract(s, sr, out=tmp)
-            dev = tmp[gate]
-            if dev.size >= self._min:
-                centre = _median(dev.copy())
-                tmp -= centre
+            sample = tmp[gate]
+            if sample.size >= self._min:
+                tmp -= _median(sample)
                 np.abs(tmp, out=tmp)
                 spread = max(MAD_TO_SIGMA * _median(tmp[gate]), floor)
                 np.less_equal(tmp, self._reject * spread, out=keep)
                 gate &= keep
-        if exclude is not None:
-            gate &= ~exclude
+        if missing is not None:
+            np.logical_not(missing, out=keep)
+            gate &= keep
         self._on_levels(lev, res)
         sample = res[gate]
         if sample.size < self._min:
             self._prev[:] = False
-            return 0.0, 0.0
-        a = _median(sample.copy())
-        sample -= a
-        np.abs(sample, out=sample)
+            return None
+        a = _median(sample)
+        np.subtract(res, a, out=tmp)
+        np.abs(tmp, out=absr)
+        sample = absr[gate]
         sigma = max(MAD_TO_SIGMA * _median(sample), floor)
         thr = self._reject * sigma
         b = 0.0
         for it in range(2):
-            np.multiply(x, b, out=tmp)
-            tmp += a
-            np.subtract(res, tmp, out=tmp)  # residual from the current fit
             if it:
-                # Features and their faint flanks bias a line fit as much as their tops.
-                feats = self._features(tmp, thr, self._flank * sigma)
-                gate &= ~feats
-            np.abs(tmp, out=absr)
+                np.multiply(x, b, out=tmp)
+                tmp += a
+                np.subtract(res, tmp, out=tmp)
+                np.abs(tmp, out=absr)
+            if it:
+                # Features and their faint flanks bias a line fit as much as
+                # their tops: cores beyond `thr`, grown over their flanks.
+                feats = self._features(tmp, absr, thr, self._flank * sigma)
+                np.logical_not(feats, out=keep)
+                gate &= keep
             np.less_equal(absr, thr, out=keep)
             keep &= gate
             np.copyto(w, keep)
             s0 = float(w.sum())
             if s0 < self._min:
                 self._prev[:] = False
-                return 0.0, 0.0
+                return None
             sx = float(w @ x)
             sr_ = float(w @ tmp)
             db = 0.0
@@ -283,7 +291,7 @@ class TerraceLevels:
                 sxx = float(w @ self._xx)
                 np.multiply(x, tmp, out=absr)
                 sxr = float(w @ absr)
-                if self._levels.size > 1 and EXP.get("within", True):
+                if self._levels.size > 1:
                     # Slope from within each terrace only: a wrong height
                     # between two levels must not pass for a tilt.
                     idx = self._idx[keep]
@@ -292,9 +300,9 @@ class TerraceLevels:
                     sx_k = np.bincount(idx, weights=x[keep], minlength=k)
                     sr_k = np.bincount(idx, weights=tmp[keep], minlength=k)
                     on = n_k > 0
-                    sxx_w = sxx - float(np.sum(sx_k[on] ** 2 / n_k[on]))
-                    sxr_w = sxr - float(np.sum(sx_k[on] * sr_k[on] / n_k[on]))
-                    db = sxr_w / sxx_w if sxx_w > 0 else 0.0
+                    sxx -= float(np.sum(sx_k[on] ** 2 / n_k[on]))
+                    sxr -= float(np.sum(sx_k[on] * sr_k[on] / n_k[on]))
+                    db = sxr / sxx if sxx > 0 else 0.0
                 else:
                     det = s0 * sxx - sx * sx
                     db = (s0 * sxr - sx * sr_) / det if det > 0 else 0.0
@@ -302,6 +310,14 @@ class TerraceLevels:
             b += db
         self._kept = int(s0)
         return a, b
+
+    def begin(self, lev: np.ndarray, *, floor: float) -> None:
+        """Take the first level from ``lev``, the first levelled line: its densest plateau, smoothed."""
+        self._smooth(lev, self._s)
+        np.copyto(self._sr, self._s)
+        self._sigma = self._spread(self._sr, floor)
+        self._kept = 0
+        self.learn(lev)
 
     def first_line(self, v: np.ndarray, *, floor: float, slope: bool = True) -> tuple[float, float]:
         """Offset and slope of a first line that may cross step edges: a staircase fit.
@@ -379,24 +395,30 @@ class TerraceLevels:
         a = _median(r[seg == longest].copy())
         return a, b
 
-    def _features(self, r: np.ndarray, core: float, flank: float) -> np.ndarray:
-        """Runs beyond ``flank`` (one sign) that hold a core beyond ``core``, or continue the previous line's."""
-        out = np.zeros(r.size, dtype=bool)
-        for sign in (1.0, -1.0):
-            low = sign * r > flank
-            if not low.any():
-                continue
-            starts = low.copy()
-            starts[1:] &= ~low[:-1]
-            ids = np.cumsum(starts)
-            runs = int(ids[-1])
-            ids[~low] = 0
-            hit = np.zeros(runs + 1, dtype=bool)
-            hit[ids[(sign * r > core) | (low & self._prev)]] = True
-            hit[0] = False
-            out |= hit[ids]
-        self._prev = out
-        return out
+    def _features(self, r: np.ndarray, absr: np.ndarray, core: float, flank: float) -> np.ndarray:
+        """Runs beyond ``flank`` that hold a core beyond ``core`` or continue a feature of the previous line."""
+        low, hit = self._low, self._hit
+        np.greater(absr, flank, out=low)
+        # Run starts: a flank pixel whose left neighbour is not one (or has the other sign).
+        starts = self._starts
+        starts[0] = low[0]
+        np.greater(r[1:] * r[:-1], 0.0, out=starts[1:])
+        np.logical_and(starts[1:], low[:-1], out=starts[1:])
+        np.logical_not(starts[1:], out=starts[1:])
+        starts &= low
+        ids = self._ids
+        np.cumsum(starts, out=ids)
+        cores = absr > core
+        cores |= low & self._prev
+        marked = np.zeros(int(ids[-1]) + 1, dtype=bool)
+        marked[ids[cores]] = True
+        marked[0] = False
+        feats = self._prev_next
+        np.take(marked, ids, out=feats)
+        feats &= low
+        # Features continue into the next line.
+        self._prev, self._prev_next = feats, self._prev
+        return feats
 
     def learn(self, lev: np.ndarray) -> None:
         """Move the levels towards the final levelled line ``lev`` and add those of new terraces.
