@@ -101,6 +101,7 @@ class TerraceLevels:
         self._gap = max(1, n // 256)
         self._rate = float(rate)
         self._max_levels = int(max_levels)
+        self._refresh = 4
         half = max(1, (max(3, n // 32) if box is None else int(box)) // 2)
         self._lag = min(2 * half + 1, max(n - 1, 1))
         i = np.arange(n)
@@ -140,6 +141,9 @@ class TerraceLevels:
         self._line = 0
         self._sigma = 0.0
         self._kept = 0
+        self._agree = 0.0
+        self._centre = 0.0
+        self._sigp = 0.0
         self._prev = np.zeros(self._cols, dtype=bool)
         self._prev_next = np.zeros(self._cols, dtype=bool)
 
@@ -167,15 +171,49 @@ class TerraceLevels:
         out -= self._tmp
         out *= self._inv
 
-    def _spread(self, values: np.ndarray, floor: float) -> float:
-        """Noise level of a smoothed line from its differences a box apart (a step between them is rare)."""
-        lag = self._lag
-        if values.size <= lag:
-            return floor
+    def _pieces(self, sr: np.ndarray, refresh: bool, floor: float) -> np.ndarray | None:
+        """Step-free pieces of the smoothed reference ``sr``, and its noise level.
+
+        Differences of ``sr`` a box apart measure its noise (into
+        ``self._sigma``, on ``refresh``); those beyond ``birth`` noise levels
+        are steps. Returns the piece of every pixel (0 near a step), or
+        None when there is no step.
+        """
+        n, lag = self._cols, self._lag
+        if n <= lag:
+            self._sigma = max(self._sigma, floor)
+            return None
         pairs = self._pairs
-        np.subtract(values[lag:], values[:-lag], out=pairs)
-        np.abs(pairs, out=pairs)
-        return max(MAD_TO_SIGMA / np.sqrt(2.0) * _median(pairs), floor)
+        np.subtract(sr[lag:], sr[:-lag], out=pairs)
+        if refresh or self._sigma <= 0:
+            self._centre = _median(pairs.copy())
+            pairs -= self._centre
+            np.abs(pairs, out=pairs)
+            self._sigma = max(MAD_TO_SIGMA / np.sqrt(2.0) * _median(pairs.copy()), floor)
+        else:
+            pairs -= self._centre
+            np.abs(pairs, out=pairs)
+        jumps = np.flatnonzero(pairs > self._birth * np.sqrt(2.0) * self._sigma)
+        if jumps.size == 0:
+            return None
+        marks = np.bincount(jumps, minlength=n + 1)[: n + 1] - np.bincount(jumps + lag + 1, minlength=n + 1)[: n + 1]
+        edge = np.cumsum(marks[:n]) > 0
+        # Stretches of jumps; a feature rises and falls back within one, a
+        # step leaves the two sides a separation apart.
+        flags = np.concatenate(([False], edge, [False]))
+        bounds = np.flatnonzero(flags[1:] != flags[:-1])
+        lo, hi = bounds[0::2], bounds[1::2]
+        inner = (lo > 0) & (hi < n)
+        step = np.zeros(lo.size, dtype=bool)
+        step[inner] = np.abs(sr[hi[inner]] - sr[lo[inner] - 1]) > 0.5 * self._separation()
+        if not step.any():
+            piece = np.ones(n, dtype=np.intp)
+        else:
+            marks = np.zeros(n, dtype=np.intp)
+            marks[hi[step]] = 1
+            piece = np.cumsum(marks) + 1
+        piece[edge] = 0
+        return piece
 
     def _nearest(self, values: np.ndarray, out: np.ndarray) -> None:
         """``values`` minus their nearest level into ``out``; the level's index into ``self._idx``."""
@@ -231,7 +269,10 @@ class TerraceLevels:
             np.copyto(sr, s)
         else:
             self._smooth(ref, sr)
-        self._sigma = sigma_s = self._spread(sr, floor)
+        # Noise levels change slowly: refreshed every few lines, which halves the cost of a line.
+        refresh = self._line % self._refresh == 0 or self._sigma <= 0
+        pieces = self._pieces(sr, refresh, floor)
+        sigma_s = self._sigma
         if self._levels.size == 0:
             return None
         res, absr, gate, keep, w, tmp, x = self._res, self._abs, self._gate, self._keep, self._w, self._tmp, self._x
@@ -240,19 +281,25 @@ class TerraceLevels:
         # step edge that moved since makes them disagree).
         self._nearest(sr, self._rs)
         np.abs(self._rs, out=absr)
-        np.less_equal(absr, self._reject * sigma_s, out=gate)
+        np.less_equal(absr, max(self._reject * sigma_s, self._sigp), out=gate)
         if ref is not None:
+            # The chained fit leaves the line's median on the reference's.
             np.subtract(s, sr, out=tmp)
-            sample = tmp[gate]
-            if sample.size >= self._min:
-                tmp -= _median(sample)
-                np.abs(tmp, out=tmp)
-                spread = max(MAD_TO_SIGMA * _median(tmp[gate]), floor)
-                np.less_equal(tmp, self._reject * spread, out=keep)
-                gate &= keep
+            np.abs(tmp, out=tmp)
+            if refresh or self._agree <= 0:
+                sample = tmp[gate]
+                self._agree = max(MAD_TO_SIGMA * _median(sample), floor) if sample.size else floor
+            np.less_equal(tmp, self._reject * self._agree, out=keep)
+            gate &= keep
         if missing is not None:
             np.logical_not(missing, out=keep)
             gate &= keep
+        groups = None
+        if pieces is not None:
+            gate &= pieces > 0  # step flanks
+            groups = pieces * self._levels.size + self._idx if self._levels.size > 1 else pieces
+        elif self._levels.size > 1:
+            groups = self._idx
         self._on_levels(lev, res)
         sample = res[gate]
         if sample.size < self._min:
@@ -261,8 +308,9 @@ class TerraceLevels:
         a = _median(sample)
         np.subtract(res, a, out=tmp)
         np.abs(tmp, out=absr)
-        sample = absr[gate]
-        sigma = max(MAD_TO_SIGMA * _median(sample), floor)
+        if refresh or self._sigp <= 0:
+            self._sigp = max(MAD_TO_SIGMA * _median(absr[gate]), floor)
+        sigma = self._sigp
         thr = self._reject * sigma
         b = 0.0
         for it in range(2):
@@ -274,7 +322,7 @@ class TerraceLevels:
             if it:
                 # Features and their faint flanks bias a line fit as much as
                 # their tops: cores beyond `thr`, grown over their flanks.
-                feats = self._features(tmp, absr, thr, self._flank * sigma)
+                feats = self._features(absr, thr, self._flank * sigma)
                 np.logical_not(feats, out=keep)
                 gate &= keep
             np.less_equal(absr, thr, out=keep)
@@ -291,14 +339,14 @@ class TerraceLevels:
                 sxx = float(w @ self._xx)
                 np.multiply(x, tmp, out=absr)
                 sxr = float(w @ absr)
-                if self._levels.size > 1:
-                    # Slope from within each terrace only: a wrong height
-                    # between two levels must not pass for a tilt.
-                    idx = self._idx[keep]
-                    k = self._levels.size
-                    n_k = np.bincount(idx, minlength=k).astype(np.float64)
-                    sx_k = np.bincount(idx, weights=x[keep], minlength=k)
-                    sr_k = np.bincount(idx, weights=tmp[keep], minlength=k)
+                if groups is not None:
+                    # Slope from within each terrace and step-free piece
+                    # only: a step, or a wrong height between two levels,
+                    # must not pass for a tilt.
+                    idx = groups[keep]
+                    n_k = np.bincount(idx).astype(np.float64)
+                    sx_k = np.bincount(idx, weights=x[keep])
+                    sr_k = np.bincount(idx, weights=tmp[keep])
                     on = n_k > 0
                     sxx -= float(np.sum(sx_k[on] ** 2 / n_k[on]))
                     sxr -= float(np.sum(sx_k[on] * sr_k[on] / n_k[on]))
@@ -315,7 +363,7 @@ class TerraceLevels:
         """Take the first level from ``lev``, the first levelled line: its densest plateau, smoothed."""
         self._smooth(lev, self._s)
         np.copyto(self._sr, self._s)
-        self._sigma = self._spread(self._sr, floor)
+        self._pieces(self._sr, True, floor)
         self._kept = 0
         self.learn(lev)
 
@@ -344,8 +392,15 @@ class TerraceLevels:
             Offset and slope per pixel about the line's centre.
         """
         n, x, lag = self._cols, self._x, self._lag
-        s = self._s
-        self._smooth(v, s)
+        # Steps are found on the line smoothed over a box twice the usual:
+        # a lattice period can approach the usual box, and a single line
+        # has no neighbours to average the lattice with.
+        lag = min(max(3, n // 16) | 1, max(n - 1, 1))
+        half = lag // 2
+        cum = np.concatenate(([0.0], np.cumsum(v)))
+        i = np.arange(n)
+        lo, hi = np.maximum(i - half, 0), np.minimum(i + half + 1, n)
+        s = (cum[hi] - cum[lo]) / (hi - lo)
         edge = np.zeros(n, dtype=bool)
         if n > lag:
             d = s[lag:] - s[:-lag]
@@ -395,17 +450,13 @@ class TerraceLevels:
         a = _median(r[seg == longest].copy())
         return a, b
 
-    def _features(self, r: np.ndarray, absr: np.ndarray, core: float, flank: float) -> np.ndarray:
-        """Runs beyond ``flank`` that hold a core beyond ``core`` or continue a feature of the previous line."""
-        low, hit = self._low, self._hit
+    def _features(self, absr: np.ndarray, core: float, flank: float) -> np.ndarray:
+        """Runs of ``absr`` beyond ``flank`` that hold a core beyond ``core`` or continue a feature of the last line."""
+        low = self._low
         np.greater(absr, flank, out=low)
-        # Run starts: a flank pixel whose left neighbour is not one (or has the other sign).
         starts = self._starts
         starts[0] = low[0]
-        np.greater(r[1:] * r[:-1], 0.0, out=starts[1:])
-        np.logical_and(starts[1:], low[:-1], out=starts[1:])
-        np.logical_not(starts[1:], out=starts[1:])
-        starts &= low
+        np.greater(low[1:], low[:-1], out=starts[1:])
         ids = self._ids
         np.cumsum(starts, out=ids)
         cores = absr > core
@@ -449,7 +500,7 @@ class TerraceLevels:
             elif self._kept:
                 self._used[0] = line
             np.abs(self._rs, out=self._abs)
-            np.greater(self._abs, self._birth * sigma, out=far)
+            np.greater(self._abs, self._separation(), out=far)
             if np.count_nonzero(far) < self._min_run:
                 self._pending = [p for p in self._pending if p[2] >= line - 1]
                 return
@@ -509,7 +560,7 @@ class TerraceLevels:
             self._add(total / votes, line)
 
     def _add(self, level: float, line: int) -> None:
-        if self._levels.size and float(np.min(np.abs(self._levels - level))) <= self._birth * self._sigma:
+        if self._levels.size and float(np.min(np.abs(self._levels - level))) <= self._separation():
             return
         if self._levels.size >= self._max_levels:
             drop = int(np.argmin(self._used))
@@ -525,7 +576,7 @@ class TerraceLevels:
         """Levels that have come within ``reject`` noise levels of each other are one: keep the one in use."""
         if self._levels.size < 2:
             return
-        close = np.diff(self._levels) <= self._reject * self._sigma
+        close = np.diff(self._levels) <= 0.75 * self._separation()
         if close.any():
             j = int(np.flatnonzero(close)[0])
             drop = j if self._used[j] < self._used[j + 1] else j + 1
@@ -533,6 +584,10 @@ class TerraceLevels:
             self._used = np.delete(self._used, drop)
             self._born = np.delete(self._born, drop)
             self._mid = 0.5 * (self._levels[1:] + self._levels[:-1])
+
+    def _separation(self) -> float:
+        """Least height between two levels: beyond the noise of the smoothed reference and the pixel spread."""
+        return max(self._birth * self._sigma, 2.0 * self._sigp)
 
     def _sorted(self) -> None:
         order = np.argsort(self._levels, kind="stable")
