@@ -239,7 +239,10 @@ class LineLeveller:
             np.subtract(raw, self._ref, out=d)
             # With terrace levels to anchor to, a first guess within a
             # fraction of a step is all the chained fit has to give.
-            a, b = self._guess_difference(d) if terraces is not None else self._fit_difference(d)
+            if terraces is None:
+                a, b = self._fit_difference(d)
+            else:
+                a, b = self._guess_difference(d)
         np.multiply(x, b, out=lev)
         lev += a
         np.subtract(raw, lev, out=lev)

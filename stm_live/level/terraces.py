@@ -41,6 +41,9 @@ from .linefit import MAD_TO_SIGMA
 
 __all__ = ["TerraceLevels"]
 
+#: Weight of the chained fit's slope against the absolute fit's, as a fraction of a fully used line.
+_SLOPE_PRIOR = 0.1
+
 
 def _median(values: np.ndarray) -> float:
     """Upper median, partitioning ``values`` in place (scratch)."""
@@ -71,7 +74,7 @@ class TerraceLevels:
     box : int, optional, keyword-only
         Width of the smoothing box, pixels; default ``max(3, cols // 32)``.
     min_run : int, optional, keyword-only
-        Shortest stretch of a new terrace, pixels; default ``max(3, cols // 8)``.
+        Shortest stretch of a new terrace, pixels; default ``max(3, cols // 6)``.
     rate : float, keyword-only
         Fraction of a level's mean residual by which it moves per line.
     max_levels : int, keyword-only
@@ -96,7 +99,7 @@ class TerraceLevels:
         self._flank = float(flank)
         self._birth = float(birth)
         self._birth_lines = int(birth_lines)
-        self._min_run = max(3, n // 8) if min_run is None else max(1, int(min_run))
+        self._min_run = max(3, n // 6) if min_run is None else max(1, int(min_run))
         self._min = max(3, n // 16)
         self._gap = max(1, n // 256)
         self._rate = float(rate)
@@ -111,6 +114,7 @@ class TerraceLevels:
         x = np.arange(n, dtype=np.float64) - 0.5 * (n - 1)
         self._x = x
         self._xx = x * x
+        self._prior = _SLOPE_PRIOR * float(self._xx.sum())
         self._cum = np.zeros(n + 1)
         self._s = np.empty(n)  # smoothed line
         self._sr = np.empty(n)  # smoothed reference
@@ -124,7 +128,6 @@ class TerraceLevels:
         self._far = np.zeros(n, dtype=bool)
         self._idx = np.zeros(n, dtype=np.intp)
         self._low = np.zeros(n, dtype=bool)
-        self._hit = np.zeros(n, dtype=bool)
         self._starts = np.zeros(n, dtype=bool)
         self._ids = np.zeros(n, dtype=np.intp)
         self._prev_next = np.zeros(n, dtype=bool)
@@ -135,7 +138,6 @@ class TerraceLevels:
         """Forget every level."""
         self._levels = np.empty(0)
         self._used = np.empty(0, dtype=np.int64)
-        self._born = np.empty(0, dtype=np.int64)
         self._mid = np.empty(0)
         self._pending: list[list[float]] = []  # [sum of levels, votes, last line]
         self._line = 0
@@ -189,7 +191,7 @@ class TerraceLevels:
             self._centre = _median(pairs.copy())
             pairs -= self._centre
             np.abs(pairs, out=pairs)
-            self._sigma = max(MAD_TO_SIGMA / np.sqrt(2.0) * _median(pairs.copy()), floor)
+            self._sigma = self._scale(pairs, np.sqrt(2.0) * self._sigma, floor) / np.sqrt(2.0)
         else:
             pairs -= self._centre
             np.abs(pairs, out=pairs)
@@ -206,6 +208,10 @@ class TerraceLevels:
         inner = (lo > 0) & (hi < n)
         step = np.zeros(lo.size, dtype=bool)
         step[inner] = np.abs(sr[hi[inner]] - sr[lo[inner] - 1]) > 0.5 * self._separation()
+        # ... with room for a terrace on either side.
+        left = lo - np.concatenate(([0], hi[:-1]))
+        right = np.concatenate((lo[1:], [n])) - hi
+        step &= (left >= self._min_run // 2) & (right >= self._min_run // 2)
         if not step.any():
             piece = np.ones(n, dtype=np.intp)
         else:
@@ -214,6 +220,20 @@ class TerraceLevels:
             piece = np.cumsum(marks) + 1
         piece[edge] = 0
         return piece
+
+    def _scale(self, dev: np.ndarray, old: float, floor: float) -> float:
+        """Robust standard deviation of absolute deviations ``dev``, those beyond ``reject`` times ``old`` left out.
+
+        Left in, a broad feature spreading over the line would widen the
+        scale, the wider scale let in more of the feature, and so on: cut
+        at the old scale, the estimate can only follow the noise (it grows
+        by about a third per call when the noise does).
+        """
+        if old > 0:
+            dev = dev[dev <= self._reject * old]
+        if dev.size < self._min:
+            return max(old, floor)
+        return max(MAD_TO_SIGMA * _median(dev), floor)
 
     def _nearest(self, values: np.ndarray, out: np.ndarray) -> None:
         """``values`` minus their nearest level into ``out``; the level's index into ``self._idx``."""
@@ -287,8 +307,7 @@ class TerraceLevels:
             np.subtract(s, sr, out=tmp)
             np.abs(tmp, out=tmp)
             if refresh or self._agree <= 0:
-                sample = tmp[gate]
-                self._agree = max(MAD_TO_SIGMA * _median(sample), floor) if sample.size else floor
+                self._agree = self._scale(tmp[gate], self._agree, floor)
             np.less_equal(tmp, self._reject * self._agree, out=keep)
             gate &= keep
         if missing is not None:
@@ -309,7 +328,7 @@ class TerraceLevels:
         np.subtract(res, a, out=tmp)
         np.abs(tmp, out=absr)
         if refresh or self._sigp <= 0:
-            self._sigp = max(MAD_TO_SIGMA * _median(absr[gate]), floor)
+            self._sigp = self._scale(absr[gate], self._sigp, floor)
         sigma = self._sigp
         thr = self._reject * sigma
         b = 0.0
@@ -336,6 +355,9 @@ class TerraceLevels:
             sr_ = float(w @ tmp)
             db = 0.0
             if slope:
+                # A few kept pixels in the middle of a line must not tilt its
+                # ends: the slope is shrunk towards the chained fit's by a
+                # prior worth a tenth of a fully used line.
                 sxx = float(w @ self._xx)
                 np.multiply(x, tmp, out=absr)
                 sxr = float(w @ absr)
@@ -350,10 +372,10 @@ class TerraceLevels:
                     on = n_k > 0
                     sxx -= float(np.sum(sx_k[on] ** 2 / n_k[on]))
                     sxr -= float(np.sum(sx_k[on] * sr_k[on] / n_k[on]))
-                    db = sxr / sxx if sxx > 0 else 0.0
+                    db = sxr / (sxx + self._prior) if sxx > 0 else 0.0
                 else:
                     det = s0 * sxx - sx * sx
-                    db = (s0 * sxr - sx * sr_) / det if det > 0 else 0.0
+                    db = (s0 * sxr - sx * sr_) / (det + s0 * self._prior) if det > 0 else 0.0
             a += (sr_ - db * sx) / s0
             b += db
         self._kept = int(s0)
@@ -538,7 +560,7 @@ class TerraceLevels:
         ends = np.searchsorted(values, values + width, side="right")
         counts = ends - np.arange(m)
         j = int(np.argmax(counts))
-        if counts[j] < self._min:
+        if counts[j] < self._min_run:
             return
         plateau = values[j : ends[j]]
         level = float(plateau[plateau.size // 2])
@@ -566,10 +588,8 @@ class TerraceLevels:
             drop = int(np.argmin(self._used))
             self._levels = np.delete(self._levels, drop)
             self._used = np.delete(self._used, drop)
-            self._born = np.delete(self._born, drop)
         self._levels = np.append(self._levels, level)
         self._used = np.append(self._used, line)
-        self._born = np.append(self._born, line)
         self._sorted()
 
     def _merge(self) -> None:
@@ -582,7 +602,6 @@ class TerraceLevels:
             drop = j if self._used[j] < self._used[j + 1] else j + 1
             self._levels = np.delete(self._levels, drop)
             self._used = np.delete(self._used, drop)
-            self._born = np.delete(self._born, drop)
             self._mid = 0.5 * (self._levels[1:] + self._levels[:-1])
 
     def _separation(self) -> float:
@@ -593,5 +612,4 @@ class TerraceLevels:
         order = np.argsort(self._levels, kind="stable")
         self._levels = self._levels[order]
         self._used = self._used[order]
-        self._born = self._born[order]
         self._mid = 0.5 * (self._levels[1:] + self._levels[:-1])
