@@ -143,8 +143,8 @@ class TerraceLevels:
         self._line = 0
         self._sigma = 0.0
         self._kept = 0
+        self._cached_pieces: np.ndarray | None = None
         self._agree = 0.0
-        self._centre = 0.0
         self._sigp = 0.0
         self._prev = np.zeros(self._cols, dtype=bool)
         self._prev_next = np.zeros(self._cols, dtype=bool)
@@ -173,13 +173,13 @@ class TerraceLevels:
         out -= self._tmp
         out *= self._inv
 
-    def _pieces(self, sr: np.ndarray, refresh: bool, floor: float) -> np.ndarray | None:
+    def _pieces(self, sr: np.ndarray, floor: float) -> np.ndarray | None:
         """Step-free pieces of the smoothed reference ``sr``, and its noise level.
 
         Differences of ``sr`` a box apart measure its noise (into
-        ``self._sigma``, on ``refresh``); those beyond ``birth`` noise levels
-        are steps. Returns the piece of every pixel (0 near a step), or
-        None when there is no step.
+        ``self._sigma``); those beyond ``birth`` noise levels are steps, or
+        features. Returns the piece of every pixel (0 near a step or
+        feature), or None when there is neither.
         """
         n, lag = self._cols, self._lag
         if n <= lag:
@@ -187,15 +187,10 @@ class TerraceLevels:
             return None
         pairs = self._pairs
         np.subtract(sr[lag:], sr[:-lag], out=pairs)
-        if refresh or self._sigma <= 0:
-            self._centre = _median(pairs.copy())
-            pairs -= self._centre
-            np.abs(pairs, out=pairs)
-            self._sigma = self._scale(pairs, np.sqrt(2.0) * self._sigma, floor) / np.sqrt(2.0)
-        else:
-            pairs -= self._centre
-            np.abs(pairs, out=pairs)
-        jumps = np.flatnonzero(pairs > self._birth * np.sqrt(2.0) * self._sigma)
+        pairs -= _median(pairs.copy())
+        np.abs(pairs, out=pairs)
+        self._sigma = self._scale(pairs, np.sqrt(2.0) * self._sigma, floor) / np.sqrt(2.0)
+        jumps = np.flatnonzero(pairs > max(self._birth * np.sqrt(2.0) * self._sigma, 0.5 * self._separation()))
         if jumps.size == 0:
             return None
         marks = np.bincount(jumps, minlength=n + 1)[: n + 1] - np.bincount(jumps + lag + 1, minlength=n + 1)[: n + 1]
@@ -211,7 +206,7 @@ class TerraceLevels:
         # ... with room for a terrace on either side.
         left = lo - np.concatenate(([0], hi[:-1]))
         right = np.concatenate((lo[1:], [n])) - hi
-        step &= (left >= self._min_run // 2) & (right >= self._min_run // 2)
+        step &= (left >= self._min_run // 4) & (right >= self._min_run // 4)
         if not step.any():
             piece = np.ones(n, dtype=np.intp)
         else:
@@ -229,8 +224,7 @@ class TerraceLevels:
         at the old scale, the estimate can only follow the noise (it grows
         by about a third per call when the noise does).
         """
-        if old > 0:
-            dev = dev[dev <= self._reject * old]
+        dev = dev[dev <= self._reject * old] if old > 0 else dev.copy()
         if dev.size < self._min:
             return max(old, floor)
         return max(MAD_TO_SIGMA * _median(dev), floor)
@@ -291,7 +285,11 @@ class TerraceLevels:
             self._smooth(ref, sr)
         # Noise levels change slowly: refreshed every few lines, which halves the cost of a line.
         refresh = self._line % self._refresh == 0 or self._sigma <= 0
-        pieces = self._pieces(sr, refresh, floor)
+        if refresh or ref is None:
+            # Steps move a pixel or so per line: their stretches are redrawn
+            # with the noise levels.
+            self._cached_pieces = self._pieces(sr, floor)
+        pieces = self._cached_pieces
         sigma_s = self._sigma
         if self._levels.size == 0:
             return None
@@ -385,7 +383,7 @@ class TerraceLevels:
         """Take the first level from ``lev``, the first levelled line: its densest plateau, smoothed."""
         self._smooth(lev, self._s)
         np.copyto(self._sr, self._s)
-        self._pieces(self._sr, True, floor)
+        self._cached_pieces = self._pieces(self._sr, floor)
         self._kept = 0
         self.learn(lev)
 
