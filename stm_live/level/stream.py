@@ -1,31 +1,40 @@
 """Line-by-line levelling while the frame is being scanned.
 
-Each arriving scan line is compared with a *reference line*, a running
-average of the last few levelled lines. The offset and slope of the
-difference ``line - reference`` are fitted robustly and subtracted:
+Each arriving scan line is levelled once, from itself and the lines before
+it, in two steps.
 
-1. first guess: slope from the median of ``d[i + n/2] - d[i]`` (pairs half a
-   line apart), offset from the median of what is left. Medians of
-   differences shift exactly with any added straight line, so a tilt of the
-   raw data cannot change which pixels count as outliers;
-2. outliers are pixels further than ``reject`` robust standard deviations
-   from the guess, plus those that were outliers in the previous line
-   (features span several lines), all widened by ``margin`` pixels (the
-   faint flanks of a feature bias a fit as much as its top), plus the
-   columns where the reference itself shows a feature (below);
-3. least squares over the remaining pixels, twice.
+**Chained fit.** The line is compared with a *reference line*, a running
+average of the last few levelled lines, and the offset and slope of the
+difference ``d = line - reference`` are estimated: slope from the median of
+``d[i + n/2] - d[i]`` (pairs half a line apart), offset from the median of
+what is left. Medians of differences shift exactly with any added straight
+line, and differences of neighbouring lines cancel what the lines share,
+terraces and step edges included, so this guess is within a fraction of a
+step of the truth whatever the tilt, the line offset or the terraces.
 
-Differences of neighbouring lines cancel what the lines share, terraces and
-step edges included, so a step edge crossing the frame is not bent into a
-plane, and adsorbates and scars that the new line has and the reference lacks
-are outliers. Chaining lines lets errors add up along the frame, so every
-``restore_every`` lines the reference's own slope (median of differences
-``cols / 16`` apart that straddle no step, which terraces do not bias) is
-pulled towards zero at ``1 / restore_slope_lines`` per line, and half-way
-between those lines the reference's own features (cores beyond ``reject``
-noise levels of its own line fit, grown over their flanks) are marked, so
-that a broad feature growing and shrinking from line to line does not drag
-the fits along.
+**Terrace levels** (:class:`~stm_live.level.terraces.TerraceLevels`). A
+chained fit alone drifts: each line inherits the error of its reference,
+and small biases (features that enter lines brighter on one side, say) add
+up to tens of pm over a frame, two to three times the whole-frame
+leveller's error on a flat terrace. So each line is then held to the
+heights of the terraces seen so far: an absolute robust fit of its offset
+and slope to the distance of every pixel from the level of its terrace (the
+row fit a whole-frame leveller makes), with the terrace of a pixel read from
+the smoothed reference, step flanks, features and unknown terraces left out,
+and the slope taken within step-free pieces so that a step never passes for
+a tilt. Nothing accumulates from line to line. New terraces entering the
+frame become levels once seen on a few lines.
+
+When no terrace level is in reach (a line made mostly of a terrace not yet
+seen), the chained fit is refined instead by least squares over the pixels
+that are not outliers: beyond ``reject`` robust standard deviations, those
+of the previous line (features span several lines), all widened by
+``margin`` pixels, plus the columns where the reference itself shows a
+feature. With ``anchor=False`` that chained fit is all there is, with a
+restoring pull on the reference's slope every ``restore_every`` lines
+(median of differences ``cols / 16`` apart that straddle no step, pulled to
+zero at ``1 / restore_slope_lines`` per line): the behaviour before terrace
+levels existed, bit for bit.
 
 Work per line is O(columns) with a bounded number of NumPy calls on
 preallocated buffers, and no line after the current one is ever needed.
@@ -66,15 +75,16 @@ class LineLeveller:
         enters it with weight ``1 / reference_lines`` (the first lines are
         averaged equally). 1 compares each line with the previous one only.
     restore_slope_lines : float or None, keyword-only
-        The reference's own robust slope is removed at a rate of
-        ``1 / restore_slope_lines`` per line, so slope errors cannot
-        accumulate. Its first guess comes from medians of differences 1/16
-        of a line apart, so a step edge within the lines barely moves it.
-        None: no pull.
+        Without ``anchor`` only: the reference's own robust slope is removed
+        at a rate of ``1 / restore_slope_lines`` per line, so slope errors
+        cannot accumulate. Its first guess comes from medians of differences
+        1/16 of a line apart, so a step edge within the lines barely moves
+        it. None: no pull.
     restore_offset_lines : float or None, keyword-only
-        The same for the reference's offset. Off by default: with steps in
-        the lines the "own offset" of a line depends on which terrace
-        dominates it, and pulling towards it moves whole terraces.
+        Without ``anchor`` only: the same for the reference's offset. Off by
+        default: with steps in the lines the "own offset" of a line depends
+        on which terrace dominates it, and pulling towards it moves whole
+        terraces.
     reject : float, keyword-only
         Outlier threshold in noise standard deviations.
     margin : int, optional, keyword-only
@@ -89,12 +99,22 @@ class LineLeveller:
     restore_every : int, keyword-only
         Apply the restoring pull every this many lines (at ``restore_every``
         times the rate), which keeps the cost of an ordinary line low.
+    anchor : bool, keyword-only
+        Hold every line to the heights of the terraces seen so far
+        (:class:`~stm_live.level.terraces.TerraceLevels`), so that no error
+        accumulates from line to line. False: the chained fit alone, exactly
+        as before terrace levels existed (it drifts on flat terraces).
 
     Notes
     -----
     Input lines are any real dtype in any unit; output lines are float32 in
     the same unit, with the background near 0 (the first line's dominant
-    level is 0).
+    terrace is 0).
+
+    The first line may cross step edges and has no predecessor: its slope
+    is fitted within the stretches between the steps found on it
+    (:meth:`~stm_live.level.terraces.TerraceLevels.first_line`), and the
+    first terrace level is taken from it.
 
     Missing data never poisons the state: non-finite pixels (NaN, inf) are
     left out of every fit and out of the reference, and come out as the
@@ -112,7 +132,8 @@ class LineLeveller:
     >>> out = [lev.push(5.0 * i + 0.1 * x) for i in range(4)]
     >>> float(np.abs(np.array(out)).max()) < 1e-5
     True
-    >>> lev.push(np.full(64, np.nan)).tolist() == [0.0] * 64
+    >>> gap = lev.push(np.full(64, np.nan))  # a lost line: the background level
+    >>> bool(np.ptp(gap) == 0 and abs(gap[0]) < 1e-12)
     True
     """
 
@@ -527,7 +548,7 @@ def level_stream(
     scan_direction : {"down", "up"}, keyword-only
         Slow-scan direction: ``"down"`` feeds row 0 first, ``"up"`` the last
         row first, as the microscope acquired them.
-    reference_lines, restore_slope_lines, restore_offset_lines, reject, margin, slope, restore_every
+    reference_lines, restore_slope_lines, restore_offset_lines, reject, margin, slope, restore_every, anchor
         As for :class:`LineLeveller`.
 
     Returns
