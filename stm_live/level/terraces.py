@@ -13,7 +13,7 @@ and slope to the distance of every pixel from the level of its terrace: the
 absolute row fit a whole-frame leveller makes, with nothing accumulated from
 line to line. The terrace of a pixel is the level nearest to the
 *reference* (the average of the last few levelled lines) smoothed over a box
-of ``cols / 32`` pixels: averaged over a few lines and a box, the corrugation
+of ``cols / 32`` pixels (at least 16): averaged over a few lines and a box, the corrugation
 of a lattice, often a third of a step height and sometimes running along the
 lines, shrinks to a few percent. Left out of the fit:
 
@@ -87,7 +87,8 @@ class TerraceLevels:
         Consecutive lines in which a new plateau must show up before it
         becomes a level.
     box : int, optional, keyword-only
-        Width of the smoothing box, pixels; default ``max(3, cols // 32)``.
+        Width of the smoothing box, pixels; default ``cols // 32``, at least 16
+        and at most ``cols // 8``.
     min_run : int, optional, keyword-only
         Shortest stretch of a new terrace, pixels; default ``max(3, cols // 6)``.
     rate : float, keyword-only
@@ -147,7 +148,10 @@ class TerraceLevels:
         self._rate = float(rate)
         self._max_levels = int(max_levels)
         self._refresh = 4
-        half = max(1, (max(3, n // 32) if box is None else int(box)) // 2)
+        if box is None:
+            # A lattice period is ~8 px at usual pitches, whatever the line length.
+            box = max(3, min(n // 8, max(n // 32, 16)))
+        half = max(1, int(box) // 2)
         self._lag = min(2 * half + 1, max(n - 1, 1))
         i = np.arange(n)
         self._lo = np.maximum(i - half, 0)
