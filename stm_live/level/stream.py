@@ -207,6 +207,14 @@ class LineLeveller:
         return self._cols
 
     @property
+    def levels(self) -> np.ndarray:
+        """Heights of the terraces seen since the last :meth:`reset`, ascending, in the unit of the output.
+
+        Empty without ``anchor``. A copy; for diagnostics.
+        """
+        return self._terraces.levels if self._terraces is not None else np.empty(0)
+
+    @property
     def lines_used(self) -> int:
         """Lines accepted into the reference since the last :meth:`reset`."""
         return self._lines
