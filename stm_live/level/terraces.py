@@ -329,9 +329,12 @@ class TerraceLevels:
             np.copyto(sr, s)
         else:
             self._smooth(ref, sr)
-        # Noise levels change slowly: refreshed every few lines, which halves the cost of a line.
-        refresh = self._line % self._refresh == 0 or self._sigma <= 0
-        if refresh or ref is None:
+        # Noise levels change slowly: refreshed every few lines, which halves
+        # the cost of a line; the steps and the scales on different lines, so
+        # that no line pays for both.
+        phase = self._line % self._refresh
+        refresh = phase == self._refresh // 2 or self._sigma <= 0
+        if phase == 0 or ref is None or self._sigma <= 0:
             # Steps move a pixel or so per line: their stretches are redrawn
             # with the noise levels.
             self._cached_pieces = self._pieces(sr, floor)
