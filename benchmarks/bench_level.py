@@ -1,7 +1,8 @@
 """Speed of levelling: one scan line through the LineLeveller, whole frames, model-input preparation.
 
 Targets (issue 4): a 512-px line in under 50 us (median), a 512 x 512 frame in
-under 20 ms. Lines are timed one ``push`` at a time over whole simulated
+under 20 ms. Lines are timed with terrace levels (the default) and without
+(``anchor=False``, the chained fit alone). Lines are timed one ``push`` at a time over whole simulated
 frames (so that the periodic restoring step is in the distribution), frames
 one call at a time; each figure is the median of many runs, with the 90th
 and 99th percentiles beside it. Machine and load (``uptime``) are printed
@@ -61,15 +62,20 @@ def main() -> None:
     frame = scan.frame("Z", "forward")
     raw = np.asarray(frame.data)
 
-    lines: list[float] = []
-    leveller = LineLeveller(n)
+    # With terrace levels (the default) and without (the chained fit alone,
+    # as before issue 18), frames interleaved so that both see the same load.
+    lines: dict[bool, list[float]] = {True: [], False: []}
+    levellers = {anchor: LineLeveller(n, anchor=anchor) for anchor in lines}
     for _ in range(args.frames):
-        leveller.reset()
-        for row in raw:
-            t0 = time.perf_counter()
-            leveller.push(row)
-            lines.append(time.perf_counter() - t0)
-    print(f"LineLeveller.push, {n} px line ({len(lines)} lines):  {_stats_us(lines)}")
+        for anchor, leveller in levellers.items():
+            leveller.reset()
+            times = lines[anchor]
+            for row in raw:
+                t0 = time.perf_counter()
+                leveller.push(row)
+                times.append(time.perf_counter() - t0)
+    for anchor, label in ((True, ""), (False, " anchor=False")):
+        print(f"LineLeveller.push{label}, {n} px line ({len(lines[anchor])} lines):  {_stats_us(lines[anchor])}")
 
     for method in FRAME_METHODS:
         t = _time(lambda m=method: level_frame(raw, method=m), args.repeat)

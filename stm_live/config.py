@@ -123,6 +123,7 @@ class LevelSection(_Section):
     reject: Sigmas = 3.0
     stream_reference_lines: Annotated[float, Range(1.0, 32768.0)] = 4.0
     stream_reject: Sigmas = 3.0
+    stream_anchor: bool = True
     stream_restore_slope_lines: Lines | None = 8.0
     stream_restore_offset_lines: Lines | None = None
 

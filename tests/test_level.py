@@ -8,6 +8,8 @@ function must return finite float32, never touch its input and never warn.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -277,6 +279,68 @@ def test_stream_up_scan_feeds_the_bottom_row_first() -> None:
     raw = rng.normal(0, 1, (30, 1)) + 0.01 * np.arange(40.0) + rng.normal(0, 0.01, (30, 40))
     up = level_stream(raw, scan_direction="up")
     assert np.array_equal(up, level_stream(raw[::-1], scan_direction="down")[::-1])
+
+
+def _elongated_bumps(rng: np.random.Generator, shape: tuple[int, int], n: int) -> np.ndarray:
+    """Many bright features twice as long along x as along y (a chained fit's worst case)."""
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]]
+    out = np.zeros(shape)
+    for _ in range(n):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        out += np.exp(-(((x - cx) / 5.0) ** 2 + ((y - cy) / 2.5) ** 2) / 2)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_stream_on_a_flat_surface_with_features_does_not_drift(seed: int) -> None:
+    # Fitting each line against the previous ones only (anchor=False) lets
+    # small biases add up along the frame; held to the terrace level, the
+    # stream is as good as the whole-frame leveller.
+    rng = np.random.default_rng(seed)
+    shape = (192, 192)
+    truth = _elongated_bumps(rng, shape, 150)
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]]
+    raw = truth + rng.normal(0, 0.05, shape) + rng.normal(0, 2, (shape[0], 1)) + 0.01 * x + 0.004 * y
+    labels = np.zeros(shape, dtype=int)
+    anchored = _terrace_error(level_stream(raw), truth, labels)
+    chained = _terrace_error(level_stream(raw, anchor=False), truth, labels)
+    frame = _terrace_error(level_frame(raw), truth, labels)
+    assert anchored < 1.2 * frame, (anchored, frame)
+    assert anchored < 0.75 * chained, (anchored, chained)
+
+
+def test_stream_learns_the_terraces_it_crosses() -> None:
+    rng = np.random.default_rng(9)
+    truth, labels = _terraces(160, 192)
+    _, x = _grid(*truth.shape)
+    raw = truth + rng.normal(0, 0.03, truth.shape) + rng.normal(0, 0.5, (truth.shape[0], 1)) + 0.002 * x
+    lev = LineLeveller(192)
+    out = np.array([lev.push(line) for line in raw])
+    # Three terraces, one unit apart, each levelled flat.
+    assert np.allclose(np.diff(lev.levels), 1.0, atol=0.05), lev.levels
+    assert _terrace_error(out, truth, labels) < 0.04
+    chained = LineLeveller(192, anchor=False)
+    for line in raw:
+        chained.push(line)
+    assert chained.levels.size == 0
+
+
+def test_stream_keeps_the_background_of_a_real_current_image(au_mica_sxm: Path) -> None:
+    # Constant-height current over a molecule that fills most of the middle
+    # lines: no level may be taken from the molecule, and the background
+    # after it must come back to where it was before.
+    from stm_live.io import read_scan
+
+    scan = read_scan(au_mica_sxm)
+    current = scan.frame("Current", "forward")
+    z = np.asarray(current.data, dtype=np.float64)
+    out = level_stream(z, scan_direction=current.scan_direction)
+    _finite_float32(out, z.shape)
+    depth = float(np.median(z[:60]) - z.min())
+    assert abs(float(np.median(out[200:]) - np.median(out[:60]))) < 0.02 * depth
+    # And the constant-height Z channel (feedback off) stays exactly flat.
+    flat = level_stream(scan.frame("Z", "forward").data)
+    assert not np.abs(flat).max()
 
 
 def test_reset_starts_a_new_frame() -> None:

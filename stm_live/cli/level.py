@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             restore_slope_lines=config.stream_restore_slope_lines,
             restore_offset_lines=config.stream_restore_offset_lines,
             reject=config.stream_reject,
+            anchor=config.stream_anchor,
         )
     else:
         levelled = level_frame(

@@ -315,6 +315,7 @@ class LiveWorker:
             frame.cols, reference_lines=cfg.level.stream_reference_lines,
             restore_slope_lines=cfg.level.stream_restore_slope_lines,
             restore_offset_lines=cfg.level.stream_restore_offset_lines, reject=cfg.level.stream_reject,
+            anchor=cfg.level.stream_anchor,
         )
         reason = pitch_problem(self.model, frame, max_upsample=cfg.limits.max_upsample)
         grid = model_grid_shape(frame.data.shape, nm_per_px=frame.nm_per_px, target_nm_per_px=self.model.info.nm_per_px)

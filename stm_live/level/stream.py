@@ -1,31 +1,40 @@
 """Line-by-line levelling while the frame is being scanned.
 
-Each arriving scan line is compared with a *reference line*, a running
-average of the last few levelled lines. The offset and slope of the
-difference ``line - reference`` are fitted robustly and subtracted:
+Each arriving scan line is levelled once, from itself and the lines before
+it, in two steps.
 
-1. first guess: slope from the median of ``d[i + n/2] - d[i]`` (pairs half a
-   line apart), offset from the median of what is left. Medians of
-   differences shift exactly with any added straight line, so a tilt of the
-   raw data cannot change which pixels count as outliers;
-2. outliers are pixels further than ``reject`` robust standard deviations
-   from the guess, plus those that were outliers in the previous line
-   (features span several lines), all widened by ``margin`` pixels (the
-   faint flanks of a feature bias a fit as much as its top), plus the
-   columns where the reference itself shows a feature (below);
-3. least squares over the remaining pixels, twice.
+**Chained fit.** The line is compared with a *reference line*, a running
+average of the last few levelled lines, and the offset and slope of the
+difference ``d = line - reference`` are estimated: slope from the median of
+``d[i + n/2] - d[i]`` (pairs half a line apart), offset from the median of
+what is left. Medians of differences shift exactly with any added straight
+line, and differences of neighbouring lines cancel what the lines share,
+terraces and step edges included, so this guess is within a fraction of a
+step of the truth whatever the tilt, the line offset or the terraces.
 
-Differences of neighbouring lines cancel what the lines share, terraces and
-step edges included, so a step edge crossing the frame is not bent into a
-plane, and adsorbates and scars that the new line has and the reference lacks
-are outliers. Chaining lines lets errors add up along the frame, so every
-``restore_every`` lines the reference's own slope (median of differences
-``cols / 16`` apart that straddle no step, which terraces do not bias) is
-pulled towards zero at ``1 / restore_slope_lines`` per line, and half-way
-between those lines the reference's own features (cores beyond ``reject``
-noise levels of its own line fit, grown over their flanks) are marked, so
-that a broad feature growing and shrinking from line to line does not drag
-the fits along.
+**Terrace levels** (:class:`~stm_live.level.terraces.TerraceLevels`). A
+chained fit alone drifts: each line inherits the error of its reference,
+and small biases (features that enter lines brighter on one side, say) add
+up to tens of pm over a frame, two to three times the whole-frame
+leveller's error on a flat terrace. So each line is then held to the
+heights of the terraces seen so far: an absolute robust fit of its offset
+and slope to the distance of every pixel from the level of its terrace (the
+row fit a whole-frame leveller makes), with the terrace of a pixel read from
+the smoothed reference, step flanks, features and unknown terraces left out,
+and the slope taken within step-free pieces so that a step never passes for
+a tilt. Nothing accumulates from line to line. New terraces entering the
+frame become levels once seen on a few lines.
+
+When no terrace level is in reach (a line made mostly of a terrace not yet
+seen), the chained fit is refined instead by least squares over the pixels
+that are not outliers: beyond ``reject`` robust standard deviations, those
+of the previous line (features span several lines), all widened by
+``margin`` pixels, plus the columns where the reference itself shows a
+feature. With ``anchor=False`` that chained fit is all there is, with a
+restoring pull on the reference's slope every ``restore_every`` lines
+(median of differences ``cols / 16`` apart that straddle no step, pulled to
+zero at ``1 / restore_slope_lines`` per line): the behaviour before terrace
+levels existed, bit for bit.
 
 Work per line is O(columns) with a bounded number of NumPy calls on
 preallocated buffers, and no line after the current one is ever needed.
@@ -40,6 +49,7 @@ import numpy as np
 
 from .checks import LevelError, as_image, check_positive
 from .linefit import MAD_TO_SIGMA, robust_line
+from .terraces import TerraceLevels
 
 __all__ = ["LineLeveller", "level_stream"]
 
@@ -65,15 +75,16 @@ class LineLeveller:
         enters it with weight ``1 / reference_lines`` (the first lines are
         averaged equally). 1 compares each line with the previous one only.
     restore_slope_lines : float or None, keyword-only
-        The reference's own robust slope is removed at a rate of
-        ``1 / restore_slope_lines`` per line, so slope errors cannot
-        accumulate. Its first guess comes from medians of differences 1/16
-        of a line apart, so a step edge within the lines barely moves it.
-        None: no pull.
+        Without ``anchor`` only: the reference's own robust slope is removed
+        at a rate of ``1 / restore_slope_lines`` per line, so slope errors
+        cannot accumulate. Its first guess comes from medians of differences
+        1/16 of a line apart, so a step edge within the lines barely moves
+        it. None: no pull.
     restore_offset_lines : float or None, keyword-only
-        The same for the reference's offset. Off by default: with steps in
-        the lines the "own offset" of a line depends on which terrace
-        dominates it, and pulling towards it moves whole terraces.
+        Without ``anchor`` only: the same for the reference's offset. Off by
+        default: with steps in the lines the "own offset" of a line depends
+        on which terrace dominates it, and pulling towards it moves whole
+        terraces.
     reject : float, keyword-only
         Outlier threshold in noise standard deviations.
     margin : int, optional, keyword-only
@@ -88,12 +99,22 @@ class LineLeveller:
     restore_every : int, keyword-only
         Apply the restoring pull every this many lines (at ``restore_every``
         times the rate), which keeps the cost of an ordinary line low.
+    anchor : bool, keyword-only
+        Hold every line to the heights of the terraces seen so far
+        (:class:`~stm_live.level.terraces.TerraceLevels`), so that no error
+        accumulates from line to line. False: the chained fit alone, exactly
+        as before terrace levels existed (it drifts on flat terraces).
 
     Notes
     -----
     Input lines are any real dtype in any unit; output lines are float32 in
     the same unit, with the background near 0 (the first line's dominant
-    level is 0).
+    terrace is 0).
+
+    The first line may cross step edges and has no predecessor: its slope
+    is fitted within the stretches between the steps found on it
+    (:meth:`~stm_live.level.terraces.TerraceLevels.first_line`), and the
+    first terrace level is taken from it.
 
     Missing data never poisons the state: non-finite pixels (NaN, inf) are
     left out of every fit and out of the reference, and come out as the
@@ -111,7 +132,8 @@ class LineLeveller:
     >>> out = [lev.push(5.0 * i + 0.1 * x) for i in range(4)]
     >>> float(np.abs(np.array(out)).max()) < 1e-5
     True
-    >>> lev.push(np.full(64, np.nan)).tolist() == [0.0] * 64
+    >>> gap = lev.push(np.full(64, np.nan))  # a lost line: the background level
+    >>> bool(np.ptp(gap) == 0 and abs(gap[0]) < 1e-12)
     True
     """
 
@@ -127,6 +149,7 @@ class LineLeveller:
         slope: bool = True,
         min_valid: float = 0.25,
         restore_every: int = 2,
+        anchor: bool = True,
     ) -> None:
         if isinstance(cols, bool) or not isinstance(cols, int | np.integer) or cols < 1:
             raise LevelError(f"cols must be a positive integer (pixels per line), got {cols!r}")
@@ -158,6 +181,7 @@ class LineLeveller:
         self._xx = x * x
         # Work buffers, reused for every line.
         self._raw = np.empty(n)
+        self._d = np.empty(n)
         self._lev = np.empty(n)
         self._r = np.empty(n)
         self._dev = np.empty(n)
@@ -174,12 +198,21 @@ class LineLeveller:
         self._diffs = np.empty(max(n - 1, 1))
         self._jumps = np.zeros(max(n - 1, 1), dtype=bool)
         self._crossed = np.zeros(n, dtype=np.int32)
+        self._terraces = TerraceLevels(n, reject=self._reject) if anchor else None
         self.reset()
 
     @property
     def cols(self) -> int:
         """Pixels per line."""
         return self._cols
+
+    @property
+    def levels(self) -> np.ndarray:
+        """Heights of the terraces seen since the last :meth:`reset`, ascending, in the unit of the output.
+
+        Empty without ``anchor``. A copy; for diagnostics.
+        """
+        return self._terraces.levels if self._terraces is not None else np.empty(0)
 
     @property
     def lines_used(self) -> int:
@@ -194,6 +227,8 @@ class LineLeveller:
         self._own_line = (0.0, 0.0)
         self._lines = 0
         self._last = (0.0, 0.0)
+        if self._terraces is not None:
+            self._terraces.reset()
 
     def push(self, line: Any) -> np.ndarray:
         """Level one scan line against the lines seen so far.
@@ -221,23 +256,74 @@ class LineLeveller:
             raise LevelError(f"a scan line must be real numbers, got dtype {v.dtype}")
         if not math.isfinite(float(v.sum(dtype=np.float64))):
             return self._push_incomplete(v)
-        x, raw, lev = self._x, self._raw, self._lev
+        x, raw, lev, d = self._x, self._raw, self._lev, self._d
         np.copyto(raw, v, casting="unsafe")
+        terraces = self._terraces
         if self._lines == 0:
-            a, b = robust_line(x, raw, reject=self._reject, slope=self._slope, lag=self._lag, refine=False)
+            if terraces is not None:
+                a, b = terraces.first_line(raw, floor=self._rounding * float(np.max(np.abs(raw))), slope=self._slope)
+            else:
+                a, b = robust_line(x, raw, reject=self._reject, slope=self._slope, lag=self._lag, refine=False)
         else:
-            np.subtract(raw, self._ref, out=self._tmp)
-            a, b = self._fit_difference(self._tmp)
+            np.subtract(raw, self._ref, out=d)
+            # With terrace levels to anchor to, a first guess within a
+            # fraction of a step is all the chained fit has to give.
+            if terraces is None:
+                a, b = self._fit_difference(d)
+            else:
+                a, b = self._guess_difference(d)
         np.multiply(x, b, out=lev)
         lev += a
         np.subtract(raw, lev, out=lev)
+        if terraces is not None:
+            fit = self._anchor(lev, None)
+            if fit is not None:
+                a += fit[0]
+                b += fit[1]
+            elif self._lines:
+                # No terrace level to hold on to: the chained fit alone.
+                self._prev[:] = False
+                a, b = self._fit_difference(d)
+                np.multiply(x, b, out=lev)
+                lev += a
+                np.subtract(raw, lev, out=lev)
         self._accept(lev, None)
         self._last = (a, b)
         return lev.astype(np.float32)
 
-    def _fit_difference(self, d: np.ndarray) -> tuple[float, float]:
-        """Robust offset and slope of ``d = line - reference`` (all finite), in place on buffers."""
-        x, r, dev, w, tmp = self._x, self._r, self._dev, self._w, self._tmp
+    def _anchor(self, lev: np.ndarray, missing: np.ndarray | None) -> tuple[float, float] | None:
+        """Fit ``lev`` in place to the terrace levels (the first line starts them); the correction made, or None."""
+        terraces = self._terraces
+        assert terraces is not None
+        floor = self._rounding * float(np.max(np.abs(lev)))
+        ref = self._ref if self._lines else None
+        passes = 1
+        if terraces.count == 0:
+            terraces.begin(lev, floor=floor)
+            passes = 2  # the line the level came from: fit it twice
+        total_a = total_b = 0.0
+        for _ in range(passes):
+            fit = terraces.correct(lev, ref, floor=floor, slope=self._slope, missing=missing)
+            if fit is None:
+                return None
+            da, db = fit
+            np.multiply(self._x, db, out=self._tmp)
+            self._tmp += da
+            lev -= self._tmp
+            total_a += da
+            total_b += db
+        if passes == 1:
+            terraces.learn(lev)
+        return total_a, total_b
+
+    def _guess_difference(self, d: np.ndarray) -> tuple[float, float]:
+        """First guess of the offset and slope of ``d = line - reference``: medians only.
+
+        Slope from the median of ``d[i + n/2] - d[i]`` (pairs half a line
+        apart), offset from the median of what is left; leaves ``d - b x`` in
+        ``self._r``.
+        """
+        x, r, dev = self._x, self._r, self._dev
         n, h = self._cols, self._half
         if self._slope:
             pairs = self._pairs
@@ -251,7 +337,13 @@ class LineLeveller:
             np.copyto(r, d)
         np.copyto(dev, r)
         dev.partition(n // 2)
-        a = float(dev[n // 2])
+        return float(dev[n // 2]), b
+
+    def _fit_difference(self, d: np.ndarray) -> tuple[float, float]:
+        """Robust offset and slope of ``d = line - reference`` (all finite), in place on buffers."""
+        x, r, dev, w, tmp = self._x, self._r, self._dev, self._w, self._tmp
+        n = self._cols
+        a, b = self._guess_difference(d)
         r -= a
         np.abs(r, out=dev)
         spread = MAD_TO_SIGMA * float(np.partition(dev, n // 2)[n // 2])
@@ -313,6 +405,9 @@ class LineLeveller:
         else:
             ref[finite] += weight * (lev[finite] - ref[finite])
         self._lines += 1
+        if self._terraces is not None:
+            # Anchored to the terrace levels, the reference cannot drift.
+            return
         # The restoring pull and the feature columns are both drawn from the
         # reference's own fit, on alternate halves of the cadence so that no
         # single line pays for both.
@@ -422,6 +517,16 @@ class LineLeveller:
         else:
             a, b = robust_line(x, raw - self._ref[finite], reject=self._reject, slope=slope)
         out[finite] = raw - (a + b * x)
+        if self._terraces is not None:
+            # Missing pixels stand in as the reference (the line's median at
+            # first) and are left out of the fit.
+            lev = self._ref.copy() if self._lines else np.full(self._cols, float(np.median(out[finite])))
+            lev[finite] = out[finite]
+            fit = self._anchor(lev, ~finite)
+            if fit is not None:
+                out[finite] = lev[finite]
+                a += fit[0]
+                b += fit[1]
         self._prev[:] = False
         self._accept(out, finite)
         self._last = (a, b)
@@ -439,6 +544,7 @@ def level_stream(
     margin: int | None = None,
     slope: bool = True,
     restore_every: int = 2,
+    anchor: bool = True,
 ) -> np.ndarray:
     """Level a whole image the way the daemon does while scanning: one line at a time.
 
@@ -450,7 +556,7 @@ def level_stream(
     scan_direction : {"down", "up"}, keyword-only
         Slow-scan direction: ``"down"`` feeds row 0 first, ``"up"`` the last
         row first, as the microscope acquired them.
-    reference_lines, restore_slope_lines, restore_offset_lines, reject, margin, slope, restore_every
+    reference_lines, restore_slope_lines, restore_offset_lines, reject, margin, slope, restore_every, anchor
         As for :class:`LineLeveller`.
 
     Returns
@@ -477,6 +583,7 @@ def level_stream(
         margin=margin,
         slope=slope,
         restore_every=restore_every,
+        anchor=anchor,
     )
     out = np.empty(image.shape, dtype=np.float32)
     order = range(image.shape[0]) if scan_direction == "down" else range(image.shape[0] - 1, -1, -1)
