@@ -210,3 +210,19 @@ def test_the_daemon_decides_and_the_bridge_executes_its_decision_messages(
     wait_until(lambda: daemon.wait_ready()["counters"].get("decisions", 0) >= 1, 30.0, "the decision counted")
     assert "decisions daemon" in bridge.log()
     assert bridge.terminate() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("plain_logging")
+def test_the_autonomous_demo_surveys_zooms_sees_the_tip_change_pulses_and_rescans(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stm_live.cli import main
+
+    assert main(["demo", "--autonomous", "--frames", "5", "--pixels", "96", "--line-time", "0.01",
+                 "--results", str(tmp_path / "auto")]) == 0
+    out = capsys.readouterr().out
+    assert "decision: zoom-on-AsH3 -> zoom" in out and "decision: tip-change -> pulse" in out
+    assert "Scan.FrameSet" in out and "Bias.Pulse" in out
+    logged = [json.loads(line) for line in (tmp_path / "auto" / "events.jsonl").read_text().splitlines()]
+    assert [e["action"] for e in logged if e["kind"] == "decision"][:2] == ["zoom", "pulse"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -105,9 +106,12 @@ def run_autonomous(args: argparse.Namespace) -> int:
                         f"{centre[1] * 1e9:.1f}) nm: " + (", ".join(f"{n} {c}" for c, n in counts.items())
                                                            or "nothing found"))
                     if zoomed and forced_at is None:
-                        controller.force_tip_change()  # the story needs one: the tip changes in the next frame
+                        # The story needs one: the tip changes halfway through the next frame.
                         forced_at = time.monotonic()
-                        say("  (the virtual tip changes now)")
+                        timer = threading.Timer(0.5 * args.pixels * args.line_time, controller.force_tip_change)
+                        timer.daemon = True
+                        timer.start()
+                        say("  (the virtual tip will change halfway through the next frame)")
                 elif isinstance(msg, DecisionMessage):
                     params = {k: v for k, v in msg.params.items() if k in ("x_nm", "y_nm", "width_nm", "bias_v")}
                     say(f"  decision: {msg.rule} -> {msg.action} {params or ''} ({msg.reason})")
