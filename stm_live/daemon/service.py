@@ -371,9 +371,10 @@ class Daemon:
 
     def run(self) -> int:
         """Start, serve until SIGTERM / SIGINT (or :meth:`stop`), shut down cleanly; return 0."""
-        self.start()
+        # Signals first: a SIGTERM that comes as soon as state.json says "running" must stop it cleanly too.
         restore = self._install_signals()
         try:
+            self.start()
             self.wait()
             log.info("stopping: finishing the frame in flight and flushing")
         finally:
