@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -110,7 +111,7 @@ class Header:
 # --------------------------------------------------------------------------
 
 
-class Kind:
+class Kind(ABC):
     """What a field's value must be.
 
     Subclasses give the JSON Schema fragment (:meth:`schema`), the human text
@@ -120,17 +121,17 @@ class Kind:
     :meth:`Header.fail` with that text.
     """
 
+    @abstractmethod
     def schema(self) -> dict[str, Any]:
         """The JSON Schema of a value of this kind (without description or annotations)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def expected(self) -> str:
         """What is expected, for people: the error messages, ``x-expected`` and the docs."""
-        raise NotImplementedError
 
+    @abstractmethod
     def check(self, h: Header, name: str, value: Any, got: Mapping[str, Any], expected: str | None) -> Any:
         """``value`` of field ``name``, checked and converted; ``got``: the fields checked before it."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
