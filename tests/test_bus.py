@@ -200,3 +200,10 @@ def test_the_store_keeps_a_result_it_cannot_write_and_stores_it_when_it_can(tmp_
     sink.poll(time.monotonic() + 100_000)
     assert sink.pending == 0 and stored == [True] and store.is_processed("c" * 64)
     assert emitted[-1].header["kind"] == "frame"
+
+
+def test_a_partial_with_no_changed_rows_goes_out_without_a_class_map() -> None:
+    frame, seg = frame_and_seg()
+    doc = docs.partial("s", frame, seg, label_maps=True, map_rows=(4, 4))
+    msg = decode([bytes(p) for p in encode_document(doc)])
+    assert doc.payload is None and msg.class_map is None and msg.rows_done == 6  # type: ignore[union-attr]

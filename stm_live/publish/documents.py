@@ -365,7 +365,9 @@ def partial(
     if map_rows is None:
         row0 = frame.rows - rows_done if frame.scan_direction == "up" else 0
         map_rows = (row0, row0 + rows_done)
-    cmap = np.ascontiguousarray(seg.class_map[map_rows[0]:map_rows[1]]) if label_maps else None
+    # No rows changed (a call with nothing new): no class map at all, rather than an empty one.
+    cmap = (np.ascontiguousarray(seg.class_map[map_rows[0]:map_rows[1]])
+            if label_maps and map_rows[1] > map_rows[0] else None)
     header = seg_header(
         scan_id=scan_id, rows_done=rows_done, rows=frame.rows, cols=frame.cols, width_m=frame.width_m,
         height_m=frame.height_m, model_id=seg.model_id, model_name=seg.model_name, classes=seg.classes,
