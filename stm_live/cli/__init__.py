@@ -42,6 +42,8 @@ COMMANDS: dict[str, str] = {
     "status": "status",
     "demo": "demo",
     "keys": "keys",
+    "view": "view",
+    "label": "label",
 }
 
 EXIT_USAGE = 2
