@@ -52,6 +52,11 @@ HEARTBEAT_S: Final = 10.0
 _MAX_CLICKS: Final = 10_000
 
 
+def _fail(kind: type[web.HTTPException], message: str) -> web.HTTPException:
+    """An HTTP error whose body is ``{"error": message}`` (what the page shows)."""
+    return kind(text=json.dumps({"error": message}), content_type="application/json")
+
+
 def static_dir() -> Path:
     """The folder of the page's files (HTML, JS, CSS; nothing is fetched from elsewhere)."""
     return Path(str(resources.files("stm_live.viewer") / "static"))
@@ -73,20 +78,18 @@ class _Client:
     ws: web.WebSocketResponse
     budget: int
     buffer: deque[Outgoing] = field(default_factory=deque)
+    catch_up: deque[Outgoing] = field(default_factory=deque)  # a snapshot, sent before the buffer
     nbytes: int = 0
     dropped: int = 0
     resyncs: int = 0
     sent: int = 0
     behind: bool = True
+    asked: bool = True
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def put(self, msg: Outgoing) -> bool:
-        if self.behind:
-            self.dropped += 1
-            return False
+    def put(self, msg: Outgoing) -> None:
         self.buffer.append(msg)
         self.nbytes += len(msg)
-        return True
 
 
 class ViewerServer:
@@ -197,9 +200,9 @@ class ViewerServer:
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
         app = self._app()
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or ()
         if sockets:
@@ -237,15 +240,12 @@ class ViewerServer:
                 return
             c.buffer.clear()
             c.nbytes = 0
-            c.behind = False
-            for msg in messages:
-                c.put(msg)
+            c.catch_up = deque(messages)  # outside the budget: it replaces what the browser missed
+            c.behind = c.asked = False
             c.wake.set()
             return
         for c in self.clients.values():
-            if c.behind:
-                c.dropped += len(messages)
-                self.dropped += len(messages)
+            if c.behind:  # waiting for its snapshot, which will hold these updates too
                 continue
             for msg in messages:
                 c.put(msg)
@@ -255,13 +255,12 @@ class ViewerServer:
                 c.nbytes = 0
                 c.dropped += n
                 self.dropped += n
-                c.behind = True
+                c.behind = True  # its writer asks for a snapshot once the browser has read what was sent
                 c.resyncs += 1
                 self.resyncs += 1
                 if c.resyncs == 1 or c.resyncs % 100 == 0:
-                    log.warning("browser %d is not keeping up: %d update(s) dropped, it gets a fresh snapshot "
-                                "(%d so far)", c.id, c.dropped, c.resyncs)
-                self.feed.request_snapshot(c.id)
+                    log.warning("browser %d is not keeping up: %d update(s) dropped so far; it gets a fresh "
+                                "snapshot when it reads again (%d time(s))", c.id, c.dropped, c.resyncs)
             c.wake.set()
 
     # -- HTTP -----------------------------------------------------------------
@@ -309,7 +308,7 @@ class ViewerServer:
         """Browsers connected, updates dropped and resyncs, in all and per browser."""
         return {"clients": len(self.clients), "dropped": self.dropped, "resyncs": self.resyncs,
                 "per_client": [{"id": c.id, "dropped": c.dropped, "resyncs": c.resyncs, "sent": c.sent,
-                                "queued": len(c.buffer)} for c in self.clients.values()]}
+                                "queued": len(c.buffer), "behind": c.behind} for c in self.clients.values()]}
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
@@ -317,7 +316,7 @@ class ViewerServer:
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=1 << 20)
         await ws.prepare(request)
-        client = _Client(next(self._ids), ws, self.client_budget)
+        client = _Client(next(self._ids), ws, self.client_budget)  # behind, snapshot asked for
         self.clients[client.id] = client
         self.feed.request_snapshot(client.id)
         if self.teach is not None:
@@ -338,11 +337,19 @@ class ViewerServer:
     async def _writer(self, c: _Client) -> None:
         try:
             while not c.ws.closed:
+                if c.behind and not c.asked and not c.catch_up:
+                    # Everything sent so far has been taken by the browser (the sends returned): now a
+                    # snapshot is worth making. A stuck browser therefore costs one snapshot, not one per update.
+                    c.asked = True
+                    self.feed.request_snapshot(c.id)
                 await c.wake.wait()
                 c.wake.clear()
-                while c.buffer:
-                    msg = c.buffer.popleft()
-                    c.nbytes -= len(msg)
+                while c.catch_up or c.buffer:
+                    if c.catch_up:
+                        msg = c.catch_up.popleft()
+                    else:
+                        msg = c.buffer.popleft()
+                        c.nbytes -= len(msg)
                     if isinstance(msg, bytes):
                         await c.ws.send_bytes(msg)
                     else:
@@ -356,7 +363,7 @@ class ViewerServer:
     async def _frame(self, request: web.Request) -> web.Response:
         frame = self.feed.shelf.get(request.match_info["key"])
         if frame is None:
-            raise web.HTTPNotFound(text=f"no frame {request.match_info['key']!r} in this session's strip")
+            raise _fail(web.HTTPNotFound, f"no frame {request.match_info['key']!r} in this session's strip")
         teachable = self.teach is not None and self.teach.has_frame(frame.key)
         return web.json_response({**frame.summary(), "detections": frame.detections, "teachable": teachable})
 
@@ -365,7 +372,7 @@ class ViewerServer:
         what = request.match_info["what"]
         array = None if frame is None else (frame.image if what == "image" else frame.labels)
         if frame is None or array is None:
-            raise web.HTTPNotFound(text=f"frame {request.match_info['key']!r} has no {what}")
+            raise _fail(web.HTTPNotFound, f"frame {request.match_info['key']!r} has no {what}")
         kind = "rows" if what == "image" else "labels"
         body = binary_message(kind, {"scan": frame.key, "row0": 0, "n": frame.rows, "cols": frame.cols},
                               array.astype("<f4") if kind == "rows" else array)
@@ -375,12 +382,12 @@ class ViewerServer:
 
     def _stored(self, name: str) -> Path:
         if self.results_dir is None:
-            raise web.HTTPNotFound(text="no results folder")
+            raise _fail(web.HTTPNotFound, "no results folder")
         if "/" in name or "\\" in name or name.startswith("."):
-            raise web.HTTPBadRequest(text=f"bad result name {name!r}")
+            raise _fail(web.HTTPBadRequest, f"bad result name {name!r}")
         path = self.results_dir / "frames" / f"{name}.json"
         if not path.is_file():
-            raise web.HTTPNotFound(text=f"no stored result {name!r}")
+            raise _fail(web.HTTPNotFound, f"no stored result {name!r}")
         return path
 
     async def _results(self, request: web.Request) -> web.Response:
@@ -424,14 +431,14 @@ class ViewerServer:
         if request.match_info["what"] == "overlay.png":
             png = path.with_suffix(".png")
             if not png.is_file():
-                raise web.HTTPNotFound(text="no overlay PNG stored")
+                raise _fail(web.HTTPNotFound, "no overlay PNG stored")
             return web.Response(body=png.read_bytes(), content_type="image/png")
         npy = path.with_suffix(".npy")
         if not npy.is_file():
-            raise web.HTTPNotFound(text="no class map stored")
+            raise _fail(web.HTTPNotFound, "no class map stored")
         cmap = np.load(npy, allow_pickle=False)
         if cmap.dtype != np.uint8 or cmap.ndim != 2:
-            raise web.HTTPInternalServerError(text=f"{npy}: not a uint8 class map")
+            raise _fail(web.HTTPInternalServerError, f"{npy}: not a uint8 class map")
         body = binary_message("labels", {"scan": path.stem, "row0": 0, "n": cmap.shape[0], "cols": cmap.shape[1]}, cmap)
         return web.Response(body=body, content_type="application/octet-stream")
 
@@ -439,7 +446,7 @@ class ViewerServer:
 
     def _need_teach(self) -> TeachIn:
         if self.teach is None:
-            raise web.HTTPConflict(text="teach-in needs the daemon itself (stm-live run, demo or label), "
+            raise _fail(web.HTTPConflict, "teach-in needs the daemon itself (stm-live run, demo or label), "
                                         "not a page connected from afar")
         return self.teach
 
@@ -451,7 +458,7 @@ class ViewerServer:
         name = request.match_info["file"]
         path = teach.folder / "versions" / name
         if "/" in name or not name.endswith(".json") or not path.is_file():
-            raise web.HTTPNotFound(text=f"no version file {name!r}")
+            raise _fail(web.HTTPNotFound, f"no version file {name!r}")
         return web.FileResponse(path)
 
     async def _teach(self, request: web.Request) -> web.Response:

@@ -396,7 +396,7 @@ def read_version(path: str | os.PathLike[str]) -> Version:
         fr = _need(item, "frame", dict, where)
         frame_path = Path(_need(fr, "path", str, f"{where}.frame"))
         if not frame_path.is_absolute():
-            frame_path = p.parent / frame_path
+            frame_path = Path(os.path.normpath(p.parent / frame_path))
         points = []
         for j, q in enumerate(item.get("points", [])):
             w = f"{where}.points[{j}]"
@@ -449,7 +449,7 @@ def _base_model_path(version: Version) -> Path:
     if raw:
         p = Path(str(raw))
         if not p.is_absolute():
-            p = version.path.parent / p
+            p = Path(os.path.normpath(version.path.parent / p))
         if p.is_file():
             return p
     name = base.get("name")
