@@ -29,6 +29,7 @@ from stm_live.errors import ConfigError
 from stm_live.frame import Detection, Frame, Segmentation
 from stm_live.model.runtime import SegmentationModel
 from stm_live.publish import documents as docs
+from stm_live.sim.stream import LineStreamer
 from stm_live.viewer import LabelPage, RemotePage, ViewerFeed, ViewerServer
 from stm_live.viewer.pages import daemon_with_page
 from stm_live.viewer.state import Outgoing, parse_binary
@@ -276,13 +277,14 @@ def test_the_daemon_page_shows_what_the_daemon_publishes_and_teach_in_swaps_vers
     page.start()
     daemon.start()
     browser = WsClient(page.url)
+    streamer: LineStreamer | None = None
     try:
         sub = Subscriber(make_socket, daemon.publish_endpoint)
         sub.wait_heartbeat()
         browser.wait_for(lambda m: isinstance(m, dict) and m.get("type") == "hello", what="hello")
         frame = bumps_frame()
-        with bridge(make_socket, daemon.ingest_endpoint) as streamer:
-            streamer.stream([("scan-1", frame)], line_time_s=0.0)
+        streamer = bridge(make_socket, daemon.ingest_endpoint)  # open until the end: linger 0 drops what is unsent
+        streamer.stream([("scan-1", frame)], line_time_s=0.0)
         final = sub.wait_for(frame_done("scan-1"), what="seg.frame")
         browser.wait_for(lambda m: isinstance(m, dict) and m.get("type") == "frame", what="the frame on the page")
         rows = {h["row0"] for h, _ in browser.binaries("rows")}
@@ -312,8 +314,7 @@ def test_the_daemon_page_shows_what_the_daemon_publishes_and_teach_in_swaps_vers
         assert listing["versions"][0]["model_after"]["id"] == new_id
 
         # The next frame runs on the new model.
-        with bridge(make_socket, daemon.ingest_endpoint) as streamer:
-            streamer.stream([("scan-2", frame)], line_time_s=0.0)
+        streamer.stream([("scan-2", frame)], line_time_s=0.0)
         second = sub.wait_for(frame_done("scan-2"), what="the next frame")
         assert second.model_id == new_id
         assert sum(d.class_name == "peak" for d in second.detections) == len(BRIGHT)
@@ -330,6 +331,8 @@ def test_the_daemon_page_shows_what_the_daemon_publishes_and_teach_in_swaps_vers
         status, again = _post(f"{page.url}api/undo")
         assert status == 400 and "nothing to undo" in again["error"]
     finally:
+        if streamer is not None:
+            streamer.close()
         browser.close()
         daemon.stop()
         daemon.close()
@@ -343,13 +346,14 @@ def test_view_connect_draws_a_daemon_from_its_published_messages(
     config = load_config(None, use_default_file=False, environ={}, overrides={"viewer.port": 0})
     page = RemotePage(config, daemon.publish_endpoint).start()
     browser = WsClient(page.url)
+    streamer: LineStreamer | None = None
     try:
         hello = browser.wait_for(lambda m: isinstance(m, dict) and m.get("type") == "hello", what="hello")
         assert hello["mode"] == "remote" and not hello["teach"]
         wait_until(lambda: (daemon.heartbeat(), page.received)[1] > 0, what="the page's subscription")
         frame = bumps_frame()
-        with bridge(make_socket, daemon.ingest_endpoint) as streamer:
-            streamer.stream([("far-1", frame)], line_time_s=0.0)
+        streamer = bridge(make_socket, daemon.ingest_endpoint)
+        streamer.stream([("far-1", frame)], line_time_s=0.0)
         msg = browser.wait_for(lambda m: isinstance(m, dict) and m.get("type") == "frame", what="the frame")
         assert msg["scan"] == "far-1"
         assert {h["row0"] for h, _ in browser.binaries("rows")} == set(range(frame.rows))
@@ -357,6 +361,8 @@ def test_view_connect_draws_a_daemon_from_its_published_messages(
         status, body = _post(f"{page.url}api/teach", {"key": "far-1", "points": []})
         assert status == 409 and "teach-in needs the daemon itself" in body["error"]
     finally:
+        if streamer is not None:
+            streamer.close()
         browser.close()
         page.close()
 
