@@ -98,6 +98,7 @@ function showView(view) {
   S.dirty.all = true;
   S.dirty.marks = true;
   refreshPanels();
+  refreshScanLine();
   schedule();
 }
 
