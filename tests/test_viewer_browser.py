@@ -216,7 +216,8 @@ def test_teach_in_on_the_page_finds_a_new_class_in_the_next_frame_undo_and_offli
         ad_dimers = [i for i in first.instances if i.class_name == "ad_dimer"]
         for i in ad_dimers:
             page.mouse.click(left + i.x_nm / 20 * width, top + i.y_nm / 20 * height)
-        assert page.eval_on_selector("#pending", "e => e.textContent") == f"{len(ad_dimers)} point(s), 0 region(s) to teach"
+        pending = page.eval_on_selector("#pending", "e => e.textContent")
+        assert pending == f"{len(ad_dimers)} point(s), 0 region(s) to teach"
         page.click("#teachBtn")
         page.wait_for_function("window.stmLive.versions && window.stmLive.versions.current === 1", timeout=120_000)
         new_id = page.evaluate("window.stmLive.versions.versions[0].model_after.id")
