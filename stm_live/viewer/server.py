@@ -314,7 +314,8 @@ class ViewerServer:
         return web.json_response(self.stats())
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=1 << 20)
+        # No per-message deflate: float32 rows hardly compress, and zlib per browser would cost the daemon CPU.
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=1 << 20, compress=False)
         await ws.prepare(request)
         client = _Client(next(self._ids), ws, self.client_budget)  # behind, snapshot asked for
         self.clients[client.id] = client
