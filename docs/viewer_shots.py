@@ -64,6 +64,7 @@ def main() -> int:
                 pg.wait_for_function("window.stmLive.lastDet && window.stmLive.lastDet.rows_done >= 185",
                                      timeout=60_000)
                 time.sleep(1.0)
+                pg.evaluate("window.scrollTo(0, 0)")
                 pg.screenshot(path=str(DOCS / "viewer_scan.png"))
                 for msg in lines[190:]:
                     streamer.send(encode_line(msg))
@@ -93,6 +94,7 @@ def main() -> int:
                 pg.mouse.move(r[0] + 0.30 * r[2], r[1] + 0.95 * r[3], steps=5)
                 pg.mouse.up()
                 time.sleep(0.5)
+                pg.evaluate("window.scrollTo(0, 0)")
                 pg.screenshot(path=str(DOCS / "viewer_teach.png"))
             browser.close()
     finally:

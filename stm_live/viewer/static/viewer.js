@@ -607,7 +607,7 @@ async function undo() {
 function onVersions(m) {
   S.versions = m;
   window.stmLive.versions = m;
-  const ol = $("versions");
+  const ol = $("versions");  // a plain list: the base model, then v1, v2, ...
   ol.innerHTML = "";
   const base = document.createElement("li");
   base.textContent = `base model ${m.base_model.name} [${m.base_model.id}]`;
