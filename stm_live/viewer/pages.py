@@ -77,11 +77,14 @@ class ViewerSink:
         self.feed.serve()
 
 
-def _offer(teach: TeachIn) -> Callable[[FinishedFrame], None]:
+def _offer(teach: TeachIn, channel: str = "Z", direction: str = "forward") -> Callable[[FinishedFrame], None]:
+    """Make each finished frame available for teach-in: a file by its path, a streamed scan by its image."""
+
     def offer(frame: FinishedFrame) -> None:
         source = Path(frame.source) if frame.source not in ("", "zmq", "None") else None
         if source is not None and source.is_file():
-            teach.offer_frame(frame.key, width_nm=frame.width_nm, height_nm=frame.height_nm, path=source)
+            teach.offer_frame(frame.key, width_nm=frame.width_nm, height_nm=frame.height_nm, path=source,
+                              channel=channel, direction=direction)
         elif frame.image is not None and not frame.not_segmented:
             teach.offer_frame(frame.key, width_nm=frame.width_nm, height_nm=frame.height_nm, image=frame.image)
 
@@ -131,7 +134,7 @@ class DaemonPage:
                              settings=TeachSettings())
         self.server.teach = self.teach
         self.feed.hello["teach"] = True
-        self.feed.on_finished = _offer(self.teach)
+        self.feed.on_finished = _offer(self.teach, self.config.input.channel, self.config.input.direction)
 
     @property
     def url(self) -> str:
@@ -259,7 +262,7 @@ class LabelPage:
         self.server = ViewerServer(self.feed, host=v.host, port=v.port if port is None else port, token=v.token,
                                    teach=self.teach, client_buffer_kb=v.client_buffer_kb, mode="label",
                                    source=str(path))
-        self.feed.on_finished = _offer(self.teach)
+        self.feed.on_finished = _offer(self.teach, frame.channel, frame.direction)
         self._jobs: list[SegmentationModel] = [model]
         self._wake = threading.Event()
         self._stop = threading.Event()
