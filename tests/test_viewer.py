@@ -300,6 +300,21 @@ def test_the_daemon_page_shows_what_the_daemon_publishes_and_teach_in_swaps_vers
         assert [(d["class"], d["x_nm"], d["y_nm"]) for d in record["detections"]] == [
             (d.class_name, round(d.x_nm, 4), round(d.y_nm, 4)) for d in final.detections]
 
+        # Stored results are listed and reopen with their class map and overlay.
+        stored = wait_until(lambda: _get(f"{page.url}api/results")[1]["results"], what="the stored result")
+        name = stored[0]["name"]
+        assert stored[0]["scan"] == "scan-1" and stored[0]["detections"] == len(final.detections)
+        status, rec = _get(f"{page.url}api/results/{name}")
+        assert status == 200 and rec["has_labels"] and rec["has_overlay"] and rec["scan_id"] == "scan-1"
+        status, body = _get(f"{page.url}api/results/{name}/labels")
+        header, payload = parse_binary(body)
+        assert status == 200 and (header["n"], header["cols"]) == (frame.rows, frame.cols)
+        assert np.array_equal(np.frombuffer(payload, np.uint8).reshape(frame.rows, frame.cols),
+                              np.load(page.server.results_dir / "frames" / f"{name}.npy"))  # type: ignore[operator]
+        status, png = _get(f"{page.url}api/results/{name}/overlay.png")
+        assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert _get(f"{page.url}api/results/..%2Fstate")[0] in (400, 404)
+
         base_id = daemon.model.id if daemon.model else None
         # Teach: the bright bumps are a new class "peak"; the corner is background.
         points = [{"x_nm": (c + 0.5) * 0.1, "y_nm": (r + 0.5) * 0.1, "class": "peak"} for r, c in BRIGHT]
