@@ -405,6 +405,11 @@ def test_label_opens_a_file_and_each_version_segments_it_again(tmp_path: Path, t
         assert again["model"]["id"] == version["model_after"]["id"] and again["counts"]["peak"] == len(BRIGHT)
         v = read_version(tmp_path / "teach" / "versions" / "v0001.json")
         assert v.support[0].path == npy and v.support[0].width_nm == pytest.approx(12.8)
+        out = tmp_path / "replayed.onnx"
+        assert main(["adapt", "--replay", str(v.path), "--out", str(out)]) == 0
+        assert SegmentationModel(out).id == version["model_after"]["id"]
+        np.save(npy, frame.data * 2, allow_pickle=False)  # the support frame changed: replay refuses it
+        assert main(["adapt", "--replay", str(v.path), "--out", str(out)]) == 2
     finally:
         browser.close()
         page.close()

@@ -174,6 +174,15 @@ def test_the_scan_grows_with_markers_where_the_detections_are_and_the_published_
             checked += 1
         assert checked >= max(1, len(last.detections) // 2)
 
+        # Hover names a detection; the CSV export has every detection of the view.
+        d = last.detections[0]
+        page.mouse.move(left + d.x_nm / 20 * width, top + d.y_nm / 20 * height)
+        page.wait_for_selector("#tooltip:not([hidden])")
+        tip = page.eval_on_selector("#tooltip", "e => e.textContent")
+        assert tip.startswith(d.class_name) and "nm²" in tip
+        csv = page.evaluate("window.stmLive.csv()").splitlines()
+        assert csv[0] == "id,class,x_nm,y_nm,area_nm2,score" and len(csv) == len(last.detections) + 1
+
         for msg in lines[120:]:
             pub.send_multipart(encode_line(msg))
         pub.send_multipart(encode_end(messages[-1]))  # type: ignore[arg-type]
@@ -222,6 +231,8 @@ def test_teach_in_on_the_page_finds_a_new_class_in_the_next_frame_undo_and_offli
         page.wait_for_function("window.stmLive.versions && window.stmLive.versions.current === 1", timeout=120_000)
         new_id = page.evaluate("window.stmLive.versions.versions[0].model_after.id")
         assert daemon.model is not None and daemon.model.id == new_id != base_id
+        page.wait_for_function(f"document.getElementById('decisions').textContent.includes('{base_id} → ')")
+        assert f"[{new_id}]" in page.eval_on_selector("#decisions", "e => e.textContent")
 
         # The next frame finds them.
         second = simulate_scan("ge001", size_nm=20, pixels=200, seed=4)
