@@ -429,3 +429,30 @@ def test_command_line_mistakes_end_in_one_line(tmp_path: Path, capsys: pytest.Ca
     assert "not a teach-in version file" in capsys.readouterr().err
     assert main(["adapt", "--out", str(tmp_path / "m.onnx")]) == 2
     assert "--replay VERSION_FILE" in capsys.readouterr().err
+
+
+def test_versions_accumulate_the_support_set_and_undo_walks_back_to_the_base(tmp_path: Path, tiny_model: Path) -> None:
+    from stm_live.model.prototypes import Point
+    from stm_live.viewer.teach import Region, TeachIn
+
+    base = SegmentationModel(tiny_model)
+    swaps: list[tuple[str, dict[str, Any]]] = []
+    teach = TeachIn(folder=tmp_path / "teach", base=base, use_model=lambda m, **ctx: swaps.append((m.id, ctx)),
+                    load_model=SegmentationModel)
+    frame = bumps_frame()
+    teach.offer_frame("f1", width_nm=12.8, height_nm=12.8, image=frame.data.astype(np.float32))
+    pts = [Point((c + 0.5) * 0.1, (r + 0.5) * 0.1, "peak") for r, c in BRIGHT]
+    v1 = teach.teach("f1", pts[:2])
+    v2 = teach.teach("f1", pts[2:], [Region(0.0, 8.0, 3.0, 12.0)])
+    assert (v1.parent, v2.parent) == (0, 1) and v2.model_before["id"] == v1.model_after["id"]
+    assert [len(s.points) for s in v2.support] == [3] and len(v2.support[0].regions) == 1
+    assert v2.support[0].path.parent == tmp_path / "teach" / "frames", "a streamed frame's image is kept as a file"
+    assert teach.undo()["id"] == v1.model_after["id"]
+    assert teach.undo()["id"] == base.id
+    assert [s[0] for s in swaps] == [v1.model_after["id"], v2.model_after["id"], v1.model_after["id"], base.id]
+    assert [s[1]["teach_in"]["action"] for s in swaps] == ["teach", "teach", "undo", "undo"]
+    assert teach.latest["current"] == 0 and [v["undone"] for v in teach.latest["versions"]] == [True, True]
+    with pytest.raises(ValueError, match="nothing to undo"):
+        teach.undo()
+    with pytest.raises(ValueError, match="not available for teach-in"):
+        teach.teach("nope", pts)

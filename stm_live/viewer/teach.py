@@ -661,6 +661,8 @@ class TeachIn:
             _write_json(version.path, version.to_json())
             self.versions.append(version)
             self.current = number
+            # Sessions of the model in use and the one undo returns to; older ones load from their files.
+            self._models = {k: m for k, m in self._models.items() if k == version.parent}
             self._models[number] = loaded
             self.latest = self._listing()
         self.use_model(loaded, teach_in={"version": number, "file": str(version.path), "action": "teach"})
@@ -684,7 +686,13 @@ class TeachIn:
             self.versions[self.current - 1] = undone
             _write_json(undone.path, undone.to_json())
             self.current = version.parent
-            model = self._models[self.current] if self.current else self.base
+            if not self.current:
+                model = self.base
+            elif self.current in self._models:
+                model = self._models[self.current]
+            else:
+                model = self.load_model(self.folder / "models" / f"v{self.current:04d}.onnx")
+                self._models[self.current] = model
             now = dict(self.current_model())
             self.latest = self._listing()
         self.use_model(model, teach_in={"version": self.current, "action": "undo", "undone": version.number})
