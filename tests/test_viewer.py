@@ -281,7 +281,10 @@ def test_the_daemon_page_shows_what_the_daemon_publishes_and_teach_in_swaps_vers
     try:
         sub = Subscriber(make_socket, daemon.publish_endpoint)
         sub.wait_heartbeat()
-        browser.wait_for(lambda m: isinstance(m, dict) and m.get("type") == "hello", what="hello")
+        hello = browser.wait_for(lambda m: isinstance(m, dict) and m.get("type") == "hello", what="hello")
+        sources = hello.get("sources") or browser.wait_for(lambda m: isinstance(m, dict) and m.get("type") == "sources",
+                                                           what="the daemon's sources")
+        assert sources["ingest"] == daemon.ingest_endpoint and sources["publish"] == daemon.publish_endpoint
         frame = bumps_frame()
         streamer = bridge(make_socket, daemon.ingest_endpoint)  # open until the end: linger 0 drops what is unsent
         streamer.stream([("scan-1", frame)], line_time_s=0.0)

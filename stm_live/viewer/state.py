@@ -403,6 +403,10 @@ class ViewerFeed:
                     **{k: v for k, v in h.items() if k != "kind"}}
             self.decisions.append(item)
             return [_text({"type": "decision", **_plain(item)})]
+        if kind == "start":  # where the daemon takes its inputs from, for the status panel
+            sources = {"ingest": h.get("ingest"), "publish": h.get("publish"), "watch": list(h.get("watch") or [])}
+            self.hello = {**self.hello, "sources": sources}
+            return [_text({"type": "sources", **sources})]
         if kind == "error":
             item = {"kind": kind, "source": h.get("source") or h.get("scan_id"), "reason": h.get("error"),
                     "where": h.get("where"), "t": self._clock()}

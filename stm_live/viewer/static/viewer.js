@@ -239,6 +239,7 @@ function onText(m) {
     case "event": return addItem("events", m, eventText(m));
     case "decision": return addItem("decisions", m, decisionText(m));
     case "versions": return onVersions(m);
+    case "sources": return onSources(m);
   }
 }
 
@@ -253,6 +254,8 @@ function onHello(m) {
   S.frames.clear();
   $("strip").innerHTML = "";
   $("events").innerHTML = ""; $("decisions").innerHTML = "";
+  if (m.sources) onSources(m.sources);
+  else if (m.mode === "remote") onSources({ publish: m.source });
   for (const f of m.frames || []) onFrame(f, true);
   for (const e of m.events || []) addItem("events", e, eventText(e));
   for (const d of m.decisions || []) addItem("decisions", d, decisionText(d));
@@ -330,14 +333,25 @@ function addThumb(f) {
   el.title = f.not_segmented || Object.entries(f.counts || {}).map(([k, n]) => `${k} ${n}`).join(", ");
 }
 
+let SOURCES = [];
+function onSources(m) {
+  SOURCES = [];
+  if ("ingest" in m) SOURCES.push(["lines in", m.ingest || "off"]);
+  if ("publish" in m) SOURCES.push(["results out", m.publish || "off"]);
+  if ("watch" in m) SOURCES.push(["watching", m.watch.join(", ") || "no folder"]);
+  if (lastStatus) onStatus(lastStatus);
+}
+
+let lastStatus = null;
 function onStatus(m) {
+  lastStatus = m;
   const c = m.counters || {}, q = m.queues || {};
   const rows = [["state", m.state], ["uptime", `${Math.round(m.uptime_s)} s`],
     ["model", m.model ? `${m.model.name} [${m.model.id}]` : "–"],
     ["lines / partials / frames", `${c.lines ?? 0} / ${c.partials ?? 0} / ${c.frames ?? 0}`],
     ["files", c.files ?? 0], ["errors", c.errors ?? 0], ["bad messages / files", `${c.bad_messages ?? 0} / ${c.bad_files ?? 0}`],
     ["quarantined", c.quarantined ?? 0], ["dropped", c.dropped ?? 0], ["open scans", c.open_scans ?? 0],
-    ["queues", Object.entries(q).map(([k, n]) => `${k} ${n}`).join(", ")]];
+    ["queues", Object.entries(q).map(([k, n]) => `${k} ${n}`).join(", ")], ...SOURCES];
   const tb = $("statusTable").tBodies[0];
   tb.innerHTML = "";
   for (const [k, val] of rows) {
