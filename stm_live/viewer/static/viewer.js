@@ -275,7 +275,8 @@ function clearView() {
 }
 
 function onScan(m) {
-  if (!S.live || S.live.scan !== m.scan || S.live.rows !== m.rows || S.live.cols !== m.cols) {
+  const restarted = S.live && S.live.finished && !m.finished;  // the same scan id again: a new scan
+  if (!S.live || restarted || S.live.scan !== m.scan || S.live.rows !== m.rows || S.live.cols !== m.cols) {
     S.live = newScan(m);
     if (S.following) showView(S.live);
   } else {
