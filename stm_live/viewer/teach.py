@@ -47,14 +47,8 @@ import numpy as np
 
 from ..errors import AdaptError
 from ..frame import Frame
-from ..model.format import ModelInfo, Prototypes, attach_head, load_onnx, save_model
-from ..model.prototypes import (
-    LabelledImage,
-    Point,
-    fit_temperature,
-    labels_from_points,
-    prototypes_from_labels,
-)
+from ..model.format import ModelInfo, Prototypes, attach_head, save_model, strip_head
+from ..model.prototypes import Point
 from ..model.runtime import SegmentationModel, bundled_model_path
 
 __all__ = [
@@ -113,6 +107,9 @@ class SupportFrame:
     direction: str = "forward"
     points: tuple[Point, ...] = ()
     regions: tuple[Region, ...] = ()
+    #: The base model's own detections on the frame: examples of what it already finds, unless a
+    #: click or a background region says otherwise (recorded, so that a replay needs no model run).
+    model_points: tuple[Point, ...] = ()
 
     def frame_json(self, relative_to: Path | None = None) -> dict[str, Any]:
         path = self.path
@@ -128,16 +125,18 @@ class SupportFrame:
 
 @dataclass(frozen=True)
 class TeachSettings:
-    """How the support set becomes prototypes (the options of ``stm-live adapt``).
+    """How the support set becomes a model (the options of ``stm_live.model.adapt.AdaptSettings``).
 
-    ``keep_base_classes``: when the base model has a head, its prototypes of
-    classes the support set does not name stay in the new head (and its
-    background prototypes beside the new ones), so naming one missed feature
-    adds to what the model knows instead of replacing it.
+    ``radius_nm`` / ``background_margin_nm`` None: measured from the clicked
+    features (as ``stm-live adapt`` does). ``keep_base_classes``: the base
+    model's detections on a labelled frame are examples too (unless a click
+    or a background region contradicts them), its trained prototypes stay
+    beside the new ones, and its classes stay in the model, so naming one
+    missed feature adds to what the model knows instead of replacing it.
     """
 
-    radius_nm: float = 0.4
-    background_margin_nm: float = 1.2
+    radius_nm: float | None = None
+    background_margin_nm: float | None = None
     background_prototypes: int = 4
     keep_base_classes: bool = True
     seed: int = 0
@@ -154,10 +153,15 @@ class TeachSettings:
         if unknown:
             raise AdaptError(f"{source}: unknown setting(s) {', '.join(sorted(unknown))}; "
                              f"known: {', '.join(sorted(known))}")
+
+        def length(key: str) -> float | None:
+            value = data.get(key)
+            return None if value is None else float(value)
+
         try:
             return cls(
-                radius_nm=float(data.get("radius_nm", 0.4)),
-                background_margin_nm=float(data.get("background_margin_nm", 1.2)),
+                radius_nm=length("radius_nm"),
+                background_margin_nm=length("background_margin_nm"),
                 background_prototypes=int(data.get("background_prototypes", 4)),
                 keep_base_classes=bool(data.get("keep_base_classes", True)),
                 seed=int(data.get("seed", 0)),
@@ -175,23 +179,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _region_labels(labels: np.ndarray, regions: Sequence[Region], classes: Sequence[str], pitch: float,
-                   row_shift_nm: float) -> None:
-    h, w = labels.shape
-    index = {name: k for k, name in enumerate(classes, start=1)}
-    for r in regions:
-        if r.class_name != BACKGROUND and r.class_name not in index:
-            raise AdaptError(f"region {r.to_json()} has class {r.class_name!r}, not one of {list(classes)}")
-        x0, x1 = sorted((r.x0_nm, r.x1_nm))
-        y0, y1 = sorted((r.y0_nm - row_shift_nm, r.y1_nm - row_shift_nm))
-        c0, c1 = max(0, int(np.floor(x0 / pitch))), min(w, int(np.ceil(x1 / pitch)))
-        r0, r1 = max(0, int(np.floor(y0 / pitch))), min(h, int(np.ceil(y1 / pitch)))
-        if c1 > c0 and r1 > r0:
-            labels[r0:r1, c0:c1] = 0 if r.class_name == BACKGROUND else index[r.class_name]
-
-
 def _support_classes(support: Sequence[SupportFrame]) -> list[str]:
-    names = [p.class_name for s in support for p in s.points] + [r.class_name for s in support for r in s.regions]
+    names = [p.class_name for s in support for p in s.points]
     return list(dict.fromkeys(n for n in names if n != BACKGROUND))
 
 
@@ -208,12 +197,14 @@ def adapt_from_support(
     ----------
     base : SegmentationModel
         The model (or bare encoder) to start from: its encoder makes the
-        embeddings, its pitch and normalisation stay.
+        embeddings; with a head, its pitch and trained prototypes stay.
     support : sequence of (Frame, SupportFrame)
-        Each labelled frame's image and its points and regions.
+        Each labelled frame's image, its clicks and background regions, and
+        the base model's own detections on it.
     settings : TeachSettings
-        Disc radius, background margin, background prototypes, seed, and
-        whether the base head's other classes stay.
+        Disc radius and background margin (None: measured from the clicked
+        features), background prototypes, seed, and whether the base model's
+        detections count as examples of what it already finds.
     name : str
         Name of the new model (not part of its id).
 
@@ -226,83 +217,94 @@ def adapt_from_support(
     Raises
     ------
     AdaptError
-        No feature class named, a class without a labelled pixel, no background.
+        No feature class, a class without a labelled pixel, no background, a
+        region of another class than background.
 
     Notes
     -----
-    Built on ``stm_live.model.prototypes`` the way ``stm-live adapt`` is; when
-    ``stm_live.model.adapt`` lands on main, this body becomes a call to its
-    ``adapt_model``.
+    The adaptation is ``stm_live.model.adapt.adapt_model``, what ``stm-live
+    adapt`` runs (measured feature size, thresholds calibrated on the clicks
+    and the marked background, the base head's trained prototypes kept). With
+    ``keep_base_classes`` the base model's detections on each support frame
+    are examples too, unless a click within :data:`OVERRIDE_NM` or a
+    background region contradicts them: the operator corrects what the model
+    got wrong, and what it found stays found.
     """
-    classes = _support_classes([s for _, s in support])
-    info = base.info
-    kept: list[tuple[str, np.ndarray]] = []
-    if settings.keep_base_classes and base.has_head and info.prototypes is not None:
-        for k, label in enumerate(info.prototypes.labels):
-            if label and info.classes[label - 1] not in classes:
-                kept.append((info.classes[label - 1], info.prototypes.vectors[k]))
+    from ..model.adapt import AdaptSettings, LabelledFrame, adapt_model
+
+    examples = []
+    for frame, s in support:
+        for r in s.regions:
+            if r.class_name != BACKGROUND:
+                raise AdaptError(f"region {r.to_json()}: only background regions are supported; click features")
+        boxes = tuple((min(r.x0_nm, r.x1_nm), min(r.y0_nm, r.y1_nm), max(r.x0_nm, r.x1_nm), max(r.y0_nm, r.y1_nm))
+                      for r in s.regions)
+        points = list(s.points)
+        if settings.keep_base_classes:
+            points += _unchallenged(s.model_points, s.points, boxes)
+        examples.append(LabelledFrame(frame, tuple(points), background_boxes=boxes, source=str(s.path)))
+    classes = list(dict.fromkeys([*_support_classes([s for _, s in support]),
+                                  *(p.class_name for ex in examples for p in ex.points if p.class_name != BACKGROUND)]))
     if not classes:
         raise AdaptError("no feature class among the examples: name the class of at least one feature")
-    pitch = info.nm_per_px
-    images = []
-    for frame, s in support:
-        embedding, prepared = base.embed(frame, nm_per_px=pitch)
-        h, w = prepared.shape
-        shift = frame.valid_rows.start * frame.nm_per_px[1]
-        shifted = [replace(p, y_nm=p.y_nm - shift) for p in s.points]
-        labels = labels_from_points(shifted, classes, shape=(h, w), nm_per_px=(pitch, pitch),
-                                    radius_nm=settings.radius_nm, background_margin_nm=settings.background_margin_nm)
-        _region_labels(labels, s.regions, classes, pitch, shift)
-        images.append(LabelledImage(embedding, labels))
-    prototypes = prototypes_from_labels(images, len(classes), n_background=settings.background_prototypes,
-                                        seed=settings.seed)
-    all_classes = list(classes)
-    if kept:
-        prototypes = _with_kept(prototypes, images, classes, kept, info, settings.seed)
-        all_classes += list(dict.fromkeys(c for c, _ in kept))
-    disc_nm2 = float(np.pi * settings.radius_nm**2)
-    detection: dict[str, Any] = {"merge_within_nm": 2 * settings.radius_nm,
-                                 "min_area_nm2": {c: round(0.15 * disc_nm2, 4) for c in classes}}
-    for c in all_classes[len(classes):]:  # kept classes keep their calibrated thresholds
-        for key in ("min_score", "min_area_nm2"):
-            value = info.detection.get(key, {}).get(c)
-            if value is not None:
-                detection.setdefault(key, {})[c] = value
-    new_info = replace(
-        info, name=name, classes=tuple(all_classes), prototypes=prototypes, detection=detection,
-        provenance={"method": "teach-in: prototypes from labelled examples",
-                    "base_model": {"id": info.id, "name": info.name}},
-    )
-    return attach_head(load_onnx(base.path), prototypes), new_info
+    adapt = AdaptSettings(radius_nm=settings.radius_nm, background_margin_nm=settings.background_margin_nm,
+                          n_background=settings.background_prototypes, keep_base_head=settings.keep_base_classes,
+                          seed=settings.seed)
+    model, info, _report = adapt_model(base, examples, classes, adapt, name=name)
+    if settings.keep_base_classes:
+        model, info = _with_base_classes(model, info, base)
+    info = replace(info, provenance={**dict(info.provenance), "method": "teach-in (stm_live.model.adapt)"})
+    return model, info
 
 
-def _with_kept(prototypes: Prototypes, images: Sequence[LabelledImage], classes: Sequence[str],
-               kept: Sequence[tuple[str, np.ndarray]], info: ModelInfo, seed: int) -> Prototypes:
-    """``prototypes`` plus the base head's prototypes of the classes kept, and its background ones."""
-    kept_names = list(dict.fromkeys(c for c, _ in kept))
-    vectors = [*prototypes.vectors]
-    labels = list(prototypes.labels)
-    for c, v in kept:
-        vectors.append(v)
-        labels.append(len(classes) + 1 + kept_names.index(c))
-    assert info.prototypes is not None
-    for k, label in enumerate(info.prototypes.labels):
-        if label == 0:
-            vectors.append(info.prototypes.vectors[k])
-            labels.append(0)
-    vec = np.stack(vectors).astype(np.float32)
-    rng = np.random.default_rng(seed)
-    emb = np.concatenate([im.embedding.reshape(im.embedding.shape[0], -1).T for im in images])
-    lab = np.concatenate([im.labels.reshape(-1) for im in images])
-    xs, ys = [], []
-    for k in range(len(classes) + 1):
-        pix = emb[lab == k]
-        if len(pix) > 2000:
-            pix = pix[rng.choice(len(pix), 2000, replace=False)]
-        xs.append(pix)
-        ys.append(np.full(len(pix), k))
-    temperature = fit_temperature(vec, labels, np.concatenate(xs), np.concatenate(ys))
-    return Prototypes(vec, tuple(labels), temperature)
+#: A click this close to one of the base model's detections replaces it (nm).
+OVERRIDE_NM: Final = 0.8
+
+
+def _unchallenged(model_points: Sequence[Point], clicks: Sequence[Point],
+                  boxes: Sequence[tuple[float, float, float, float]]) -> list[Point]:
+    """The base model's detections that no click and no background region contradicts."""
+    out = []
+    for m in model_points:
+        if any((c.x_nm - m.x_nm) ** 2 + (c.y_nm - m.y_nm) ** 2 <= OVERRIDE_NM**2 for c in clicks):
+            continue
+        if any(x0 <= m.x_nm <= x1 and y0 <= m.y_nm <= y1 for x0, y0, x1, y1 in boxes):
+            continue
+        out.append(m)
+    return out
+
+
+def _with_base_classes(model: Any, info: ModelInfo, base: SegmentationModel) -> tuple[Any, ModelInfo]:
+    """``model`` plus the base head's classes it still lacks: their trained prototypes and thresholds."""
+    protos, base_protos = info.prototypes, base.info.prototypes
+    if protos is None or base_protos is None or not base.has_head or protos.centring is not None:
+        return model, info
+    kept = [c for c in base.classes if c not in info.classes]
+    if not kept:
+        return model, info
+    vectors, labels = [*protos.vectors], list(protos.labels)
+    for k, label in enumerate(base_protos.labels):
+        if label and base.classes[label - 1] in kept:
+            vectors.append(base_protos.vectors[k])
+            labels.append(len(info.classes) + 1 + kept.index(base.classes[label - 1]))
+    offsets = None
+    if protos.offsets is not None:
+        offsets = np.concatenate([protos.offsets, np.zeros(len(vectors) - len(protos.vectors), np.float32)])
+    merged = Prototypes(np.stack(vectors), tuple(labels), protos.temperature, offsets=offsets)
+    detection = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in info.detection.items()}
+    for key in ("min_score", "min_area_nm2", "merge_within_nm", "split_within_nm"):
+        theirs = base.info.detection.get(key)
+        for c in kept:
+            value = theirs.get(c) if isinstance(theirs, Mapping) else theirs
+            mine = detection.get(key)
+            if value is None:
+                continue
+            if isinstance(mine, dict):
+                mine[c] = value
+            elif mine is None:
+                detection[key] = {c: value}
+    new_info = replace(info, classes=(*info.classes, *kept), prototypes=merged, detection=detection)
+    return attach_head(strip_head(model), merged), new_info
 
 
 # --------------------------------------------------------------------------
@@ -339,7 +341,9 @@ class Version:
                 {"frame": s.frame_json(folder),
                  "points": [{"x_nm": round(p.x_nm, 4), "y_nm": round(p.y_nm, 4), "class": p.class_name}
                             for p in s.points],
-                 "regions": [r.to_json() for r in s.regions]}
+                 "regions": [r.to_json() for r in s.regions],
+                 "model_points": [{"x_nm": round(p.x_nm, 4), "y_nm": round(p.y_nm, 4), "class": p.class_name}
+                                  for p in s.model_points]}
                 for s in self.support
             ],
         }
@@ -402,6 +406,11 @@ def read_version(path: str | os.PathLike[str]) -> Version:
             w = f"{where}.points[{j}]"
             points.append(Point(float(_need(q, "x_nm", (int, float), w)), float(_need(q, "y_nm", (int, float), w)),
                                 str(_need(q, "class", str, w))))
+        model_points = []
+        for j, q in enumerate(item.get("model_points", [])):
+            w = f"{where}.model_points[{j}]"
+            model_points.append(Point(float(_need(q, "x_nm", (int, float), w)),
+                                      float(_need(q, "y_nm", (int, float), w)), str(_need(q, "class", str, w))))
         regions = []
         for j, q in enumerate(item.get("regions", [])):
             w = f"{where}.regions[{j}]"
@@ -412,7 +421,7 @@ def read_version(path: str | os.PathLike[str]) -> Version:
             width_nm=float(_need(fr, "width_nm", (int, float), where)),
             height_nm=float(_need(fr, "height_nm", (int, float), where)),
             channel=str(fr.get("channel", "Z")), direction=str(fr.get("direction", "forward")),
-            points=tuple(points), regions=tuple(regions),
+            points=tuple(points), regions=tuple(regions), model_points=tuple(model_points),
         ))
     return Version(
         number=int(_need(data, "version", int, src)), parent=int(data.get("parent", 0)),
@@ -637,7 +646,11 @@ class TeachIn:
                     support[i] = replace(s, points=s.points + tuple(points), regions=s.regions + tuple(regions))
                     break
             else:
-                support.append(replace(target, points=tuple(points), regions=tuple(regions)))
+                found: tuple[Point, ...] = ()
+                if self.settings.keep_base_classes and self.base.has_head:
+                    found = tuple(Point(round(d.x_nm, 4), round(d.y_nm, 4), d.class_name)
+                                  for d in self.base.segment(self._image(target)).detections)
+                support.append(replace(target, points=tuple(points), regions=tuple(regions), model_points=found))
             number = len(self.versions) + 1
             frames = [(self._image(s), s) for s in support]
             before = dict(self.current_model())
