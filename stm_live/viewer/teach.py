@@ -222,7 +222,9 @@ def adapt_from_support(
     and the marked background, the base head's trained prototypes kept). With
     ``keep_base_classes`` the base's classes that the clicks do not name are
     added back with their trained prototypes and thresholds, so naming one
-    missed feature does not remove the other classes. (Adding the base
+    missed feature does not remove the other classes; but not a class the
+    base detected where a click names another one (within :data:`RENAME_NM`):
+    the click says that class was wrong there. (Adding the base
     model's own detections on the frame as examples as well was tried: on
     simulated Si(001) and Ge(001) frames it changed nothing or found one
     ad-dimer fewer, so it is not done.)
@@ -245,17 +247,38 @@ def adapt_from_support(
                           seed=settings.seed)
     model, info, _report = adapt_model(base, examples, classes, adapt, name=name)
     if settings.keep_base_classes:
-        model, info = _with_base_classes(model, info, base)
+        model, info = _with_base_classes(model, info, base, _renamed(base, support))
     info = replace(info, provenance={**dict(info.provenance), "method": "teach-in (stm_live.model.adapt)"})
     return model, info
 
 
-def _with_base_classes(model: Any, info: ModelInfo, base: SegmentationModel) -> tuple[Any, ModelInfo]:
-    """``model`` plus the base head's classes it still lacks: their trained prototypes and thresholds."""
+#: A click this close to a detection of the base model (nm) names that feature.
+RENAME_NM: Final = 0.8
+
+
+def _renamed(base: SegmentationModel, support: Sequence[tuple[Frame, SupportFrame]]) -> set[str]:
+    """Base classes the clicks correct: the base detected them where a click names another class."""
+    if not base.has_head:
+        return set()
+    out: set[str] = set()
+    for frame, s in support:
+        clicks = [p for p in s.points if p.class_name != BACKGROUND]
+        if not clicks:
+            continue
+        for d in base.segment(frame).detections:
+            if any(c.class_name != d.class_name and (c.x_nm - d.x_nm) ** 2 + (c.y_nm - d.y_nm) ** 2 <= RENAME_NM**2
+                   for c in clicks):
+                out.add(d.class_name)
+    return out
+
+
+def _with_base_classes(model: Any, info: ModelInfo, base: SegmentationModel,
+                       renamed: set[str]) -> tuple[Any, ModelInfo]:
+    """``model`` plus the base head's classes it lacks (but those the clicks renamed): prototypes, thresholds."""
     protos, base_protos = info.prototypes, base.info.prototypes
     if protos is None or base_protos is None or not base.has_head or protos.centring is not None:
         return model, info
-    kept = [c for c in base.classes if c not in info.classes]
+    kept = [c for c in base.classes if c not in info.classes and c not in renamed]
     if not kept:
         return model, info
     vectors, labels = [*protos.vectors], list(protos.labels)
