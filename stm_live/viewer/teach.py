@@ -5,8 +5,8 @@ their class, or marks a region as background. Every change makes a
 **version**: the whole support set so far (frames by path and content hash,
 points and regions with classes), the adapt settings, the base model and the
 model ids before and after. :func:`adapt_from_support` turns a support set
-into a model with the ``adapt`` code path (prototypes from labelled pixels, no
-torch); :func:`replay` does the same from a version file alone, so
+into a model with ``stm_live.model.adapt.adapt_model`` (what ``stm-live adapt``
+runs: prototypes from labelled pixels, no torch); :func:`replay` does the same from a version file alone, so
 ``stm-live adapt --replay VERSION_FILE --out M.onnx`` gives the same model id.
 
 Every version adapts the *base* model (the one the daemon ran before the
