@@ -180,7 +180,7 @@ class ViewerServer:
             if isinstance(err, OSError):
                 raise ConfigError(f"viewer.port {self.host}:{self.port}: cannot bind: {err.strerror or err}") from None
             raise err
-        log.info("page on %s", self.url)
+        log.debug("page on %s", self.url)  # the commands print the address; a start-up error stays one line
         return self
 
     def _run(self) -> None:
