@@ -604,11 +604,19 @@ async function teach() {
   if (!key) return;
   $("teachBtn").disabled = true;
   $("teachMsg").textContent = "adapting…";
-  const r = await api("api/teach", { method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ key, points: S.pending.points, regions: S.pending.regions }) });
-  const body = await r.json();
-  if (!r.ok) { $("teachMsg").textContent = body.error || "teach-in failed"; refreshTeach(); return; }
+  // What is sent leaves the pending list now: clicks made while the model adapts wait for the next Teach.
+  const sent = S.pending;
   S.pending = { points: [], regions: [] };
+  S.dirty.marks = true; schedule(); refreshTeach();
+  const r = await api("api/teach", { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ key, points: sent.points, regions: sent.regions }) });
+  const body = await r.json();
+  if (!r.ok) {
+    S.pending = { points: sent.points.concat(S.pending.points), regions: sent.regions.concat(S.pending.regions) };
+    $("teachMsg").textContent = body.error || "teach-in failed";
+    S.dirty.marks = true; schedule(); refreshTeach();
+    return;
+  }
   $("teachMsg").textContent = `version ${body.version}: model ${body.model_after.name} [${body.model_after.id}]`;
   S.dirty.marks = true; schedule(); refreshTeach();
 }
