@@ -256,6 +256,25 @@ class LogSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class ViewerSection(_Section):
+    """The page: live overlay in the browser and teach-in (``docs/viewer.md``)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Range(0, 65535)] = 8765
+    token: str | None = None
+    client_buffer_kb: Annotated[int, Range(64, 1 << 20, unit="kB")] = 4096
+    keep_frames: Annotated[int, Range(1, 1000)] = 24
+    keep_mb: Megabytes = 128
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 16:
+            raise ValueError("expected a secret of at least 16 characters (or null)")
+        return value or None
+
+
 class Config(_Section):
     """The whole configuration; see ``config.yaml`` for every key explained."""
 
@@ -272,6 +291,7 @@ class Config(_Section):
     security: SecuritySection = SecuritySection()
     bridge: BridgeSection = BridgeSection()
     decide: DecideSection = DecideSection()
+    viewer: ViewerSection = ViewerSection()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able form (paths as strings)."""

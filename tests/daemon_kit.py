@@ -124,6 +124,7 @@ def base_settings(tmp_path: Path, model: Path, **extra: Any) -> dict[str, Any]:
         "publish.heartbeat_s": 0.2,
         "watch.retry_initial_s": 0.05,
         "watch.retry_max_s": 0.2,
+        "viewer.port": 0,  # `stm-live run` serves its page: on any free port, never a fixed one
     }
     settings.update(extra)
     return settings

@@ -44,6 +44,8 @@ COMMANDS: dict[str, str] = {
     "keys": "keys",
     "bridge": "bridge",
     "quality": "quality",
+    "view": "view",
+    "label": "label",
 }
 
 EXIT_USAGE = 2

@@ -32,10 +32,10 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="M",
+    parser.add_argument("--model", metavar="M",
                         help="model or bare encoder to start from (file, or a bundled name such as base-encoder)")
-    parser.add_argument("--image", required=True, action="append", metavar="IMG", help="labelled scan (repeatable)")
-    labels = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--image", action="append", metavar="IMG", help="labelled scan (repeatable)")
+    labels = parser.add_mutually_exclusive_group()
     labels.add_argument("--points", action="append", metavar="P.csv", help="clicked features, one CSV per --image")
     labels.add_argument("--mask", action="append", metavar="MASK.npy", help="integer mask, one per --image")
     parser.add_argument("--classes", help="comma-separated class names for mask values 1..K (with --mask)")
@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "this much feature area (nm^2), so that a frame or live window with few features is "
                         "classified nearly as without centring")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--replay", type=Path, metavar="VERSION_FILE",
+                        help="rebuild the model of a teach-in version file (docs/viewer.md) instead; "
+                        "only --out applies; the model id comes out the same")
 
 
 #: Classes of rectangle rows in a points CSV.
@@ -149,6 +152,18 @@ def _polarity(bias_v: float | None) -> str | None:
     return "positive" if bias_v > 0 else "negative"
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from ..viewer.teach import replay
+
+    info, version = replay(args.replay, args.out)
+    expected = version.model_after.get("id")
+    same = info.id == expected
+    print(f"wrote {args.out}: model {info.name} [{info.id}] from teach-in version {version.number} "
+          f"({len(version.support)} support frame(s)); "
+          + ("the same id as the version's model" if same else f"NOT the version's model id {expected}"))
+    return 0 if same else 1
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -160,6 +175,10 @@ def run(args: argparse.Namespace) -> int:
     from ..model.runtime import SegmentationModel
     from .segment import resolve_model_path
 
+    if args.replay is not None:
+        return _replay(args)
+    if not args.model or not args.image or not (args.points or args.mask):
+        raise AdaptError("--model, --image and --points (or --mask) are needed, or --replay VERSION_FILE")
     label_files = args.points or args.mask
     if len(label_files) != len(args.image):
         raise AdaptError(

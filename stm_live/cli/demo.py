@@ -52,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--autonomous", action="store_true",
                         help="the closed loop instead: a virtual Nanonis controller, the bridge and the daemon's "
                              "rules (survey, zoom on AsH3, a tip change, a pulse, a rescan); --frames at least 5")
+    parser.add_argument("--open", action="store_true", help="open the live page in the default browser")
+    parser.add_argument("--page-port", type=int, default=0, metavar="N",
+                        help="port of the live page (0, the default: any free port; the address is printed)")
+    parser.add_argument("--keep-open", action="store_true",
+                        help="keep the daemon and its page running after the last scan, until Ctrl+C (teach-in)")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -187,9 +192,9 @@ def run(args: argparse.Namespace) -> int:
         return run_autonomous(args)
 
     from ..config import load_config
-    from ..daemon import Daemon
     from ..errors import StmLiveError
     from ..security import secure_client
+    from ..viewer.pages import daemon_with_page
     from ..wire import SegMessage, decode
     from .run import overrides
 
@@ -203,8 +208,15 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(args, "verbose", False):
         logging.getLogger("stm_live").setLevel(logging.WARNING)  # the demo's own lines say what happens
 
-    daemon = Daemon(config)
-    daemon.start()
+    daemon, page = daemon_with_page(config, port=args.page_port)
+    if page is not None:
+        page.start()
+    try:
+        daemon.start()
+    except BaseException:
+        if page is not None:
+            page.close()
+        raise
     truth: dict[str, tuple[Instance, ...]] = {}
     printer = _Printer(args.every, truth)
     cancel = threading.Event()
@@ -230,13 +242,18 @@ def run(args: argparse.Namespace) -> int:
             f"{args.size_nm:g} nm, {args.line_time:g} s per line (about {per_frame:.0f} s per frame)\n"
             f"  daemon: lines in on {daemon.ingest_endpoint}, results out on {daemon.publish_endpoint}\n"
             f"  results folder: {results}\n"
-            f"  every {args.every} lines: features so far per class | latency (line arrival to result) | new ones "
+            + (f"  live page: {page.url}\n" if page is not None else "")
+            + f"  every {args.every} lines: features so far per class | latency (line arrival to result) | new ones "
             "(x, y in nm from the top-left corner)"
         )
         microscope = threading.Thread(target=_stream, args=(args, daemon.ingest_endpoint, config.security, truth,
                                                             cancel, failure),
                                       name="stm-live-demo-microscope", daemon=True)
         microscope.start()
+        if page is not None and args.open:
+            import webbrowser
+
+            webbrowser.open(page.url)
         quiet_since: float | None = None
         while len(printer.finals) < args.frames:
             if failure:
@@ -251,6 +268,10 @@ def run(args: argparse.Namespace) -> int:
                 if time.monotonic() - quiet_since > _FINAL_WAIT_S:
                     printer.say(f"no result for {_FINAL_WAIT_S:.0f} s after the last line; stopping")
                     break
+        if page is not None and args.keep_open:
+            printer.say(f"the scans are done; the daemon and its page ({page.url}) stay up for teach-in: "
+                        "Ctrl+C stops")
+            daemon.wait()
     except KeyboardInterrupt:
         interrupted = True
         printer.say("interrupted: stopping the microscope and the daemon")
@@ -262,6 +283,8 @@ def run(args: argparse.Namespace) -> int:
         context.term()
         daemon.stop()
         daemon.close()
+        if page is not None:
+            page.close()
     overlays = sorted((results / "frames").glob("demo-*.png"), key=lambda p: p.stat().st_mtime)
     printer.say(f"results in {results}: frames/ (a .json record, .npy class map and .png overlay per frame), "
                 "events.jsonl, processed.jsonl")

@@ -48,9 +48,9 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..daemon import Daemon
+    from ..viewer.pages import run_with_page
 
     config = load_config(args.config, overrides=overrides(args))
     if not (getattr(args, "verbose", False) or getattr(args, "quiet", False)):
         logging.getLogger("stm_live").setLevel(config.log.level)
-    return Daemon(config).run()
+    return run_with_page(config)  # the daemon, and its page unless viewer.enabled is false
