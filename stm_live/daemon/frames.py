@@ -210,6 +210,16 @@ class FrameIntake:
         self.journal = journal
         self.inbox = inbox
         self._emit = emit
+        self._busy = False
+
+    def can_take(self, nbytes: int) -> bool:
+        """Whether a frame of ``nbytes`` may be queued now: a large one only when the intake is idle.
+
+        So that at most one large frame is between the wire and the journal at a time (memory).
+        """
+        if nbytes >= LARGE_FRAME_BYTES:
+            return not self._busy and not len(self.queue)
+        return self.queue.fits(nbytes)
 
     def run(self) -> None:
         while True:
@@ -218,12 +228,16 @@ class FrameIntake:
                 if self.queue.drained():
                     return
                 continue
+            self._busy = True
             try:
                 self._take(job)
             except Exception as exc:  # one frame's trouble never stops the intake
                 log.exception("unexpected error while journalling scan %s; carrying on", job.finished.key[0])
                 self._emit(docs.event("error", scan_id=job.finished.key[0], where="journalling a whole frame",
                                       error=f"{type(exc).__name__}: {exc}"))
+            finally:
+                self._busy = False
+                del job  # the frame's memory goes now, not when the next one comes
 
     def _take(self, job: IntakeJob) -> None:
         finished = job.finished
@@ -327,6 +341,8 @@ class FramesWorker:
             except Exception as exc:  # a bug for one frame: say so, and take the next
                 log.exception("unexpected error while processing %s; carrying on", job)
                 self._emit(docs.event("error", where="whole-frame path", error=f"{type(exc).__name__}: {exc}"))
+            finally:
+                del job  # a finished frame's memory goes now, not when the next job comes
 
     # ------------------------------------------------------------------ jobs
 

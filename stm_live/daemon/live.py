@@ -221,7 +221,7 @@ class LiveWorker:
             if self._next_model is not None:
                 self._safely("switching the model", self._swap_model)
                 self._safely("segmenting partial frames", self.publish_partials)
-            frame_ready = bool(len(whole)) and self.intake.queue.fits(whole.peek_nbytes())
+            frame_ready = bool(len(whole)) and self.intake.can_take(whole.peek_nbytes())
             # Wait for lines, but not while a whole frame could be taken; briefly while one waits for the intake.
             batch = lines.get_batch(0.0 if frame_ready else 0.05 if len(whole) else 0.5, BATCH)
             for received in batch:
@@ -234,6 +234,7 @@ class LiveWorker:
                 if frame_msg is not None:
                     took_frame = True
                     self._safely("handling a whole frame", self.ingest, frame_msg)
+                    del frame_msg  # handed on: not held while waiting for the next message
             now = self._clock()
             if now >= next_expire:
                 next_expire = now + 1.0
