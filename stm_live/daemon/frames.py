@@ -323,10 +323,10 @@ class FramesWorker:
         self._lower_priority()
         self.model = self._own_session(self.model)
         while True:
-            if self._next_model is not None:
+            job = self.inbox.get(0.5)
+            if self._next_model is not None:  # after the wait: a frame that came after the swap uses the new model
                 model, self._next_model = self._next_model, None
                 self.model = self._own_session(model)
-            job = self.inbox.get(0.5)
             if job is None:
                 if self.inbox.drained():
                     return

@@ -225,6 +225,8 @@ class LiveWorker:
             # Wait for lines, but not while a whole frame could be taken; briefly while one waits for the intake.
             batch = lines.get_batch(0.0 if frame_ready else 0.05 if len(whole) else 0.5, BATCH)
             for received in batch:
+                if self._next_model is not None:  # a swap requested while this batch waited: before its next line
+                    self._safely("switching the model", self._swap_model)
                 self._safely("handling a message", self.ingest, received)
             if batch:
                 self._safely("segmenting partial frames", self.publish_partials)
