@@ -132,7 +132,9 @@ def base_settings(tmp_path: Path, model: Path, **extra: Any) -> dict[str, Any]:
 
 def bridge(make_socket: SocketFactory, endpoint: str) -> LineStreamer:
     streamer = LineStreamer(endpoint, context=make_socket.context, connect_timeout_s=10.0)  # type: ignore[attr-defined]
-    streamer.socket.setsockopt(zmq.LINGER, 0)
+    # Lines still queued when the test leaves the ``with`` block go out (linger 0 dropped the tail of a
+    # scan streamed at line_time 0 on a loaded machine); bounded, so a dead daemon cannot hang the teardown.
+    streamer.socket.setsockopt(zmq.LINGER, 5000)
     return streamer
 
 
