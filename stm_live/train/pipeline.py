@@ -20,7 +20,9 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,10 +31,13 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..model.format import ModelInfo, Prototypes
+from ..errors import ConfigError
+from ..model.format import ModelInfo, Prototypes, load_onnx, read_info, save_model
 from ..model.prepare import DEFAULT_LEVELLING
 from ..model.prototypes import fit_temperature
-from .data import PreparedSet, build_sets
+from ..sim.surfaces import RANDOM_SURFACE
+from .compare import DEFAULT_TOLERANCE, EXTRA_SETS, EvaluationSet, SetFactory, SimulatedHeldOut, compare_models
+from .data import PreparedSet, build_sets, content_digest
 from .export import export_model
 from .fit import TrainState, fit, summarise
 from .net import Encoder, receptive_field_px
@@ -73,19 +78,54 @@ def _surface_prototypes(state: TrainState, val: PreparedSet, name: str) -> Proto
     return Prototypes(vectors, labels, temperature)
 
 
-def train_models(
-    settings: TrainSettings, *, progress: bool = True, evaluate_frames: int = 4, calibrate_frames: int = 24
-) -> dict[str, Any]:
-    """Train the encoder and export one model per surface plus the bare encoder.
+#: First seed of the held-out frames every trained model is evaluated (and compared) on,
+#: whatever the training seed, so that runs with different seeds meet the same frames.
+HELD_OUT_SEED = 10_000
+#: First seed of the validation frames the detection thresholds are calibrated on.
+CALIBRATION_SEED = 50_000
+#: Folder of the run folder where new models wait for the comparison before they are installed.
+CANDIDATES = "candidates"
 
-    After export, each surface model's per-class detection thresholds are
-    calibrated on ``calibrate_frames`` fresh validation frames, then its
-    object F1 is measured on ``evaluate_frames`` other held-out frames.
-    Returns the report (also written to ``run_dir/report.json``).
+
+def train_models(
+    settings: TrainSettings,
+    *,
+    progress: bool = True,
+    evaluate_frames: int = 24,
+    calibrate_frames: int = 24,
+    compare: Mapping[str, Path] | None = None,
+    force: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
+    extra_sets: Sequence[SetFactory] = (),
+) -> dict[str, Any]:
+    """Train the encoder, export one model per surface (plus the bare encoder), compare, install.
+
+    The new models are written to ``run_dir/candidates``. Each surface model's
+    per-class detection thresholds are calibrated on ``calibrate_frames`` fresh
+    validation frames. Then every new model and the one it would replace (``compare[name]``,
+    else ``out_dir/<name>.onnx`` where it exists) are scored on the same
+    ``evaluate_frames`` held-out frames (and on any further evaluation sets:
+    :data:`stm_live.train.compare.EXTRA_SETS`, ``extra_sets``). A new model is
+    copied into ``out_dir`` unless it is worse than the old one by more than
+    ``tolerance`` on some score (or cannot be compared, ``evaluate_frames`` 0);
+    ``force`` installs it anyway.
+
+    Returns the report (also written to ``run_dir/report.json``); its
+    ``comparison`` says, per model, what was compared and decided.
     """
+    from .numerics import actual_numerics
+
     t0 = time.perf_counter()
     run_dir, out_dir = Path(settings.run_dir), Path(settings.out_dir)
+    stage = run_dir / CANDIDATES
+    if stage.resolve() == out_dir.resolve():
+        raise ConfigError(f"out_dir {out_dir}: the run folder's {CANDIDATES}/ holds models before they are compared; "
+                          "choose another out_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
+    numerics = actual_numerics()
+    if settings.numerics == "pinned" and not numerics["pinned"]:
+        log.warning("numerics not pinned (%s): the weights will differ from those of the same recipe trained on "
+                    "other machines; run it with `stm-live train` on an x86-64 CPU with AVX2", numerics)
     train, val = build_sets(settings, progress=progress)
     t_data = time.perf_counter() - t0
     unlabelled = _unlabelled_set(settings) if settings.unlabelled else None
@@ -94,12 +134,14 @@ def train_models(
     training = {
         "data_hash": train.digest,
         "val_hash": val.digest,
+        "data_content_hash": content_digest(train),
         "seed": settings.seed,
         "steps": {"self_supervised": settings.ssl_steps, "supervised": settings.steps},
         "surfaces": list(train.surfaces),
         "frames": {s: len(train.of_surface(s)) for s in train.surfaces},
         "unlabelled_frames": 0 if unlabelled is None else len(unlabelled.images),
         "losses": summarise(state),
+        "numerics": numerics,
     }
     if settings.train_normalisation != settings.normalisation:
         training["normalisation"] = settings.train_normalisation
@@ -124,7 +166,7 @@ def train_models(
             training=training,
             **common,
         )
-        path = out_dir / f"{name}.onnx"
+        path = stage / f"{name}.onnx"
         saved = export_model(encoder, info, path, prototypes=protos)
         exported[name] = {"path": str(path), "id": saved.id, "temperature": protos.temperature}
     if settings.export_base_encoder:
@@ -132,16 +174,13 @@ def train_models(
         base_info = ModelInfo(name="base-encoder", classes=(), nm_per_px=base_pitch, surface=None,
                               provenance={"method": "encoder only; make a model with `stm-live adapt`"},
                               training=training, **common)
-        saved = export_model(encoder, base_info, out_dir / "base-encoder.onnx")
-        exported["base-encoder"] = {"path": str(out_dir / "base-encoder.onnx"), "id": saved.id}
+        saved = export_model(encoder, base_info, stage / "base-encoder.onnx")
+        exported["base-encoder"] = {"path": str(stage / "base-encoder.onnx"), "id": saved.id}
     if calibrate_frames:
         _calibrate_exports(exported, settings, exports, calibrate_frames)
-    metrics = _evaluate_exports(exported, settings, exports, evaluate_frames) if evaluate_frames else {}
-    if metrics:
-        # Put the held-out metrics into each model's metadata too.
-        for name in exports:
-            _update_info(exported[name], lambda info, n=name: replace(
-                info, training={**info.training, "metrics": metrics[n]}))
+    t_eval = time.perf_counter()
+    metrics, comparisons = _compare_exports(exported, settings, exports, evaluate_frames, compare or {}, force,
+                                            tolerance, [*EXTRA_SETS, *extra_sets])
     report = {
         "stm_live": __version__,
         "torch": torch.__version__,
@@ -149,13 +188,92 @@ def train_models(
         "threads": torch.get_num_threads(),
         "settings": portable_settings(settings),
         "training": training,
-        "timings_s": {"data": round(t_data, 1), "fit": round(t_fit, 1), "total": round(time.perf_counter() - t0, 1)},
-        "models": {name: {**entry, "path": relative_to(entry["path"], run_dir)} for name, entry in exported.items()},
+        "timings_s": {"data": round(t_data, 1), "fit": round(t_fit, 1),
+                      "compare": round(time.perf_counter() - t_eval, 1), "total": round(time.perf_counter() - t0, 1)},
+        "models": {name: {**entry, "path": relative_to(entry["path"], run_dir),
+                          "candidate": relative_to(entry["candidate"], run_dir)}
+                   for name, entry in exported.items()},
         "metrics": metrics,
+        "comparison": comparisons,
         "history": state.history,
     }
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _evaluation_sets(
+    name: str, classes: tuple[str, ...], settings: TrainSettings, frames: int, extra: Sequence[SetFactory]
+) -> list[EvaluationSet]:
+    """Held-out simulated frames of the model's surface (every real trained surface for the base encoder)."""
+    if not frames:
+        return []
+    surfaces = [s for s in settings.surfaces if s.name == name] if classes else [
+        s for s in settings.surfaces if s.name != RANDOM_SURFACE and s.name not in settings.exclude_surfaces]
+    sets: list[EvaluationSet] = [SimulatedHeldOut(s.name, frames, HELD_OUT_SEED, *held_out_geometry(s))
+                                 for s in surfaces]
+    for factory in extra:
+        made = factory(name, classes)
+        if made is not None:
+            sets.append(made)
+    return sets
+
+
+def _compare_exports(
+    exported: dict[str, Any],
+    settings: TrainSettings,
+    surfaces: tuple[str, ...],
+    frames: int,
+    compare: Mapping[str, Path],
+    force: bool,
+    tolerance: float,
+    extra: Sequence[SetFactory],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score each new model and the one it would replace; install the new one where it is not worse.
+
+    Returns the new surface models' held-out metrics and, per model, the comparison
+    and decision. Records the metrics in each new model's metadata first.
+    """
+    run_dir, out_dir = Path(settings.run_dir), Path(settings.out_dir)
+    metrics: dict[str, Any] = {}
+    comparisons: dict[str, Any] = {}
+    for name, entry in exported.items():
+        candidate = Path(entry["path"])
+        classes = read_info(load_onnx(candidate)).classes
+        sets = _evaluation_sets(name, classes, settings, frames, extra)
+        new_scores = {s.name: s.score(candidate) for s in sets}
+        if name in surfaces and sets:
+            metrics[name] = dict(new_scores[sets[0].name].detail)
+            _update_info(entry, lambda info, m=metrics[name]: replace(info, training={**info.training, "metrics": m}))
+        target = out_dir / f"{name}.onnx"
+        old = compare.get(name)
+        if old is None and target.is_file():
+            old = target
+        labels = {str(candidate): relative_to(candidate, Path.cwd()), str(target): str(target)}
+        result = compare_models(name, candidate, old, sets, tolerance=tolerance, new_scores=new_scores, labels=labels)
+        record = result.to_json()
+        if old is not None and not sets:
+            reason = (f"{old} is not replaced without a comparison (held-out frames 0); "
+                      "--force replaces it anyway")
+        else:
+            reason = result.reason()
+        install = force or not reason
+        if install:
+            _install(candidate, target)
+            entry["path"] = str(target)
+        record.update(decision="installed" if install else "refused", forced=bool(force and reason),
+                      reason=reason, target=relative_to(target, run_dir), table=result.table())
+        entry["candidate"] = str(candidate)
+        comparisons[name] = record
+        (log.warning if reason else log.info)("%s: %s", name, record["decision"] + (f" ({reason})" if reason else ""))
+    return metrics, comparisons
+
+
+def _install(candidate: Path, target: Path) -> None:
+    """Copy ``candidate`` to ``target`` atomically (a reader never sees half a model)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part")
+    shutil.copyfile(candidate, tmp)
+    os.replace(tmp, target)
 
 
 def relative_to(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> str:
@@ -196,8 +314,6 @@ def held_out_geometry(surface: SurfaceSettings) -> tuple[float, int]:
 
 def _update_info(entry: dict[str, Any], change: Any) -> None:
     """Rewrite one exported model's metadata with ``change(info)``; refresh its id."""
-    from ..model.format import load_onnx, read_info, save_model
-
     path = Path(entry["path"])
     model = load_onnx(path)
     entry["id"] = save_model(model, change(read_info(model)), path).id
@@ -214,31 +330,11 @@ def _calibrate_exports(
     for name in surfaces:
         model = SegmentationModel(exported[name]["path"], provider="cpu")
         size_nm, pixels = geometry[name]
-        detection = calibrate_detection(model, simulate=name, count=frames, seed=50_000 + settings.seed,
+        detection = calibrate_detection(model, simulate=name, count=frames, seed=CALIBRATION_SEED,
                                         size_nm=size_nm, pixels=pixels)
         exported[name]["detection"] = detection
         _update_info(exported[name], lambda info, d=detection: replace(info, detection=d))
         log.info("%s: calibrated thresholds %s", name, {k: detection[k] for k in ("min_score", "min_area_nm2")})
-
-
-def _evaluate_exports(
-    exported: dict[str, Any], settings: TrainSettings, surfaces: tuple[str, ...], frames: int
-) -> dict[str, Any]:
-    """Object F1 per class of each exported model on fresh held-out simulated frames."""
-    from ..model.evaluate import evaluate_model
-    from ..model.runtime import SegmentationModel
-
-    geometry = {s.name: held_out_geometry(s) for s in settings.surfaces}
-    out = {}
-    for name in surfaces:
-        model = SegmentationModel(exported[name]["path"], provider="cpu")
-        size_nm, pixels = geometry[name]
-        report = evaluate_model(model, simulate=name, count=frames, seed=10_000 + settings.seed, episodes=0,
-                                size_nm=size_nm, pixels=pixels)
-        out[name] = {"objects": report["objects"], "pixel_iou": report["pixel_iou"], "frames": frames,
-                     "size_nm": size_nm, "pixels": pixels}
-        log.info("%s: held-out F1 %s", name, {c: s["f1"] for c, s in report["objects"].items()})
-    return out
 
 
 def _unlabelled_set(settings: TrainSettings) -> PreparedSet:

@@ -1,0 +1,191 @@
+"""The spread of a training recipe over seeds and CPU numerics, on the same held-out frames.
+
+``run`` trains the recipe once per (seed, numerics) with ``stm-live train`` (each in its
+own run folder under ``--out``, models installed into a folder of the run's own, so that
+nothing in models/ is touched), skipping runs whose report exists; ``--jobs`` at a time,
+each with its log in the run folder. Every run scores its model on the same held-out
+simulated frames (``stm-live train``'s own comparison: seeds 10000 onwards, whatever the
+training seed; ``--evaluate-frames``, 24 by default).
+
+``summarise`` reads the runs' reports and prints, per exported model and class, the
+held-out F1 of every run, its mean and range (max - min) over seeds, separately per
+numerics setting and over all runs, and which runs gave bit-identical weights (same
+model id). ``--baseline M`` adds a model file scored on the same frames (the bundled
+model, say). Writes ``--json``.
+
+Usage:
+    python benchmarks/train_seeds.py run --seeds 0 1 2 3 4 [--numerics pinned native] [--jobs 2]
+        [--config recipe.train.yaml] [--out runs/seeds] [--threads 2] [-- extra stm-live train flags]
+    python benchmarks/train_seeds.py summarise [--out runs/seeds] [--baseline models/si001-ash3.onnx]
+        [--json docs/training_seeds.json]
+
+A default run takes about 20 min on a free 2-core machine; run it under ``nice``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run_dir(out: Path, seed: int, numerics: str) -> Path:
+    return out / f"seed{seed}-{numerics}"
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    jobs: list[tuple[int, str, Path]] = []
+    for seed in args.seeds:
+        for numerics in args.numerics:
+            d = _run_dir(out, seed, numerics)
+            if (d / "report.json").is_file():
+                print(f"{d}: done", flush=True)
+                continue
+            jobs.append((seed, numerics, d))
+    running: list[tuple[subprocess.Popen[bytes], Path, float]] = []
+    failed = 0
+    while jobs or running:
+        while jobs and len(running) < args.jobs:
+            seed, numerics, d = jobs.pop(0)
+            d.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "stm_live", "train", "--seed", str(seed), "--numerics", numerics,
+                   "--run-dir", str(d), "--out-dir", str(d / "installed"), "--no-progress",
+                   "--evaluate-frames", str(args.evaluate_frames), *args.extra]
+            if args.config:
+                cmd += ["--config", args.config]
+            if args.threads is not None:
+                cmd += ["--threads", str(args.threads)]
+            log = (d / "log.txt").open("ab")
+            print(f"{d}: {' '.join(cmd[2:])}", flush=True)
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), d, time.time()))
+        time.sleep(5)
+        for proc, d, t0 in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, d, t0))
+                status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
+                failed += proc.returncode != 0
+                print(f"{d}: {status} after {(time.time() - t0) / 60:.1f} min", flush=True)
+    return 1 if failed else 0
+
+
+def _baseline(path: str, reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Score ``path`` on the held-out frames the runs used."""
+    from stm_live.model.format import load_onnx, read_info
+    from stm_live.train.compare import SimulatedHeldOut
+
+    info = read_info(load_onnx(path), source=path)
+    for report in reports:
+        metrics = report["metrics"].get(info.name)
+        if metrics:
+            held_out = SimulatedHeldOut(info.name, metrics["frames"], metrics["seed"], metrics["size_nm"],
+                                        metrics["pixels"])
+            scores = held_out.score(Path(path))
+            return {"name": info.name, "id": info.id, "path": path, "held_out": held_out.name,
+                    "f1": {k.removesuffix(" F1"): v for k, v in scores.values.items()}}
+    raise SystemExit(f"{path}: no run exported a model named {info.name!r}")
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    return {"mean": round(sum(values) / len(values), 4), "min": min(values), "max": max(values),
+            "range": round(max(values) - min(values), 4), "runs": len(values)}
+
+
+def summarise(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    runs = []
+    for report_path in sorted(out.glob("*/report.json")):
+        report = json.loads(report_path.read_text())
+        numerics = report["training"].get("numerics", {})
+        runs.append({
+            "run": report_path.parent.name,
+            "seed": report["training"]["seed"],
+            "numerics": report["settings"].get("numerics", "native"),
+            "pinned": numerics.get("pinned"),
+            "torch_cpu_capability": numerics.get("torch_cpu_capability"),
+            "threads": report.get("threads"),
+            "minutes": round(report["timings_s"]["total"] / 60, 1),
+            "data_content_hash": report["training"].get("data_content_hash"),
+            "models": {name: {"id": m["id"], "f1": {c: s["f1"] for c, s in report["metrics"].get(name, {})
+                                                    .get("objects", {}).items()}}
+                       for name, m in report["models"].items()},
+            "held_out": {name: {k: v for k, v in m.items() if k in ("frames", "seed", "size_nm", "pixels")}
+                         for name, m in report["metrics"].items()},
+            "_report": report,
+        })
+    if not runs:
+        raise SystemExit(f"{out}: no reports (run `train_seeds.py run` first)")
+    baseline = _baseline(args.baseline, [r["_report"] for r in runs]) if args.baseline else None
+    for r in runs:
+        del r["_report"]
+    result: dict[str, Any] = {"machine": f"{platform.machine()} {platform.processor()}".strip(),
+                              "cpus": os.cpu_count(), "runs": runs, "baseline": baseline, "spread": {}}
+    names = sorted({n for r in runs for n in r["models"]})
+    for name in names:
+        classes = sorted({c for r in runs for c in r["models"].get(name, {}).get("f1", {})})
+        groups: dict[str, list[dict[str, Any]]] = {"all": [r for r in runs if name in r["models"]]}
+        for numerics in sorted({r["numerics"] for r in runs}):
+            groups[numerics] = [r for r in groups["all"] if r["numerics"] == numerics]
+        result["spread"][name] = {
+            group: {c: _stats([r["models"][name]["f1"][c] for r in members]) for c in classes}
+            for group, members in groups.items() if members
+        }
+        print(f"\n{name}: held-out F1 per run ({runs[0]['held_out'].get(name)})\n")
+        print("| run | seed | numerics | threads | id | " + " | ".join(classes) + " |")
+        print("| --- | ---: | --- | ---: | --- | " + " | ".join("---:" for _ in classes) + " |")
+        for r in groups["all"]:
+            m = r["models"][name]
+            print(f"| {r['run']} | {r['seed']} | {r['numerics']} ({r['torch_cpu_capability']}) | {r['threads']} | "
+                  f"{m['id']} | " + " | ".join(f"{m['f1'][c]:.3f}" for c in classes) + " |")
+        if baseline and baseline["name"] == name:
+            print(f"| baseline {Path(baseline['path']).name} | | | | {baseline['id']} | "
+                  + " | ".join(f"{baseline['f1'].get(c, float('nan')):.3f}" for c in classes) + " |")
+        print("\n| runs | class | mean | min | max | range (points) |\n| --- | --- | ---: | ---: | ---: | ---: |")
+        for group, stats in result["spread"][name].items():
+            for c in classes:
+                s = stats[c]
+                print(f"| {group} ({s['runs']}) | {c} | {s['mean']:.3f} | {s['min']:.3f} | {s['max']:.3f} | "
+                      f"{100 * s['range']:.1f} |")
+        ids: dict[str, list[str]] = {}
+        for r in groups["all"]:
+            ids.setdefault(r["models"][name]["id"], []).append(r["run"])
+        for model_id, same in ids.items():
+            if len(same) > 1:
+                print(f"\nbit-identical weights and thresholds ({model_id}): {', '.join(same)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    r.add_argument("--numerics", nargs="+", default=["pinned"], choices=["pinned", "native"])
+    r.add_argument("--config", help="training recipe (default: the default recipe)")
+    r.add_argument("--out", default=str(REPO / "runs" / "seeds"))
+    r.add_argument("--jobs", type=int, default=1, help="trainings at a time")
+    r.add_argument("--threads", type=int, help="torch threads per training (default: the recipe's, 2)")
+    r.add_argument("--evaluate-frames", type=int, default=24)
+    r.add_argument("extra", nargs="*", help="further stm-live train flags (after --)")
+    s = sub.add_parser("summarise")
+    s.add_argument("--out", default=str(REPO / "runs" / "seeds"))
+    s.add_argument("--baseline", help="a model file scored on the same held-out frames")
+    s.add_argument("--json", help="write the runs and spread here")
+    args = parser.parse_args(argv)
+    return run(args) if args.command == "run" else summarise(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
