@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("taskset (util-linux) is needed for the one-core settings")
     base_env = {k: v for k, v in os.environ.items()
                 if k not in {*AVX2_CAPS, *OTHER_ENV, "OPENBLAS_NUM_THREADS", "ONEDNN_MAX_CPU_ISA"}}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.only:
         prefix, env, flags = SETTINGS[name]

@@ -132,10 +132,15 @@ def _initializers(path: Path) -> dict[str, bytes]:
 def test_the_same_recipe_twice_gives_equal_weights_and_replaces_nothing_worse(tmp_path: Path) -> None:
     first = _train(_tiny_recipe(tmp_path, "a"))
     assert first.returncode == 0, first.stderr
-    assert "nothing to replace" in first.stdout
+    # Nothing to replace in the output folder: compared with the bundled model of that name,
+    # installed (nothing is overwritten), with a warning that it is worse.
+    assert "against the bundled si001-ash3" in first.stdout
+    assert "warning: the new si001-ash3 is worse than the bundled si001-ash3" in first.stdout
     installed = tmp_path / "models" / "si001-ash3.onnx"
     weights = _initializers(installed)
     report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["comparison"]["si001-ash3"]["reference"] == "bundled"
+    assert report["comparison"]["si001-ash3"]["decision"] == "installed"
     numerics = report["training"]["numerics"]
     if can_pin():
         assert numerics["pinned"] and numerics["torch_threads"] == 2
@@ -150,11 +155,23 @@ def test_the_same_recipe_twice_gives_equal_weights_and_replaces_nothing_worse(tm
     assert again["training"]["data_content_hash"] == report["training"]["data_content_hash"]
     comparison = again["comparison"]["si001-ash3"]
     assert comparison["decision"] == "installed" and comparison["old"]["id"] == comparison["new"]["id"]
+    assert comparison["reference"] == "replaces" and comparison["old"]["path"] == "../models/si001-ash3.onnx"
     assert all(row["new"] == row["old"] for row in comparison["rows"])
     assert "against" in second.stdout and "installed" in second.stdout
     # Paths in the report are relative to its folder.
     assert again["models"]["si001-ash3"]["path"] == "../models/si001-ash3.onnx"
     assert again["settings"]["run_dir"] == "." and again["settings"]["out_dir"] == "../models"
+    assert not [v for v in _strings(again) if os.path.isabs(v) or str(tmp_path) in v]
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 @pytest.mark.slow
@@ -176,7 +193,9 @@ def test_a_worse_new_model_is_not_installed_unless_forced(tmp_path: Path) -> Non
     assert comparison["decision"] == "refused" and comparison["new_is_worse"]
     worse = [r for r in comparison["rows"] if r["old"] is not None and r["old"] - (r["new"] or 0) > 0.01]
     assert worse and all(r["score"] in comparison["reason"] for r in worse)
-    assert report["comparison"]["tio2-110"]["decision"] == "installed"  # nothing there to replace
+    # Nothing there to replace: compared with the bundled tio2-110 and installed all the same.
+    assert report["comparison"]["tio2-110"]["decision"] == "installed"
+    assert report["comparison"]["tio2-110"]["reference"] == "bundled"
     candidate = tmp_path / "run" / "candidates" / "si001-ash3.onnx"
     assert candidate.is_file() and report["models"]["si001-ash3"]["path"] == "candidates/si001-ash3.onnx"
     # --compare names the model to compare with; here the same verdict.
@@ -187,6 +206,9 @@ def test_a_worse_new_model_is_not_installed_unless_forced(tmp_path: Path) -> Non
     assert (models / "si001-ash3.onnx").read_bytes() == candidate.read_bytes()
     assert "(--force)" in forced.stdout
     assert json.loads((tmp_path / "run" / "report.json").read_text())["comparison"]["si001-ash3"]["forced"]
+    # No held-out frames, no comparison: an existing model is not replaced without --force.
+    blind = _train(cfg, "--evaluate-frames", "0")
+    assert blind.returncode == 1 and "is not replaced without a comparison" in blind.stdout
 
 
 def test_compare_must_name_a_model_of_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

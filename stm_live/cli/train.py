@@ -160,6 +160,8 @@ def _print_report(report: dict[str, Any], settings: Any) -> int:
             print(f"  not installed: {record['reason']}; the new model is at {where}; --force installs it")
         else:
             print(f"  installed {where} [{model['id']}]" + (" (--force)" if record.get("forced") else ""))
+            if record.get("reference") == "bundled" and record.get("reason"):
+                print(f"  warning: {record['reason']}")
     print(f"report: {_show(run_dir / 'report.json')}")
     if refused:
         print(f"stm-live train: kept the existing {', '.join(refused)}: the new model is worse "

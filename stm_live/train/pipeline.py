@@ -245,27 +245,52 @@ def _compare_exports(
             metrics[name] = dict(new_scores[sets[0].name].detail)
             _update_info(entry, lambda info, m=metrics[name]: replace(info, training={**info.training, "metrics": m}))
         target = out_dir / f"{name}.onnx"
-        old = compare.get(name)
-        if old is None and target.is_file():
-            old = target
-        labels = {str(candidate): relative_to(candidate, Path.cwd()), str(target): str(target)}
+        old, role = _reference(name, target, compare)
+        # Tables and reasons name files as seen from where the command runs, the report's
+        # fields from the run folder: never by absolute paths.
+        labels = {str(p): relative_to(p, Path.cwd()) for p in (candidate, target, old) if p is not None}
+        if role == "bundled" and old is not None:
+            labels[str(old)] = f"the bundled {name}"
         result = compare_models(name, candidate, old, sets, tolerance=tolerance, new_scores=new_scores, labels=labels)
         record = result.to_json()
-        if old is not None and not sets:
+        record["new"]["path"] = relative_to(candidate, run_dir)
+        if record["old"] is not None and old is not None:
+            record["old"]["path"] = labels[str(old)] if role == "bundled" else relative_to(old, run_dir)
+        if old is not None and not sets and role != "bundled":
             reason = (f"{old} is not replaced without a comparison (held-out frames 0); "
                       "--force replaces it anyway")
         else:
             reason = result.reason()
-        install = force or not reason
+        # Against the bundled model of the name, with nothing at the target, nothing is overwritten:
+        # the table and a warning say how it compares, and the new model is installed.
+        install = force or not reason or role == "bundled"
         if install:
             _install(candidate, target)
             entry["path"] = str(target)
-        record.update(decision="installed" if install else "refused", forced=bool(force and reason),
-                      reason=reason, target=relative_to(target, run_dir), table=result.table())
+        record.update(decision="installed" if install else "refused", reference=role,
+                      forced=bool(force and reason and role != "bundled"), reason=reason,
+                      target=relative_to(target, run_dir), table=result.table())
         entry["candidate"] = str(candidate)
         comparisons[name] = record
         (log.warning if reason else log.info)("%s: %s", name, record["decision"] + (f" ({reason})" if reason else ""))
     return metrics, comparisons
+
+
+def _reference(name: str, target: Path, compare: Mapping[str, Path]) -> tuple[Path | None, str]:
+    """The model a new one is compared with, and why: ``compare`` (asked for), ``replaces``
+    (the file it would overwrite), ``bundled`` (nothing there; the bundled model of that
+    name, what the user ran until now) or ``none``."""
+    from ..errors import ModelError
+    from ..model.runtime import bundled_model_path
+
+    if name in compare:
+        return compare[name], "compare"
+    if target.is_file():
+        return target, "replaces"
+    try:
+        return bundled_model_path(name), "bundled"
+    except ModelError:
+        return None, "none"
 
 
 def _install(candidate: Path, target: Path) -> None:
