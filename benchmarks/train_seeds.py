@@ -13,9 +13,16 @@ numerics setting and over all runs, and which runs gave bit-identical weights (s
 model id). ``--baseline M`` adds a model file scored on the same frames (the bundled
 model, say). Writes ``--json``.
 
+``snapshots`` (runs trained with ``snapshot_every``, as ``benchmarks/recipes/seed-study.train.yaml``
+does): per run, the model made from the mean of the snapshots' weights (``average``), from the
+mean of the last three (``average-last3``) and from the snapshot with the lowest validation
+loss (``best-val``), each exported, calibrated and scored like the run's own model, on the
+same held-out frames; written to ``<run>/variants.json``, which ``summarise`` reads.
+
 Usage:
     python benchmarks/train_seeds.py run --seeds 0 1 2 3 4 [--numerics pinned native] [--jobs 2]
         [--config recipe.train.yaml] [--out runs/seeds] [--threads 2] [-- extra stm-live train flags]
+    python benchmarks/train_seeds.py snapshots [--out runs/seeds]
     python benchmarks/train_seeds.py summarise [--out runs/seeds] [--baseline models/si001-ash3.onnx]
         [--json docs/training_seeds.json]
 
@@ -78,6 +85,57 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def snapshots(args: argparse.Namespace) -> int:
+    from stm_live.train.numerics import can_pin, is_pinned, pinned_environment
+
+    if can_pin() and not is_pinned():  # batch-norm statistics and exports under the training's numerics
+        return subprocess.run([sys.executable, __file__, *sys.argv[1:]], env=pinned_environment(),
+                              check=False).returncode
+    import torch
+
+    from stm_live.train.compare import SimulatedHeldOut
+    from stm_live.train.data import build_sets
+    from stm_live.train.pipeline import calibrate_exports, export_surface_model
+    from stm_live.train.settings import TrainSettings
+    from stm_live.train.snapshots import average_snapshots, load_snapshots, validation_loss
+
+    for report_path in sorted(Path(args.out).glob("*/report.json")):
+        run_dir = report_path.parent
+        if (run_dir / "variants.json").is_file() or not (run_dir / "snapshots").is_dir():
+            continue
+        report = json.loads(report_path.read_text())
+        settings = TrainSettings.model_validate({**report["settings"], "run_dir": str(run_dir),
+                                                 "out_dir": str(run_dir / "variants"), "unlabelled": []})
+        torch.set_num_threads(settings.threads or torch.get_num_threads())
+        train, val = build_sets(settings, progress=False)
+        snaps = load_snapshots(settings, train)
+        names = [n for n in report["metrics"]]
+        result: dict[str, Any] = {"snapshots": [s.step for s in snaps], "validation_loss": {}, "variants": {}}
+        for name in names:
+            losses = {s.step: validation_loss(s.encoder, s.bank, val, train, name) for s in snaps}
+            result["validation_loss"][name] = losses
+            best = min(snaps, key=lambda s: losses[s.step])
+            m = report["metrics"][name]
+            held_out = SimulatedHeldOut(name, m["frames"], m["seed"], m["size_nm"], m["pixels"])
+            variants = {
+                "average": average_snapshots(snaps, settings, train),
+                "average-last3": average_snapshots(snaps[-3:], settings, train),
+                "best-val": (best.encoder, best.bank),
+            }
+            for variant, (encoder, bank) in variants.items():
+                path = run_dir / "variants" / variant / f"{name}.onnx"
+                entry = export_surface_model(encoder, bank, settings, train, val, name, path, report["training"])
+                exported = {name: entry}
+                calibrate_exports(exported, settings, (name,), 24)
+                scores = held_out.score(Path(exported[name]["path"]))
+                result["variants"].setdefault(variant, {})[name] = {
+                    "id": exported[name]["id"], "step": best.step if variant == "best-val" else None,
+                    "f1": {k.removesuffix(" F1"): v for k, v in scores.values.items()}}
+                print(f"{run_dir.name} {name} {variant}: {result['variants'][variant][name]}", flush=True)
+        (run_dir / "variants.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def _baseline(path: str, reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Score ``path`` on the held-out frames the runs used."""
     from stm_live.model.format import load_onnx, read_info
@@ -122,6 +180,12 @@ def summarise(args: argparse.Namespace) -> int:
                          for name, m in report["metrics"].items()},
             "_report": report,
         })
+        variants_path = report_path.parent / "variants.json"
+        if variants_path.is_file():
+            for variant, models in json.loads(variants_path.read_text())["variants"].items():
+                runs.append({**{k: v for k, v in runs[-1].items() if k not in ("models", "run")},
+                             "run": f"{report_path.parent.name} {variant}", "variant": variant,
+                             "models": {n: {"id": m["id"], "f1": m["f1"]} for n, m in models.items()}})
     if not runs:
         raise SystemExit(f"{out}: no reports (run `train_seeds.py run` first)")
     baseline = _baseline(args.baseline, [r["_report"] for r in runs]) if args.baseline else None
@@ -132,9 +196,12 @@ def summarise(args: argparse.Namespace) -> int:
     names = sorted({n for r in runs for n in r["models"]})
     for name in names:
         classes = sorted({c for r in runs for c in r["models"].get(name, {}).get("f1", {})})
-        groups: dict[str, list[dict[str, Any]]] = {"all": [r for r in runs if name in r["models"]]}
+        members = [r for r in runs if name in r["models"]]
+        groups: dict[str, list[dict[str, Any]]] = {"all": [r for r in members if "variant" not in r]}
         for numerics in sorted({r["numerics"] for r in runs}):
             groups[numerics] = [r for r in groups["all"] if r["numerics"] == numerics]
+        for variant in sorted({r["variant"] for r in members if "variant" in r}):
+            groups[f"variant {variant}"] = [r for r in members if r.get("variant") == variant]
         result["spread"][name] = {
             group: {c: _stats([r["models"][name]["f1"][c] for r in members]) for c in classes}
             for group, members in groups.items() if members
@@ -142,7 +209,7 @@ def summarise(args: argparse.Namespace) -> int:
         print(f"\n{name}: held-out F1 per run ({runs[0]['held_out'].get(name)})\n")
         print("| run | seed | numerics | threads | id | " + " | ".join(classes) + " |")
         print("| --- | ---: | --- | ---: | --- | " + " | ".join("---:" for _ in classes) + " |")
-        for r in groups["all"]:
+        for r in members:
             m = r["models"][name]
             print(f"| {r['run']} | {r['seed']} | {r['numerics']} ({r['torch_cpu_capability']}) | {r['threads']} | "
                   f"{m['id']} | " + " | ".join(f"{m['f1'][c]:.3f}" for c in classes) + " |")
@@ -183,8 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--out", default=str(REPO / "runs" / "seeds"))
     s.add_argument("--baseline", help="a model file scored on the same held-out frames")
     s.add_argument("--json", help="write the runs and spread here")
+    v = sub.add_parser("snapshots")
+    v.add_argument("--out", default=str(REPO / "runs" / "seeds"))
     args = parser.parse_args(argv)
-    return run(args) if args.command == "run" else summarise(args)
+    return {"run": run, "snapshots": snapshots, "summarise": summarise}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -39,11 +39,12 @@ from ..sim.surfaces import RANDOM_SURFACE
 from .compare import DEFAULT_TOLERANCE, EXTRA_SETS, EvaluationSet, SetFactory, SimulatedHeldOut, compare_models
 from .data import PreparedSet, build_sets, content_digest
 from .export import export_model
-from .fit import TrainState, fit, summarise
+from .fit import PrototypeBank, fit, summarise
 from .net import Encoder, receptive_field_px
 from .settings import SurfaceSettings, TrainSettings
 
-__all__ = ["held_out_geometry", "portable_settings", "relative_to", "train_models"]
+__all__ = ["calibrate_exports", "export_surface_model", "held_out_geometry", "portable_settings", "relative_to",
+           "train_models"]
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +69,49 @@ def _val_embeddings(
     return x[sel], y[sel].astype(np.int64)
 
 
-def _surface_prototypes(state: TrainState, val: PreparedSet, name: str) -> Prototypes:
-    s = state.bank.surfaces.index(name)
-    vectors = state.bank.vectors[s].detach().numpy().astype(np.float32)
-    labels = tuple(int(v) for v in state.bank.labels(s))
+def _surface_prototypes(encoder: Encoder, bank: PrototypeBank, val: PreparedSet, name: str) -> Prototypes:
+    s = bank.surfaces.index(name)
+    vectors = bank.vectors[s].detach().numpy().astype(np.float32)
+    labels = tuple(int(v) for v in bank.labels(s))
     k = val.surfaces.index(name)
-    x, y = _val_embeddings(state.encoder, val, k)
+    x, y = _val_embeddings(encoder, val, k)
     temperature = fit_temperature(vectors, labels, x, y)
     return Prototypes(vectors, labels, temperature)
+
+
+def export_surface_model(
+    encoder: Encoder,
+    bank: PrototypeBank,
+    settings: TrainSettings,
+    train: PreparedSet,
+    val: PreparedSet,
+    name: str,
+    path: Path,
+    training: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Export surface ``name``'s model (encoder + its trained prototypes, temperature fitted on
+    validation pixels) to ``path``; its entry of the report's ``models``."""
+    protos = _surface_prototypes(encoder, bank, val, name)
+    info = ModelInfo(
+        name=name,
+        classes=train.classes[name],
+        nm_per_px=next(s.nm_per_px for s in settings.surfaces if s.name == name),
+        surface=name,
+        provenance={"method": "trained prototypes (temperature calibrated on validation frames)"},
+        training=dict(training),
+        **_common_info(settings),
+    )
+    saved = export_model(encoder, info, path, prototypes=protos)
+    return {"path": str(path), "id": saved.id, "temperature": protos.temperature}
+
+
+def _common_info(settings: TrainSettings) -> dict[str, Any]:
+    return {
+        "embedding_dim": settings.dim,
+        "context_px": receptive_field_px(),
+        "normalisation": settings.normalisation,
+        "levelling": DEFAULT_LEVELLING,
+    }
 
 
 #: First seed of the held-out frames every trained model is evaluated (and compared) on,
@@ -122,6 +158,8 @@ def train_models(
         raise ConfigError(f"out_dir {out_dir}: the run folder's {CANDIDATES}/ holds models before they are compared; "
                           "choose another out_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if settings.threads:  # before the record: fit sets it too
+        torch.set_num_threads(settings.threads)
     numerics = actual_numerics()
     if settings.numerics == "pinned" and not numerics["pinned"]:
         log.warning("numerics not pinned (%s): the weights will differ from those of the same recipe trained on "
@@ -146,38 +184,21 @@ def train_models(
     if settings.train_normalisation != settings.normalisation:
         training["normalisation"] = settings.train_normalisation
     encoder = state.encoder.eval()
-    common: dict[str, Any] = {
-        "embedding_dim": settings.dim,
-        "context_px": receptive_field_px(),
-        "normalisation": settings.normalisation,
-        "levelling": DEFAULT_LEVELLING,
-    }
     exported: dict[str, Any] = {}
     pitch = {s.name: s.nm_per_px for s in settings.surfaces}
     exports = tuple(s.name for s in settings.surfaces if s.export and s.name in train.surfaces)
     for name in exports:
-        protos = _surface_prototypes(state, val, name)
-        info = ModelInfo(
-            name=name,
-            classes=train.classes[name],
-            nm_per_px=pitch[name],
-            surface=name,
-            provenance={"method": "trained prototypes (temperature calibrated on validation frames)"},
-            training=training,
-            **common,
-        )
-        path = stage / f"{name}.onnx"
-        saved = export_model(encoder, info, path, prototypes=protos)
-        exported[name] = {"path": str(path), "id": saved.id, "temperature": protos.temperature}
+        exported[name] = export_surface_model(encoder, state.bank, settings, train, val, name,
+                                              stage / f"{name}.onnx", training)
     if settings.export_base_encoder:
         base_pitch = pitch.get("si001-ash3", next(iter(pitch.values())))
         base_info = ModelInfo(name="base-encoder", classes=(), nm_per_px=base_pitch, surface=None,
                               provenance={"method": "encoder only; make a model with `stm-live adapt`"},
-                              training=training, **common)
+                              training=training, **_common_info(settings))
         saved = export_model(encoder, base_info, stage / "base-encoder.onnx")
         exported["base-encoder"] = {"path": str(stage / "base-encoder.onnx"), "id": saved.id}
     if calibrate_frames:
-        _calibrate_exports(exported, settings, exports, calibrate_frames)
+        calibrate_exports(exported, settings, exports, calibrate_frames)
     t_eval = time.perf_counter()
     metrics, comparisons = _compare_exports(exported, settings, exports, evaluate_frames, compare or {}, force,
                                             tolerance, [*EXTRA_SETS, *extra_sets])
@@ -344,7 +365,7 @@ def _update_info(entry: dict[str, Any], change: Any) -> None:
     entry["id"] = save_model(model, change(read_info(model)), path).id
 
 
-def _calibrate_exports(
+def calibrate_exports(
     exported: dict[str, Any], settings: TrainSettings, surfaces: tuple[str, ...], frames: int
 ) -> None:
     """Calibrate per-class detection thresholds on validation frames (seeds apart from evaluation's)."""

@@ -140,6 +140,11 @@ class TrainSettings(_Frozen):
     export_base_encoder: bool = False
     #: Steps between checkpoints.
     checkpoint_every: Annotated[int, Field(ge=1)] = 250
+    #: Also keep the encoder and prototypes every this many steps of the supervised stage's
+    #: second half in ``run_dir/snapshots/`` (0 = none, the default), for studies of
+    #: checkpoint selection and weight averaging (benchmarks/train_seeds.py). Training is
+    #: the same either way.
+    snapshot_every: Count = 0
     #: torch CPU threads (0 = torch's default: as many as the machine has cores). The thread
     #: count changes the weights (reductions split otherwise): 2, the default, gives the same
     #: weights on every machine (docs/model.md, Reproducibility).
