@@ -16,8 +16,9 @@ model, say). Writes ``--json``.
 ``snapshots`` (runs trained with ``snapshot_every``, as ``benchmarks/recipes/seed-study.train.yaml``
 does): per run, the model made from the mean of the snapshots' weights (``average``), from the
 mean of the last three (``average-last3``) and from the snapshot with the lowest validation
-loss (``best-val``), each exported, calibrated and scored like the run's own model, on the
-same held-out frames; written to ``<run>/variants.json``, which ``summarise`` reads.
+loss (``best-val``), each exported, calibrated and scored like the run's own model, and the
+run's own model with thresholds calibrated on 48 frames instead of 24 (``calibrated-48``), on
+the same held-out frames; written to ``<run>/variants.json``, which ``summarise`` reads.
 
 Usage:
     python benchmarks/train_seeds.py run --seeds 0 1 2 3 4 [--numerics pinned native] [--jobs 2]
@@ -117,16 +118,19 @@ def snapshots(args: argparse.Namespace) -> int:
             best = min(snaps, key=lambda s: losses[s.step])
             m = report["metrics"][name]
             held_out = SimulatedHeldOut(name, m["frames"], m["seed"], m["size_nm"], m["pixels"])
+            last = snaps[-1]
             variants = {
-                "average": average_snapshots(snaps, settings, train),
-                "average-last3": average_snapshots(snaps[-3:], settings, train),
-                "best-val": (best.encoder, best.bank),
+                "average": (*average_snapshots(snaps, settings, train), 24),
+                "average-last3": (*average_snapshots(snaps[-3:], settings, train), 24),
+                "best-val": (best.encoder, best.bank, 24),
+                # the run's own model, its thresholds calibrated on twice the frames
+                "calibrated-48": (last.encoder, last.bank, 48),
             }
-            for variant, (encoder, bank) in variants.items():
+            for variant, (encoder, bank, frames) in variants.items():
                 path = run_dir / "variants" / variant / f"{name}.onnx"
                 entry = export_surface_model(encoder, bank, settings, train, val, name, path, report["training"])
                 exported = {name: entry}
-                calibrate_exports(exported, settings, (name,), 24)
+                calibrate_exports(exported, settings, (name,), frames)
                 scores = held_out.score(Path(exported[name]["path"]))
                 result["variants"].setdefault(variant, {})[name] = {
                     "id": exported[name]["id"], "step": best.step if variant == "best-val" else None,

@@ -139,12 +139,13 @@ def train_models(
     The new models are written to ``run_dir/candidates``. Each surface model's
     per-class detection thresholds are calibrated on ``calibrate_frames`` fresh
     validation frames. Then every new model and the one it would replace (``compare[name]``,
-    else ``out_dir/<name>.onnx`` where it exists) are scored on the same
-    ``evaluate_frames`` held-out frames (and on any further evaluation sets:
-    :data:`stm_live.train.compare.EXTRA_SETS`, ``extra_sets``). A new model is
-    copied into ``out_dir`` unless it is worse than the old one by more than
-    ``tolerance`` on some score (or cannot be compared, ``evaluate_frames`` 0);
-    ``force`` installs it anyway.
+    else ``out_dir/<name>.onnx`` where it exists, else the bundled model of that name) are
+    scored on the same ``evaluate_frames`` held-out frames (and on any further evaluation
+    sets: :data:`stm_live.train.compare.EXTRA_SETS`, ``extra_sets``). A new model is
+    copied into ``out_dir`` unless it is worse than the model it would overwrite (or the
+    one asked for) by more than ``tolerance`` on some score, or cannot be compared
+    (``evaluate_frames`` 0); ``force`` installs it anyway. Worse than the bundled model
+    with nothing to overwrite, it is installed and the comparison says so.
 
     Returns the report (also written to ``run_dir/report.json``); its
     ``comparison`` says, per model, what was compared and decided.
