@@ -15,8 +15,9 @@ model, say). Writes ``--json``.
 
 ``snapshots`` (runs trained with ``snapshot_every``, as ``benchmarks/recipes/seed-study.train.yaml``
 does): per run, the model made from the mean of the snapshots' weights (``average``), from the
-mean of the last three (``average-last3``) and from the snapshot with the lowest validation
-loss (``best-val``), each exported, calibrated and scored like the run's own model, and the
+mean of the last three (``average-last3``), from the snapshot with the lowest validation
+loss (``best-val``) and from the snapshot whose worst class has the best validation F1 once
+calibrated (``best-val-f1``), each exported, calibrated and scored like the run's own model, and the
 run's own model with thresholds calibrated on 48 frames instead of 24 (``calibrated-48``), on
 the same held-out frames; written to ``<run>/variants.json``, which ``summarise`` reads.
 
@@ -33,6 +34,7 @@ A default run takes about 20 min on a free 2-core machine; run it under ``nice``
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -44,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+#: What ``snapshots`` makes of a run's snapshots (see the module description).
+VARIANTS = ("average", "average-last3", "best-val", "calibrated-48", "best-val-f1")
 
 
 def _run_dir(out: Path, seed: int, numerics: str) -> Path:
@@ -96,13 +100,19 @@ def snapshots(args: argparse.Namespace) -> int:
 
     from stm_live.train.compare import SimulatedHeldOut
     from stm_live.train.data import build_sets
-    from stm_live.train.pipeline import calibrate_exports, export_surface_model
     from stm_live.train.settings import TrainSettings
     from stm_live.train.snapshots import average_snapshots, load_snapshots, validation_loss
 
+    wanted = args.variants
     for report_path in sorted(Path(args.out).glob("*/report.json")):
         run_dir = report_path.parent
-        if (run_dir / "variants.json").is_file() or not (run_dir / "snapshots").is_dir():
+        if not (run_dir / "snapshots").is_dir():
+            continue
+        result: dict[str, Any] = {"variants": {}}
+        if (run_dir / "variants.json").is_file():
+            result = json.loads((run_dir / "variants.json").read_text())
+        todo = [v for v in wanted if v not in result["variants"]]
+        if not todo:
             continue
         report = json.loads(report_path.read_text())
         settings = TrainSettings.model_validate({**report["settings"], "run_dir": str(run_dir),
@@ -110,34 +120,52 @@ def snapshots(args: argparse.Namespace) -> int:
         torch.set_num_threads(settings.threads or torch.get_num_threads())
         train, val = build_sets(settings, progress=False)
         snaps = load_snapshots(settings, train)
-        names = [n for n in report["metrics"]]
-        result: dict[str, Any] = {"snapshots": [s.step for s in snaps], "validation_loss": {}, "variants": {}}
-        for name in names:
-            losses = {s.step: validation_loss(s.encoder, s.bank, val, train, name) for s in snaps}
-            result["validation_loss"][name] = losses
-            best = min(snaps, key=lambda s: losses[s.step])
+        result["snapshots"] = [s.step for s in snaps]
+        for name in report["metrics"]:
             m = report["metrics"][name]
             held_out = SimulatedHeldOut(name, m["frames"], m["seed"], m["size_nm"], m["pixels"])
-            last = snaps[-1]
-            variants = {
-                "average": (*average_snapshots(snaps, settings, train), 24),
-                "average-last3": (*average_snapshots(snaps[-3:], settings, train), 24),
-                "best-val": (best.encoder, best.bank, 24),
-                # the run's own model, its thresholds calibrated on twice the frames
-                "calibrated-48": (last.encoder, last.bank, 48),
-            }
-            for variant, (encoder, bank, frames) in variants.items():
-                path = run_dir / "variants" / variant / f"{name}.onnx"
-                entry = export_surface_model(encoder, bank, settings, train, val, name, path, report["training"])
-                exported = {name: entry}
-                calibrate_exports(exported, settings, (name,), frames)
-                scores = held_out.score(Path(exported[name]["path"]))
+
+            export = functools.partial(_export_variant, run_dir, settings, train, val, report["training"], name)
+
+            for variant in todo:
+                step = None
+                if variant == "average":
+                    entry = export(variant, *average_snapshots(snaps, settings, train), 24)
+                elif variant == "average-last3":
+                    entry = export(variant, *average_snapshots(snaps[-3:], settings, train), 24)
+                elif variant == "best-val":
+                    losses = {s.step: validation_loss(s.encoder, s.bank, val, train, name) for s in snaps}
+                    result.setdefault("validation_loss", {})[name] = losses
+                    best = min(snaps, key=lambda s: losses[s.step])
+                    step, entry = best.step, export(variant, best.encoder, best.bank, 24)
+                elif variant == "best-val-f1":
+                    # every snapshot calibrated on the validation frames; the best worst class wins
+                    entries = {s.step: export(f"snapshot-{s.step}", s.encoder, s.bank, 24) for s in snaps}
+                    val_f1 = {k: e["detection"]["calibration"]["validation_f1"] for k, e in entries.items()}
+                    result.setdefault("validation_f1", {})[name] = val_f1
+                    step = max(val_f1, key=lambda k: (min(v for v in val_f1[k].values() if v is not None), k))
+                    entry = entries[step]
+                else:  # calibrated-48: the run's own model, thresholds calibrated on twice the frames
+                    entry = export(variant, snaps[-1].encoder, snaps[-1].bank, 48)
+                scores = held_out.score(Path(entry["path"]))
                 result["variants"].setdefault(variant, {})[name] = {
-                    "id": exported[name]["id"], "step": best.step if variant == "best-val" else None,
-                    "f1": {k.removesuffix(" F1"): v for k, v in scores.values.items()}}
+                    "id": entry["id"], "step": step, "f1": {k.removesuffix(" F1"): v for k, v in scores.values.items()}}
                 print(f"{run_dir.name} {name} {variant}: {result['variants'][variant][name]}", flush=True)
-        (run_dir / "variants.json").write_text(json.dumps(result, indent=2) + "\n")
+                (run_dir / "variants.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _export_variant(
+    run_dir: Path, settings: Any, train: Any, val: Any, training: Any, name: str, variant: str, encoder: Any,
+    bank: Any, frames: int,
+) -> dict[str, Any]:
+    """Export, then calibrate on ``frames`` validation frames, one variant of a run's model."""
+    from stm_live.train.pipeline import calibrate_exports, export_surface_model
+
+    path = run_dir / "variants" / variant / f"{name}.onnx"
+    exported = {name: export_surface_model(encoder, bank, settings, train, val, name, path, training)}
+    calibrate_exports(exported, settings, (name,), frames)
+    return dict(exported[name])
 
 
 def _baseline(path: str, reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -256,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--json", help="write the runs and spread here")
     v = sub.add_parser("snapshots")
     v.add_argument("--out", default=str(REPO / "runs" / "seeds"))
+    v.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args(argv)
     return {"run": run, "snapshots": snapshots, "summarise": summarise}[args.command](args)
 
