@@ -34,7 +34,7 @@ from .settings import SurfaceSettings, TrainSettings
 if TYPE_CHECKING:
     from ..sim import Artefacts
 
-__all__ = ["Crops", "PreparedSet", "build_sets", "sample_batch", "simulate_prepared"]
+__all__ = ["Crops", "PreparedSet", "build_sets", "content_digest", "sample_batch", "simulate_prepared"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,21 @@ def _digest(settings: TrainSettings, surfaces: Sequence[SurfaceSettings], split:
         "normalisation": settings.train_normalisation,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def content_digest(data: PreparedSet) -> str:
+    """A hash of the prepared images and masks themselves (not of the settings that made them).
+
+    Two machines that simulate the same settings into different bytes (their BLAS
+    kernels differ, say) give the same :attr:`PreparedSet.digest` but different content
+    digests: the report records both.
+    """
+    h = hashlib.sha256()
+    for image, mask in zip(data.images, data.masks, strict=True):
+        h.update(np.ascontiguousarray(image, "<f4").tobytes())
+        h.update(np.ascontiguousarray(mask, np.uint8).tobytes())
+    h.update(np.ascontiguousarray(data.surface, "<i8").tobytes())
+    return h.hexdigest()[:16]
 
 
 def _load_cache(path: Path) -> PreparedSet | None:

@@ -216,6 +216,17 @@ def save_checkpoint(state: TrainState, run_dir: Path) -> None:
     tmp.replace(_checkpoint_path(run_dir))
 
 
+def save_snapshot(state: TrainState, run_dir: Path) -> Path:
+    """Keep the encoder and prototypes of this step in ``run_dir/snapshots/step-<N>.pt`` (state dicts)."""
+    folder = run_dir / "snapshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{state.step:06d}.pt"
+    tmp = path.with_name(path.name + ".part")
+    torch.save({"encoder": state.encoder.state_dict(), "bank": state.bank.state_dict(), "step": state.step}, tmp)
+    tmp.replace(path)
+    return path
+
+
 def load_checkpoint(state: TrainState, run_dir: Path) -> bool:
     path = _checkpoint_path(run_dir)
     if not path.is_file():
@@ -340,6 +351,9 @@ def fit(
         bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k != "loss"}, refresh=False)
         if state.step % settings.checkpoint_every == 0 or state.step == total:
             save_checkpoint(state, run_dir)
+        supervised = state.step - settings.ssl_steps
+        if settings.snapshot_every and supervised >= settings.steps / 2 and supervised % settings.snapshot_every == 0:
+            save_snapshot(state, run_dir)
     bar.close()
     encoder.eval()
     return state

@@ -20,7 +20,9 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,16 +31,20 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..model.format import ModelInfo, Prototypes
+from ..errors import ConfigError
+from ..model.format import ModelInfo, Prototypes, load_onnx, read_info, save_model
 from ..model.prepare import DEFAULT_LEVELLING
 from ..model.prototypes import fit_temperature
-from .data import PreparedSet, build_sets
+from ..sim.surfaces import RANDOM_SURFACE
+from .compare import DEFAULT_TOLERANCE, EXTRA_SETS, EvaluationSet, SetFactory, SimulatedHeldOut, compare_models
+from .data import PreparedSet, build_sets, content_digest
 from .export import export_model
-from .fit import TrainState, fit, summarise
+from .fit import PrototypeBank, fit, summarise
 from .net import Encoder, receptive_field_px
 from .settings import SurfaceSettings, TrainSettings
 
-__all__ = ["held_out_geometry", "portable_settings", "relative_to", "train_models"]
+__all__ = ["calibrate_exports", "export_surface_model", "held_out_geometry", "portable_settings", "relative_to",
+           "train_models"]
 
 log = logging.getLogger(__name__)
 
@@ -63,29 +69,102 @@ def _val_embeddings(
     return x[sel], y[sel].astype(np.int64)
 
 
-def _surface_prototypes(state: TrainState, val: PreparedSet, name: str) -> Prototypes:
-    s = state.bank.surfaces.index(name)
-    vectors = state.bank.vectors[s].detach().numpy().astype(np.float32)
-    labels = tuple(int(v) for v in state.bank.labels(s))
+def _surface_prototypes(encoder: Encoder, bank: PrototypeBank, val: PreparedSet, name: str) -> Prototypes:
+    s = bank.surfaces.index(name)
+    vectors = bank.vectors[s].detach().numpy().astype(np.float32)
+    labels = tuple(int(v) for v in bank.labels(s))
     k = val.surfaces.index(name)
-    x, y = _val_embeddings(state.encoder, val, k)
+    x, y = _val_embeddings(encoder, val, k)
     temperature = fit_temperature(vectors, labels, x, y)
     return Prototypes(vectors, labels, temperature)
 
 
-def train_models(
-    settings: TrainSettings, *, progress: bool = True, evaluate_frames: int = 4, calibrate_frames: int = 24
+def export_surface_model(
+    encoder: Encoder,
+    bank: PrototypeBank,
+    settings: TrainSettings,
+    train: PreparedSet,
+    val: PreparedSet,
+    name: str,
+    path: Path,
+    training: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Train the encoder and export one model per surface plus the bare encoder.
+    """Export surface ``name``'s model (encoder + its trained prototypes, temperature fitted on
+    validation pixels) to ``path``; its entry of the report's ``models``."""
+    protos = _surface_prototypes(encoder, bank, val, name)
+    info = ModelInfo(
+        name=name,
+        classes=train.classes[name],
+        nm_per_px=next(s.nm_per_px for s in settings.surfaces if s.name == name),
+        surface=name,
+        provenance={"method": "trained prototypes (temperature calibrated on validation frames)"},
+        training=dict(training),
+        **_common_info(settings),
+    )
+    saved = export_model(encoder, info, path, prototypes=protos)
+    return {"path": str(path), "id": saved.id, "temperature": protos.temperature}
 
-    After export, each surface model's per-class detection thresholds are
-    calibrated on ``calibrate_frames`` fresh validation frames, then its
-    object F1 is measured on ``evaluate_frames`` other held-out frames.
-    Returns the report (also written to ``run_dir/report.json``).
+
+def _common_info(settings: TrainSettings) -> dict[str, Any]:
+    return {
+        "embedding_dim": settings.dim,
+        "context_px": receptive_field_px(),
+        "normalisation": settings.normalisation,
+        "levelling": DEFAULT_LEVELLING,
+    }
+
+
+#: First seed of the held-out frames every trained model is evaluated (and compared) on,
+#: whatever the training seed, so that runs with different seeds meet the same frames.
+HELD_OUT_SEED = 10_000
+#: First seed of the validation frames the detection thresholds are calibrated on.
+CALIBRATION_SEED = 50_000
+#: Folder of the run folder where new models wait for the comparison before they are installed.
+CANDIDATES = "candidates"
+
+
+def train_models(
+    settings: TrainSettings,
+    *,
+    progress: bool = True,
+    evaluate_frames: int = 24,
+    calibrate_frames: int = 24,
+    compare: Mapping[str, Path] | None = None,
+    force: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
+    extra_sets: Sequence[SetFactory] = (),
+) -> dict[str, Any]:
+    """Train the encoder, export one model per surface (plus the bare encoder), compare, install.
+
+    The new models are written to ``run_dir/candidates``. Each surface model's
+    per-class detection thresholds are calibrated on ``calibrate_frames`` fresh
+    validation frames. Then every new model and the one it would replace (``compare[name]``,
+    else ``out_dir/<name>.onnx`` where it exists, else the bundled model of that name) are
+    scored on the same ``evaluate_frames`` held-out frames (and on any further evaluation
+    sets: :data:`stm_live.train.compare.EXTRA_SETS`, ``extra_sets``). A new model is
+    copied into ``out_dir`` unless it is worse than the model it would overwrite (or the
+    one asked for) by more than ``tolerance`` on some score, or cannot be compared
+    (``evaluate_frames`` 0); ``force`` installs it anyway. Worse than the bundled model
+    with nothing to overwrite, it is installed and the comparison says so.
+
+    Returns the report (also written to ``run_dir/report.json``); its
+    ``comparison`` says, per model, what was compared and decided.
     """
+    from .numerics import actual_numerics
+
     t0 = time.perf_counter()
     run_dir, out_dir = Path(settings.run_dir), Path(settings.out_dir)
+    stage = run_dir / CANDIDATES
+    if stage.resolve() == out_dir.resolve():
+        raise ConfigError(f"out_dir {out_dir}: the run folder's {CANDIDATES}/ holds models before they are compared; "
+                          "choose another out_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if settings.threads:  # before the record: fit sets it too
+        torch.set_num_threads(settings.threads)
+    numerics = actual_numerics()
+    if settings.numerics == "pinned" and not numerics["pinned"]:
+        log.warning("numerics not pinned (%s): the weights will differ from those of the same recipe trained on "
+                    "other machines; run it with `stm-live train` on an x86-64 CPU with AVX2", numerics)
     train, val = build_sets(settings, progress=progress)
     t_data = time.perf_counter() - t0
     unlabelled = _unlabelled_set(settings) if settings.unlabelled else None
@@ -94,54 +173,36 @@ def train_models(
     training = {
         "data_hash": train.digest,
         "val_hash": val.digest,
+        "data_content_hash": content_digest(train),
         "seed": settings.seed,
         "steps": {"self_supervised": settings.ssl_steps, "supervised": settings.steps},
         "surfaces": list(train.surfaces),
         "frames": {s: len(train.of_surface(s)) for s in train.surfaces},
         "unlabelled_frames": 0 if unlabelled is None else len(unlabelled.images),
         "losses": summarise(state),
+        "numerics": numerics,
     }
     if settings.train_normalisation != settings.normalisation:
         training["normalisation"] = settings.train_normalisation
     encoder = state.encoder.eval()
-    common: dict[str, Any] = {
-        "embedding_dim": settings.dim,
-        "context_px": receptive_field_px(),
-        "normalisation": settings.normalisation,
-        "levelling": DEFAULT_LEVELLING,
-    }
     exported: dict[str, Any] = {}
     pitch = {s.name: s.nm_per_px for s in settings.surfaces}
     exports = tuple(s.name for s in settings.surfaces if s.export and s.name in train.surfaces)
     for name in exports:
-        protos = _surface_prototypes(state, val, name)
-        info = ModelInfo(
-            name=name,
-            classes=train.classes[name],
-            nm_per_px=pitch[name],
-            surface=name,
-            provenance={"method": "trained prototypes (temperature calibrated on validation frames)"},
-            training=training,
-            **common,
-        )
-        path = out_dir / f"{name}.onnx"
-        saved = export_model(encoder, info, path, prototypes=protos)
-        exported[name] = {"path": str(path), "id": saved.id, "temperature": protos.temperature}
+        exported[name] = export_surface_model(encoder, state.bank, settings, train, val, name,
+                                              stage / f"{name}.onnx", training)
     if settings.export_base_encoder:
         base_pitch = pitch.get("si001-ash3", next(iter(pitch.values())))
         base_info = ModelInfo(name="base-encoder", classes=(), nm_per_px=base_pitch, surface=None,
                               provenance={"method": "encoder only; make a model with `stm-live adapt`"},
-                              training=training, **common)
-        saved = export_model(encoder, base_info, out_dir / "base-encoder.onnx")
-        exported["base-encoder"] = {"path": str(out_dir / "base-encoder.onnx"), "id": saved.id}
+                              training=training, **_common_info(settings))
+        saved = export_model(encoder, base_info, stage / "base-encoder.onnx")
+        exported["base-encoder"] = {"path": str(stage / "base-encoder.onnx"), "id": saved.id}
     if calibrate_frames:
-        _calibrate_exports(exported, settings, exports, calibrate_frames)
-    metrics = _evaluate_exports(exported, settings, exports, evaluate_frames) if evaluate_frames else {}
-    if metrics:
-        # Put the held-out metrics into each model's metadata too.
-        for name in exports:
-            _update_info(exported[name], lambda info, n=name: replace(
-                info, training={**info.training, "metrics": metrics[n]}))
+        calibrate_exports(exported, settings, exports, calibrate_frames)
+    t_eval = time.perf_counter()
+    metrics, comparisons = _compare_exports(exported, settings, exports, evaluate_frames, compare or {}, force,
+                                            tolerance, [*EXTRA_SETS, *extra_sets])
     report = {
         "stm_live": __version__,
         "torch": torch.__version__,
@@ -149,13 +210,117 @@ def train_models(
         "threads": torch.get_num_threads(),
         "settings": portable_settings(settings),
         "training": training,
-        "timings_s": {"data": round(t_data, 1), "fit": round(t_fit, 1), "total": round(time.perf_counter() - t0, 1)},
-        "models": {name: {**entry, "path": relative_to(entry["path"], run_dir)} for name, entry in exported.items()},
+        "timings_s": {"data": round(t_data, 1), "fit": round(t_fit, 1),
+                      "compare": round(time.perf_counter() - t_eval, 1), "total": round(time.perf_counter() - t0, 1)},
+        "models": {name: {**entry, "path": relative_to(entry["path"], run_dir),
+                          "candidate": relative_to(entry["candidate"], run_dir)}
+                   for name, entry in exported.items()},
         "metrics": metrics,
+        "comparison": comparisons,
         "history": state.history,
     }
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _evaluation_sets(
+    name: str, classes: tuple[str, ...], settings: TrainSettings, frames: int, extra: Sequence[SetFactory]
+) -> list[EvaluationSet]:
+    """Held-out simulated frames of the model's surface (every real trained surface for the base encoder)."""
+    if not frames:
+        return []
+    surfaces = [s for s in settings.surfaces if s.name == name] if classes else [
+        s for s in settings.surfaces if s.name != RANDOM_SURFACE and s.name not in settings.exclude_surfaces]
+    sets: list[EvaluationSet] = [SimulatedHeldOut(s.name, frames, HELD_OUT_SEED, *held_out_geometry(s))
+                                 for s in surfaces]
+    for factory in extra:
+        made = factory(name, classes)
+        if made is not None:
+            sets.append(made)
+    return sets
+
+
+def _compare_exports(
+    exported: dict[str, Any],
+    settings: TrainSettings,
+    surfaces: tuple[str, ...],
+    frames: int,
+    compare: Mapping[str, Path],
+    force: bool,
+    tolerance: float,
+    extra: Sequence[SetFactory],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score each new model and the one it would replace; install the new one where it is not worse.
+
+    Returns the new surface models' held-out metrics and, per model, the comparison
+    and decision. Records the metrics in each new model's metadata first.
+    """
+    run_dir, out_dir = Path(settings.run_dir), Path(settings.out_dir)
+    metrics: dict[str, Any] = {}
+    comparisons: dict[str, Any] = {}
+    for name, entry in exported.items():
+        candidate = Path(entry["path"])
+        classes = read_info(load_onnx(candidate)).classes
+        sets = _evaluation_sets(name, classes, settings, frames, extra)
+        new_scores = {s.name: s.score(candidate) for s in sets}
+        if name in surfaces and sets:
+            metrics[name] = dict(new_scores[sets[0].name].detail)
+            _update_info(entry, lambda info, m=metrics[name]: replace(info, training={**info.training, "metrics": m}))
+        target = out_dir / f"{name}.onnx"
+        old, role = _reference(name, target, compare)
+        # Tables and reasons name files as seen from where the command runs, the report's
+        # fields from the run folder: never by absolute paths.
+        labels = {str(p): relative_to(p, Path.cwd()) for p in (candidate, target, old) if p is not None}
+        if role == "bundled" and old is not None:
+            labels[str(old)] = f"the bundled {name}"
+        result = compare_models(name, candidate, old, sets, tolerance=tolerance, new_scores=new_scores, labels=labels)
+        record = result.to_json()
+        record["new"]["path"] = relative_to(candidate, run_dir)
+        if record["old"] is not None and old is not None:
+            record["old"]["path"] = labels[str(old)] if role == "bundled" else relative_to(old, run_dir)
+        if old is not None and not sets and role != "bundled":
+            reason = (f"{old} is not replaced without a comparison (held-out frames 0); "
+                      "--force replaces it anyway")
+        else:
+            reason = result.reason()
+        # Against the bundled model of the name, with nothing at the target, nothing is overwritten:
+        # the table and a warning say how it compares, and the new model is installed.
+        install = force or not reason or role == "bundled"
+        if install:
+            _install(candidate, target)
+            entry["path"] = str(target)
+        record.update(decision="installed" if install else "refused", reference=role,
+                      forced=bool(force and reason and role != "bundled"), reason=reason,
+                      target=relative_to(target, run_dir), table=result.table())
+        entry["candidate"] = str(candidate)
+        comparisons[name] = record
+        (log.warning if reason else log.info)("%s: %s", name, record["decision"] + (f" ({reason})" if reason else ""))
+    return metrics, comparisons
+
+
+def _reference(name: str, target: Path, compare: Mapping[str, Path]) -> tuple[Path | None, str]:
+    """The model a new one is compared with, and why: ``compare`` (asked for), ``replaces``
+    (the file it would overwrite), ``bundled`` (nothing there; the bundled model of that
+    name, what the user ran until now) or ``none``."""
+    from ..errors import ModelError
+    from ..model.runtime import bundled_model_path
+
+    if name in compare:
+        return compare[name], "compare"
+    if target.is_file():
+        return target, "replaces"
+    try:
+        return bundled_model_path(name), "bundled"
+    except ModelError:
+        return None, "none"
+
+
+def _install(candidate: Path, target: Path) -> None:
+    """Copy ``candidate`` to ``target`` atomically (a reader never sees half a model)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part")
+    shutil.copyfile(candidate, tmp)
+    os.replace(tmp, target)
 
 
 def relative_to(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> str:
@@ -196,14 +361,12 @@ def held_out_geometry(surface: SurfaceSettings) -> tuple[float, int]:
 
 def _update_info(entry: dict[str, Any], change: Any) -> None:
     """Rewrite one exported model's metadata with ``change(info)``; refresh its id."""
-    from ..model.format import load_onnx, read_info, save_model
-
     path = Path(entry["path"])
     model = load_onnx(path)
     entry["id"] = save_model(model, change(read_info(model)), path).id
 
 
-def _calibrate_exports(
+def calibrate_exports(
     exported: dict[str, Any], settings: TrainSettings, surfaces: tuple[str, ...], frames: int
 ) -> None:
     """Calibrate per-class detection thresholds on validation frames (seeds apart from evaluation's)."""
@@ -214,31 +377,11 @@ def _calibrate_exports(
     for name in surfaces:
         model = SegmentationModel(exported[name]["path"], provider="cpu")
         size_nm, pixels = geometry[name]
-        detection = calibrate_detection(model, simulate=name, count=frames, seed=50_000 + settings.seed,
+        detection = calibrate_detection(model, simulate=name, count=frames, seed=CALIBRATION_SEED,
                                         size_nm=size_nm, pixels=pixels)
         exported[name]["detection"] = detection
         _update_info(exported[name], lambda info, d=detection: replace(info, detection=d))
         log.info("%s: calibrated thresholds %s", name, {k: detection[k] for k in ("min_score", "min_area_nm2")})
-
-
-def _evaluate_exports(
-    exported: dict[str, Any], settings: TrainSettings, surfaces: tuple[str, ...], frames: int
-) -> dict[str, Any]:
-    """Object F1 per class of each exported model on fresh held-out simulated frames."""
-    from ..model.evaluate import evaluate_model
-    from ..model.runtime import SegmentationModel
-
-    geometry = {s.name: held_out_geometry(s) for s in settings.surfaces}
-    out = {}
-    for name in surfaces:
-        model = SegmentationModel(exported[name]["path"], provider="cpu")
-        size_nm, pixels = geometry[name]
-        report = evaluate_model(model, simulate=name, count=frames, seed=10_000 + settings.seed, episodes=0,
-                                size_nm=size_nm, pixels=pixels)
-        out[name] = {"objects": report["objects"], "pixel_iou": report["pixel_iou"], "frames": frames,
-                     "size_nm": size_nm, "pixels": pixels}
-        log.info("%s: held-out F1 %s", name, {c: s["f1"] for c, s in report["objects"].items()})
-    return out
 
 
 def _unlabelled_set(settings: TrainSettings) -> PreparedSet:

@@ -140,8 +140,20 @@ class TrainSettings(_Frozen):
     export_base_encoder: bool = False
     #: Steps between checkpoints.
     checkpoint_every: Annotated[int, Field(ge=1)] = 250
-    #: torch CPU threads (0 = torch's default).
-    threads: Count = 0
+    #: Also keep the encoder and prototypes every this many steps of the supervised stage's
+    #: second half in ``run_dir/snapshots/`` (0 = none, the default), for studies of
+    #: checkpoint selection and weight averaging (benchmarks/train_seeds.py). Training is
+    #: the same either way.
+    snapshot_every: Count = 0
+    #: torch CPU threads (0 = torch's default: as many as the machine has cores). The thread
+    #: count changes the weights (reductions split otherwise): 2, the default, gives the same
+    #: weights on every machine (docs/model.md, Reproducibility).
+    threads: Count = 2
+    #: "pinned" (the default): `stm-live train` runs the training in a process whose libraries
+    #: use AVX2 kernels whatever the CPU (stm_live.train.numerics), so that the same settings
+    #: give the same weights on any x86-64 CPU with AVX2; "native": the CPU's own fastest
+    #: kernels (AVX-512 where there is one), results particular to the CPU.
+    numerics: Literal["pinned", "native"] = "pinned"
 
     @model_validator(mode="after")
     def _train_scale_only_for_encoders(self) -> TrainSettings:
