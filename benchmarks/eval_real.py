@@ -15,6 +15,11 @@ Parts (``--part``, several allowed; default all):
   frame, against the unadapted model on 7 other frames;
 * ``dev``: the tuning protocol: leave-one-dev-region-out k-shot (support from
   the other dev regions, scored on the one left out); never reads test.
+* ``transfer``: zero-shot Si(001):H figures of the models given with
+  ``--models`` (retrained on the simulator with and without its realism
+  parts, docs/real_eval.md "Zero-shot transfer"), on the dev regions only
+  unless ``--split test`` is given; with each model, the held-out simulator
+  F1 of its training report when the model sits in a run folder.
 
 Writes ``--out`` (JSON, default docs/real_eval.json: parts merged into what is
 there). Needs ../shared/data beside the checkout; skips with a message otherwise.
@@ -80,6 +85,25 @@ def part_zero_shot() -> dict[str, Any]:
     scans = scans_of(SI)
     return {"model": model.id, **{split: score_model(model, scans, split).to_dict() for split in ("dev", "test")},
             "per_frame_test": {s.labels.image: score_model(model, [s], "test").to_dict() for s in scans}}
+
+
+def part_transfer(models: list[str], split: str) -> dict[str, Any]:
+    """Zero-shot scores of each model on the Si(001):H regions of ``split`` (dev: the ablations' yardstick)."""
+    scans = scans_of(SI)
+    out: dict[str, Any] = {"split": split, "models": {}}
+    for path in models:
+        model = SegmentationModel(bundled_model_path(path) if "/" not in path else path, provider="cpu")
+        score = score_model(model, scans, split).to_dict()
+        row: dict[str, Any] = {"id": model.id, **score}
+        report = Path(path).resolve().parent.parent / "report.json"
+        if report.is_file():
+            metrics = json.loads(report.read_text()).get("metrics", {}).get("si001-ash3", {})
+            row["sim_f1"] = {c: v["f1"] for c, v in metrics.get("objects", {}).items()}
+        out["models"][path] = row
+        f1 = {c: v["f1"] for c, v in score["classes"].items()}
+        print("transfer", split, path, json.dumps(f1), "FD", score["false_per_100nm2"], "sim", row.get("sim_f1"),
+              flush=True)
+    return out
 
 
 def part_kshot(encoder: str, draws: int, today: bool) -> dict[str, Any]:
@@ -261,7 +285,9 @@ def part_sim(frames: int = 8, seed: int = 60_000, draws: int = 3, today: bool = 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", nargs="+", default=["zero-shot", "kshot", "baselines", "dense"],
-                        choices=["zero-shot", "kshot", "baselines", "dense", "dev", "sim"])
+                        choices=["zero-shot", "kshot", "baselines", "dense", "dev", "sim", "transfer"])
+    parser.add_argument("--models", nargs="+", default=[], help="transfer part: model files (or bundled names)")
+    parser.add_argument("--split", choices=["dev", "test"], default="dev", help="transfer part: regions scored")
     parser.add_argument("--encoder", default="base-encoder")
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--today", action="store_true", help="adapt as before this evaluation existed")
@@ -290,9 +316,13 @@ def main() -> int:
             value = part_baselines()
         elif part == "sim":
             value = part_sim(draws=args.draws, today=args.today)
+        elif part == "transfer":
+            value = part_transfer(args.models, args.split)
         else:
             value = part_dense(args.encoder, args.today)
         key = part + ("" if part in ("zero-shot", "baselines") else suffix)
+        if part == "transfer":
+            key += f"-{args.split}"
         results[key] = {"measured": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.perf_counter() - t0, 1),
                         **value}
         out_path.write_text(json.dumps(results, indent=1) + "\n")

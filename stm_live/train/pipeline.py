@@ -34,7 +34,7 @@ from ..model.prepare import DEFAULT_LEVELLING
 from ..model.prototypes import fit_temperature
 from .data import PreparedSet, build_sets
 from .export import export_model
-from .fit import TrainState, fit, summarise
+from .fit import IGNORE, TrainState, fit, summarise
 from .net import Encoder, receptive_field_px
 from .settings import SurfaceSettings, TrainSettings
 
@@ -57,6 +57,8 @@ def _val_embeddings(
     x, y = np.concatenate(xs), np.concatenate(ys)
     keep = []
     for k in np.unique(y):
+        if k == IGNORE:  # no label (reacted areas of frames with realism)
+            continue
         idx = np.flatnonzero(y == k)
         keep.append(idx if len(idx) <= limit else rng.choice(idx, limit, replace=False))
     sel = np.concatenate(keep)
