@@ -359,7 +359,7 @@ def adapt_model(
     model = attach_head(load_onnx(base.path), prototypes)
     if settings.calibrate and not dense and (any(b.any() for b in known_background)
                                              or any(ex.points for ex in examples)):
-        unchanged_classes = set(report.get("classes_left_to_the_start_model", []))
+        unchanged_classes = set(report["classes_left_to_the_start_model"]) if keep_head else None
         thresholds = _calibrate(base, model, new_info, examples, known_background, classes, radius,
                                 unchanged_classes)
         report["calibration"] = thresholds
@@ -490,13 +490,20 @@ def _calibrate(
     """Per-class score thresholds from the labelled frames themselves.
 
     Classes in ``unchanged`` (left to the start model's trained prototypes)
-    start from its calibrated thresholds instead of the clicked examples'.
+    start from its calibrated thresholds instead of the clicked examples';
+    ``unchanged`` None: the start model's head was not kept.
 
     * *known background* (background rectangles, the unlabelled parts of
       all-labelled rectangles): a hard limit: the thresholds (minimum score
       and area) are raised until the new head finds no more features there
       than the model it started from (a bare encoder finds none, so then none
       at all), keeping as many clicked examples as that allows;
+    * *what the start model calls background*: for a class the start model
+      knows but that got new prototypes (not in ``unchanged``), its
+      detections on the labelled frames away from every click and every
+      start-model detection of that class, where the start model's class map
+      is background, count as known background too (new prototypes may add
+      what it missed at the clicks, not what it rejects elsewhere);
     * *positives*: a detection less certain than every clicked example of its
       class (less a margin of 0.05) is not kept: the clicked features are what
       the person says the class looks like.
@@ -534,6 +541,26 @@ def _calibrate(
                 for d in _false_in_background(base.segment(ex.frame).detections, bg, pitch, row0):
                     if d.class_name in allowed:
                         allowed[d.class_name] += 1
+        if base.has_head and unchanged is not None:
+            # A class the start model knows that gets new prototypes may add what it missed at the
+            # clicks, not what it calls background elsewhere: on the labelled frame, a detection of
+            # such a class away from every click of it and from every start-model detection of it,
+            # where the start model sees background, is a negative (the start model has none there).
+            for ex in examples:
+                start = base.segment(ex.frame)
+                seg = candidate.segment(ex.frame, min_score=0.0, min_area_nm2=0.0)
+                px = ex.frame.nm_per_px
+                for d in seg.detections:
+                    if d.class_name not in base.classes or d.class_name in unchanged:
+                        continue
+                    reach = max(2 * radius_nm, float(merge.get(d.class_name, 0.0)) if isinstance(merge, Mapping)
+                                else float(merge))
+                    r = min(max(int(d.y_nm / px[1]), 0), start.class_map.shape[0] - 1)
+                    c = min(max(int(d.x_nm / px[0]), 0), start.class_map.shape[1] - 1)
+                    near = [q for q in (*ex.points, *start.detections) if q.class_name == d.class_name
+                            and (q.x_nm - d.x_nm) ** 2 + (q.y_nm - d.y_nm) ** 2 <= reach**2]
+                    if not near and start.class_map[r, c] == 0:
+                        negatives[d.class_name].append((d.score, d.area_nm2))
     min_score: dict[str, float] = {}
     min_area: dict[str, float] = {}
     kept: dict[str, list[int]] = {}
