@@ -557,9 +557,10 @@ def _calibrate(
                                 else float(merge))
                     r = min(max(int(d.y_nm / px[1]), 0), start.class_map.shape[0] - 1)
                     c = min(max(int(d.x_nm / px[0]), 0), start.class_map.shape[1] - 1)
-                    near = [q for q in (*ex.points, *start.detections) if q.class_name == d.class_name
-                            and (q.x_nm - d.x_nm) ** 2 + (q.y_nm - d.y_nm) ** 2 <= reach**2]
-                    if not near and start.class_map[r, c] == 0:
+                    positions = [(q.x_nm, q.y_nm) for q in ex.points if q.class_name == d.class_name]
+                    positions += [(q.x_nm, q.y_nm) for q in start.detections if q.class_name == d.class_name]
+                    claimed = any((x - d.x_nm) ** 2 + (y - d.y_nm) ** 2 <= reach**2 for x, y in positions)
+                    if not claimed and start.class_map[r, c] == 0:
                         negatives[d.class_name].append((d.score, d.area_nm2))
     min_score: dict[str, float] = {}
     min_area: dict[str, float] = {}
