@@ -15,6 +15,10 @@ Parts (``--part``, several allowed; default all):
   frame, against the unadapted model on 7 other frames;
 * ``dev``: the tuning protocol: leave-one-dev-region-out k-shot (support from
   the other dev regions, scored on the one left out); never reads test.
+* ``sim-realism``: the bundled si001-ash3 (or ``--models``) on simulated frames
+  at the real frames' sampling (100 nm, 512 px) with each part of
+  ``stm_live.sim.Realism.si001h()`` switched on alone, all of them, and none:
+  which of the real frames' differences the model is not robust to;
 * ``transfer``: zero-shot Si(001):H figures of the models given with
   ``--models`` (retrained on the simulator with and without its realism
   parts, docs/real_eval.md "Zero-shot transfer"), on the dev regions only
@@ -85,6 +89,59 @@ def part_zero_shot() -> dict[str, Any]:
     scans = scans_of(SI)
     return {"model": model.id, **{split: score_model(model, scans, split).to_dict() for split in ("dev", "test")},
             "per_frame_test": {s.labels.image: score_model(model, [s], "test").to_dict() for s in scans}}
+
+
+REALISM_PARTS = {"trenches": {"trench_fraction"}, "rims": {"rim_chance"}, "size": {"size_spread"},
+                 "contamination": {"contamination_per_nm2"}, "reacted": {"reacted_chance"}}
+
+
+def part_sim_realism(models: list[str], frames: int = 8, seed: int = 70_000) -> dict[str, Any]:
+    """Object scores (1 nm matching, as the real labels) and false detections per 100 nm^2 of simulated frames.
+
+    A false detection lies more than 1 nm from every labelled feature and
+    outside reacted areas (unlabelled clusters count: a model should leave
+    them alone). Same seeds for every variant.
+    """
+    from stm_live.model.evaluate import ClassScore, Truth, object_scores
+    from stm_live.sim import Realism, simulate_scan
+    from stm_live.sim.realism import REACTED
+
+    full = Realism.si001h().to_dict()
+    off = {k: 0.0 for k in full if k != "rim_height"}
+    variants = {"none": Realism.none(), "all": Realism.si001h()}
+    for part, keys in REALISM_PARTS.items():
+        on = {k: (1.0 if part == "reacted" else full[k]) for k in keys}  # reacted: in every frame, to be seen
+        variants[part] = Realism.from_dict({**full, **off, **on})
+    out: dict[str, Any] = {"frames": frames, "seeds": f"{seed}..{seed + frames - 1}", "size_nm": 100.0,
+                           "pixels": 512, "models": {}}
+    for path in models or ["si001-ash3"]:
+        model = SegmentationModel(bundled_model_path(path) if "/" not in path else path, provider="cpu")
+        rows: dict[str, Any] = {}
+        for name, realism in variants.items():
+            total = {c: ClassScore() for c in model.classes}
+            false, area = 0, 0.0
+            for i in range(frames):
+                scan = simulate_scan("si001-ash3", size_nm=100.0, pixels=512, seed=seed + i, realism=realism)
+                truth = [Truth(t.class_name, t.x_nm, t.y_nm) for t in scan.instances]
+                dets = model.segment(scan.frame("Z")).detections
+                for c, sc in object_scores(dets, truth, model.classes, max_dist_nm=1.0).items():
+                    total[c].add(sc)
+                px = scan.nm_per_px
+                reacted = scan.mask == REACTED
+                for d in dets:
+                    r, col = min(int(d.y_nm / px), 511), min(int(d.x_nm / px), 511)
+                    if reacted[r, col]:
+                        continue
+                    if all((t.x_nm - d.x_nm) ** 2 + (t.y_nm - d.y_nm) ** 2 > 1.0 for t in truth):
+                        false += 1
+                area += 100.0 * 100.0 * float(1.0 - reacted.mean())
+            rows[name] = {"classes": {c: {k: v for k, v in sc.to_dict().items() if k != "median_error_nm"}
+                                      for c, sc in total.items()},
+                          "false_per_100nm2": round(100.0 * false / area, 4)}
+            print("sim-realism", path, name, json.dumps({c: v["f1"] for c, v in rows[name]["classes"].items()}),
+                  "FD", rows[name]["false_per_100nm2"], flush=True)
+        out["models"][path] = rows
+    return out
 
 
 def part_transfer(models: list[str], split: str) -> dict[str, Any]:
@@ -285,7 +342,8 @@ def part_sim(frames: int = 8, seed: int = 60_000, draws: int = 3, today: bool = 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", nargs="+", default=["zero-shot", "kshot", "baselines", "dense"],
-                        choices=["zero-shot", "kshot", "baselines", "dense", "dev", "sim", "transfer"])
+                        choices=["zero-shot", "kshot", "baselines", "dense", "dev", "sim", "transfer",
+                                 "sim-realism"])
     parser.add_argument("--models", nargs="+", default=[], help="transfer part: model files (or bundled names)")
     parser.add_argument("--split", choices=["dev", "test"], default="dev", help="transfer part: regions scored")
     parser.add_argument("--encoder", default="base-encoder")
@@ -318,9 +376,11 @@ def main() -> int:
             value = part_sim(draws=args.draws, today=args.today)
         elif part == "transfer":
             value = part_transfer(args.models, args.split)
+        elif part == "sim-realism":
+            value = part_sim_realism(args.models)
         else:
             value = part_dense(args.encoder, args.today)
-        key = part + ("" if part in ("zero-shot", "baselines") else suffix)
+        key = part + ("" if part in ("zero-shot", "baselines", "sim-realism") else suffix)
         if part == "transfer":
             key += f"-{args.split}"
         results[key] = {"measured": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.perf_counter() - t0, 1),

@@ -89,6 +89,8 @@ class AdaptSettings:
     ``count_like_a_person``: merge the pieces of dark (trench-like) features
     within their measured size and split touching bright ones; False keeps
     the older rule (pieces within two disc radii merged, nothing split).
+    ``score_margin``: with ``calibrate``, no detection is kept that is less
+    certain than every clicked example of its class less this margin.
     """
 
     nm_per_px: float | None = None
@@ -102,6 +104,7 @@ class AdaptSettings:
     calibrate: bool = True
     keep_base_head: bool = True
     count_like_a_person: bool = True
+    score_margin: float = 0.05
     seed: int = 0
     extra_provenance: Mapping[str, Any] = field(default_factory=dict)
 
@@ -361,7 +364,7 @@ def adapt_model(
                                              or any(ex.points for ex in examples)):
         unchanged_classes = set(report["classes_left_to_the_start_model"]) if keep_head else None
         thresholds = _calibrate(base, model, new_info, examples, known_background, classes, radius,
-                                unchanged_classes)
+                                unchanged_classes, settings.score_margin)
         report["calibration"] = thresholds
         det = dict(new_info.detection)
         det["min_score"] = thresholds["min_score"]
@@ -486,6 +489,7 @@ def _calibrate(
     classes: Sequence[str],
     radius_nm: float,
     unchanged: set[str] | None = None,
+    score_margin: float = 0.05,
 ) -> dict[str, Any]:
     """Per-class score thresholds from the labelled frames themselves.
 
@@ -505,7 +509,7 @@ def _calibrate(
       is background, count as known background too (new prototypes may add
       what it missed at the clicks, not what it rejects elsewhere);
     * *positives*: a detection less certain than every clicked example of its
-      class (less a margin of 0.05) is not kept: the clicked features are what
+      class (less ``score_margin``) is not kept: the clicked features are what
       the person says the class looks like.
     """
     proto, full = with_info(model, info)
@@ -571,8 +575,8 @@ def _calibrate(
         if unchanged and c in unchanged:  # the start model's validated thresholds
             start_scores, start_areas = base.thresholds()
             score_floor, base_area = start_scores.get(c, 0.0), max(base_area, start_areas.get(c, 0.0))
-        else:  # positives: nothing less certain than every clicked example (less a margin of 0.05)
-            score_floor = min(s for s, _ in pos) - 0.05 if pos else 0.0
+        else:  # positives: nothing less certain than every clicked example (less the margin)
+            score_floor = min(s for s, _ in pos) - score_margin if pos else 0.0
         scores = sorted({max(score_floor, 0.0), *(s + 1e-4 for s, _ in neg)})
         areas = sorted({base_area, *(a + 1e-6 for _, a in neg)})
         best: tuple[int, float, float, int] | None = None
