@@ -165,3 +165,25 @@ def test_training_frames_use_realism_only_when_asked() -> None:
     assert REACTED not in ma and (mb == REACTED).mean() > 0.05
     with pytest.raises(ConfigError, match="unknown realism setting"):
         load_train_settings(surfaces=[{"name": "si001-ash3", "realism": {"trenchez": 0}}])
+
+
+def test_faint_dots_are_shallow_unlabelled_dips() -> None:
+    kw = {"density_per_nm2": {"AsH3": 0.0, "dangling_bond": 0.0}, "clutter_per_nm2": 0.0}
+    plain = _scan(_only(), seed=6, **kw)
+    dots = _scan(_only(faint_dots_per_nm2=0.03), seed=6, **kw)
+    assert all(i.class_name == "dimer_vacancy" for i in dots.instances)  # the dots are not labelled
+
+    def dips(scan: object) -> tuple[np.ndarray, float]:
+        # smoothed over the rows (0.77 nm), so that only dips wider than a row trough remain
+        clean = ndimage.gaussian_filter(scan.clean * 1e9, 4)  # type: ignore[attr-defined]
+        background = np.median(clean)
+        depth = np.median([clean[int(i.y_nm / 0.1), int(i.x_nm / 0.1)] for i in scan.instances]) - background  # type: ignore[attr-defined]
+        far = ~ndimage.binary_dilation(scan.mask > 0, iterations=12)  # type: ignore[attr-defined]
+        found = (clean == ndimage.minimum_filter(clean, size=9)) & far & (clean - background < 0.15 * depth)
+        return (clean - background)[found] / depth, depth
+
+    none, _ = dips(plain)
+    some, depth = dips(dots)
+    assert depth < 0
+    assert len(none) <= 2 and len(some) > 10  # away from every vacancy: dips only with the dots
+    assert np.median(some) < 0.6 and np.all(some < 1.0)  # shallower than a vacancy

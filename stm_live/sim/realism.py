@@ -20,6 +20,10 @@ differences that a model trained on the simulator meets on real images:
   ``[1 / (1 + size_spread), 1 + size_spread]``.
 * ``contamination_per_nm2``: irregular bright clusters and chains of blobs
   (unlabelled), where the surface model's clutter is round.
+* ``faint_dots_per_nm2``: shallow dark dots on the rows, a fifth to a half
+  as deep as a vacancy (unlabelled): the real terraces have them (the label
+  protocol's "faint dark dots", not counted as vacancies), the surface
+  model's terraces have nothing between a perfect row and a vacancy.
 * ``reacted_chance``: with this chance a frame holds an area of reacted
   surface (as the PH3-dosed frame's upper part): dense, disordered bright and
   dark blobs, no lattice. It is neither background nor a feature class: its
@@ -70,6 +74,8 @@ class Realism:
         Spread of the per-frame feature size and height factors (0: both 1).
     contamination_per_nm2 : float
         Irregular unlabelled bright clusters and chains per nm^2.
+    faint_dots_per_nm2 : float
+        Shallow unlabelled dark dots per nm^2.
     reacted_chance : float
         Chance 0..1 that a frame holds a reacted area (10-40 % of it).
     """
@@ -80,6 +86,7 @@ class Realism:
     size_spread: float = 0.0
     contamination_per_nm2: float = 0.0
     reacted_chance: float = 0.0
+    faint_dots_per_nm2: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -106,10 +113,13 @@ class Realism:
         none at random terrace points), the median such spot 3.2 sd against a depth of 4 sd; the
         PH3 frame's on the left (25 %); size: dangling bonds' fitted Gaussian width 0.35 nm against the
         simulator's 0.23 nm at the same sampling; contamination: about 8 irregular clusters per
-        10^4 nm^2 on the clean frame; reacted: one of the two frames has a reacted area.
+        10^4 nm^2 on the clean frame; reacted: one of the two frames has a reacted area; faint dots:
+        the bundled model's false vacancies on the dev regions are 0.35-0.6 as deep as the true ones
+        (model units -0.7 to -2.2 against -3.2 to -4.0), on unlabelled dark dips found at 1.2
+        (clean frame) and 3.2 (PH3 frame) per 100 nm^2.
         """
         return cls(trench_fraction=0.4, rim_chance=0.6, rim_height=0.8, size_spread=0.5,
-                   contamination_per_nm2=8e-4, reacted_chance=0.3)
+                   contamination_per_nm2=8e-4, reacted_chance=0.3, faint_dots_per_nm2=0.02)
 
     @property
     def active(self) -> bool:
@@ -181,6 +191,18 @@ def _contamination_kinds(rng: np.random.Generator, weight: float) -> list[Featur
     return out
 
 
+def _faint_dot_kinds(template: tuple[FeatureKind, Blob]) -> list[FeatureKind]:
+    """Shallow dark dots on the rows: a fifth to a half of a single-dimer vacancy's depth, a little wider."""
+    kind, blob = template
+    out = []
+    for j, (depth, width) in enumerate(((0.2, 1.0), (0.3, 1.15), (0.4, 1.0), (0.5, 1.25))):
+        out.append(FeatureKind(None, f"faint dark dot {j + 1}", 1.0, kind.site_u, 0.0, False,
+                               (replace(blob, height=blob.height * depth, sigma_u=blob.sigma_u * width,
+                                        sigma_v=blob.sigma_v * width * 1.3, flatten=0.3),),
+                               kind.footprint_u, kind.footprint_v))
+    return out
+
+
 def realistic_model(
     model: SurfaceModel, realism: Realism, rng: np.random.Generator, clutter_per_nm2: float
 ) -> tuple[SurfaceModel, float, dict[str, float]]:
@@ -201,16 +223,20 @@ def realistic_model(
         kinds += _trench_kinds(model, template, f * total)
     # Drawn whether used or not, so that one part's switch never changes what another draws.
     shapes_rng = np.random.default_rng(rng.integers(2**63))
-    clutter = clutter_per_nm2
+    # Unlabelled additions share the clutter count, each group with its share of it.
+    groups: list[tuple[float, list[FeatureKind]]] = []
     if realism.contamination_per_nm2 > 0:
-        extra = realism.contamination_per_nm2
-        # The clutter count covers both; each part keeps its share of it.
-        share = extra / (clutter_per_nm2 + extra)
+        groups.append((realism.contamination_per_nm2, _contamination_kinds(shapes_rng, 1.0)))
+    if realism.faint_dots_per_nm2 > 0 and template is not None:
+        groups.append((realism.faint_dots_per_nm2, _faint_dot_kinds(template)))
+    clutter = clutter_per_nm2 + sum(d for d, _ in groups)
+    if groups:
         round_weight = sum(k.weight for k in kinds if k.class_name is None)
-        kinds = [replace(k, weight=k.weight * (1.0 - share) / round_weight) if k.class_name is None else k
-                 for k in kinds]
-        kinds += _contamination_kinds(shapes_rng, share)
-        clutter = clutter_per_nm2 + extra
+        kinds = [replace(k, weight=k.weight * clutter_per_nm2 / clutter / round_weight) if k.class_name is None
+                 else k for k in kinds]
+        for density, extra in groups:
+            total = sum(k.weight for k in extra)
+            kinds += [replace(k, weight=k.weight * density / clutter / total) for k in extra]
     size, height = feature_scales(realism, rng)
     if (size, height) != (1.0, 1.0):
         kinds = [_scaled(k, size, height) for k in kinds]
