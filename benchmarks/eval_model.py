@@ -30,7 +30,7 @@ are not directly comparable with the paper's.
    ``--centre-features`` adds the frame-centred figures.
 
 Usage:
-    python benchmarks/eval_model.py accuracy [--frames 10]
+    python benchmarks/eval_model.py accuracy [--frames 10] [--model si001-ash3=cand.onnx --out cand.json]
     python benchmarks/eval_model.py episodes [--train-loso] [--seeds 30000 31000 32000] [--frames 6]
     python benchmarks/eval_model.py pooled --encoder E.onnx [--encoder ...] [--surface si001-ash3]
         [--seeds 30000 31000 32000] [--frames 6] [--input-scale mad std] [--centre-features]
@@ -81,11 +81,12 @@ def _geometry(*, own_runs: bool = True) -> dict[str, tuple[float, int, float]]:
     return out
 
 
-def accuracy(frames: int, seed: int) -> dict:
+def accuracy(frames: int, seed: int, surfaces: tuple[str, ...] = SURFACES,
+             models: dict[str, Path] | None = None) -> dict:
     geometry = _geometry()
     results = {}
-    for name in SURFACES:
-        model = SegmentationModel(REPO / "models" / f"{name}.onnx", provider="cpu")
+    for name in surfaces:
+        model = SegmentationModel((models or {}).get(name, REPO / "models" / f"{name}.onnx"), provider="cpu")
         size, pixels, _ = geometry[name]
         t0 = time.perf_counter()
         report = evaluate_model(model, simulate=name, count=frames, seed=seed, size_nm=size, pixels=pixels, episodes=0)
@@ -234,6 +235,10 @@ def main() -> None:
     a = sub.add_parser("accuracy")
     a.add_argument("--frames", type=int, default=10)
     a.add_argument("--seed", type=int, default=20_000)
+    a.add_argument("--model", action="append", default=[], metavar="SURFACE=PATH",
+                   help="another model for a surface (a candidate); with it, only the surfaces named are "
+                        "measured and --out is needed")
+    a.add_argument("--out", type=Path, help="write here instead of docs/accuracy.json")
     e = sub.add_parser("episodes")
     e.add_argument("--frames", type=int, default=6, help="held-out frames per set (per seed)")
     e.add_argument("--seeds", type=int, nargs="+", default=[30_000, 31_000, 32_000],
@@ -254,8 +259,11 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     if args.what == "accuracy":
-        out = accuracy(args.frames, args.seed)
-        (REPO / "docs" / "accuracy.json").write_text(json.dumps(out, indent=2))
+        models = {k: Path(v) for k, v in (m.split("=", 1) for m in args.model)}
+        if models and args.out is None:
+            parser.error("--model needs --out (docs/accuracy.json holds the bundled models' figures)")
+        out = accuracy(args.frames, args.seed, tuple(models) or SURFACES, models)
+        (args.out or REPO / "docs" / "accuracy.json").write_text(json.dumps(out, indent=2))
     elif args.what == "pooled":
         pooled(args.surface, args.encoder, args.seeds, args.frames, args.input_scale, args.centre_features)
     else:

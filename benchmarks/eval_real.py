@@ -15,6 +15,20 @@ Parts (``--part``, several allowed; default all):
   frame, against the unadapted model on 7 other frames;
 * ``dev``: the tuning protocol: leave-one-dev-region-out k-shot (support from
   the other dev regions, scored on the one left out); never reads test.
+* ``measure``: what the real Si(001):H frames show that the simulator may not,
+  measured the same way on the dev regions and on simulated 100 nm / 512 px
+  frames without and with ``Realism.si001h()`` (trenches, rims beside
+  vacancies, feature widths, a fast-axis lag, line artefacts and noise after
+  the model's levelling, feature contrast in model units);
+* ``sim-realism``: the bundled si001-ash3 (or ``--models``) on simulated frames
+  at the real frames' sampling (100 nm, 512 px) with each part of
+  ``stm_live.sim.Realism.si001h()`` switched on alone, all of them, and none:
+  which of the real frames' differences the model is not robust to;
+* ``transfer``: zero-shot Si(001):H figures of the models given with
+  ``--models`` (retrained on the simulator with and without its realism
+  parts, docs/real_eval.md "Zero-shot transfer"), on the dev regions only
+  unless ``--split test`` is given; with each model, the held-out simulator
+  F1 of its training report when the model sits in a run folder.
 
 Writes ``--out`` (JSON, default docs/real_eval.json: parts merged into what is
 there). Needs ../shared/data beside the checkout; skips with a message otherwise.
@@ -80,6 +94,166 @@ def part_zero_shot() -> dict[str, Any]:
     scans = scans_of(SI)
     return {"model": model.id, **{split: score_model(model, scans, split).to_dict() for split in ("dev", "test")},
             "per_frame_test": {s.labels.image: score_model(model, [s], "test").to_dict() for s in scans}}
+
+
+def _dev_points(scan: LabelledScan, cls: str, *, round_only: bool = False) -> list[tuple[float, float]]:
+    return [(f.x_nm, f.y_nm) for r in scan.labels.regions_of("dev") for f in scan.labels.features_in(r)
+            if f.class_name == cls and not f.ambiguous and not (round_only and f.ends_nm)]
+
+
+def _terrace_points(scan: LabelledScan, rng: np.random.Generator, n: int = 200) -> list[tuple[float, float]]:
+    """Random dev-region points at least 2.5 nm from every labelled feature."""
+    out = []
+    for r in scan.labels.regions_of("dev"):
+        for _ in range(n):
+            x, y = rng.uniform(r.x0_nm + 2, r.x1_nm - 2), rng.uniform(r.y0_nm + 2, r.y1_nm - 2)
+            if all((x - f.x_nm) ** 2 + (y - f.y_nm) ** 2 > 6.25 for f in scan.labels.features):
+                out.append((x, y))
+    return out
+
+
+def _image_stats(data: np.ndarray, nm_per_px: float, vac: list, db: list) -> dict[str, Any]:
+    """Rims, widths, lag, contrast and line artefacts of one frame (points in nm)."""
+    from stm_live.model.prepare import DEFAULT_LEVELLING, DEFAULT_NORMALISATION, level_for_model, prepare_image
+    from stm_live.sim.measure import fast_axis_profiles, fit_profile, rim_sides
+
+    levelled = level_for_model(data, DEFAULT_LEVELLING)
+    to_px = lambda pts: np.array([(y / nm_per_px, x / nm_per_px) for x, y in pts]).reshape(-1, 2)  # noqa: E731
+    out: dict[str, Any] = {"rims": rim_sides(levelled, to_px(vac), nm_per_px=nm_per_px)}
+    for name, pts in (("dangling_bond", db), ("dimer_vacancy", vac)):
+        prof = fast_axis_profiles(levelled, to_px(pts))
+        if np.isfinite(prof).all():
+            plain, lagged = fit_profile(prof, lag=False), fit_profile(prof, lag=True)
+            out[f"{name}_sigma_nm"] = round(plain["sigma_px"] * nm_per_px, 3)
+            out[f"{name}_lag_nm"] = round(lagged["lag_px"] * nm_per_px, 3)
+            out[f"{name}_lag_sse_gain"] = round(1 - lagged["sse"] / plain["sse"], 3)
+    model = prepare_image(levelled, nm_per_px=(nm_per_px, nm_per_px), target_nm_per_px=0.1,
+                          normalisation=DEFAULT_NORMALISATION)
+    for name, pts, bright in (("dangling_bond", db, True), ("dimer_vacancy", vac, False)):
+        vals = []
+        for x, y in pts:
+            r, c = int(y / 0.1), int(x / 0.1)
+            if 30 <= r < model.shape[0] - 30 and 30 <= c < model.shape[1] - 30:
+                loc = model[r - 3:r + 4, c - 3:c + 4]
+                bg = np.median(model[r - 25:r + 26, c - 25:c + 26])
+                vals.append((loc.max() if bright else loc.min()) - bg)
+        out[f"{name}_contrast"] = round(float(np.median(vals)), 2) if vals else None
+    native = prepare_image(levelled, nm_per_px=(nm_per_px, nm_per_px), target_nm_per_px=nm_per_px,
+                           normalisation=DEFAULT_NORMALISATION)
+    jumps = np.diff(np.median(native, axis=1))
+    out["line_jump_robust"] = round(float(1.4826 * np.median(np.abs(jumps - np.median(jumps)))), 4)
+    out["pixel_diff_x"] = round(float(1.4826 * np.median(np.abs(np.diff(native, axis=1)))), 3)
+    return out
+
+
+def part_measure(seeds: int = 3) -> dict[str, Any]:
+    """The real frames' dev regions against simulated 100 nm / 512 px frames, measured alike."""
+    from stm_live.sim import Realism, simulate_scan
+    from stm_live.sim.measure import rim_sides
+
+    out: dict[str, Any] = {"real": {}, "simulated": {}}
+    rng = np.random.default_rng(0)
+    for scan in scans_of(SI):
+        vac = _dev_points(scan, "dimer_vacancy")
+        ends = [f for r in scan.labels.regions_of("dev") for f in scan.labels.features_in(r)
+                if f.class_name == "dimer_vacancy" and not f.ambiguous and f.ends_nm]
+        lengths = sorted(round(float(np.hypot(f.ends_nm[0][0] - f.ends_nm[1][0], f.ends_nm[0][1] - f.ends_nm[1][1])), 2)
+                         for f in ends if f.ends_nm)
+        px = scan.frame.nm_per_px[0]
+        row = _image_stats(scan.frame.data, px, _dev_points(scan, "dimer_vacancy", round_only=True),
+                           _dev_points(scan, "dangling_bond"))
+        levelled = level_frame(scan.frame.data)
+        terrace = np.array([(y / px, x / px) for x, y in _terrace_points(scan, rng)])
+        row["rims_terrace"] = rim_sides(levelled, terrace, nm_per_px=px)
+        row["rims"] = rim_sides(levelled, np.array([(y / px, x / px) for x, y in vac]), nm_per_px=px)
+        row["vacancies"] = len(vac)
+        row["trenches_marked_by_ends"] = len(ends)
+        row["trench_lengths_nm"] = lengths
+        out["real"][scan.labels.image] = row
+        print("measure", scan.labels.image, json.dumps(row), flush=True)
+    for name, realism in (("plain", Realism.none()), ("si001h", Realism.si001h())):
+        rows = []
+        for seed in range(seeds):
+            sim = simulate_scan("si001-ash3", size_nm=100.0, pixels=512, seed=seed, realism=realism)
+            rows.append(_image_stats(sim.frame("Z").data, sim.nm_per_px,
+                                     [(i.x_nm, i.y_nm) for i in sim.instances if i.class_name == "dimer_vacancy"],
+                                     [(i.x_nm, i.y_nm) for i in sim.instances if i.class_name == "dangling_bond"]))
+        out["simulated"][name] = rows
+        print("measure simulated", name, json.dumps(rows), flush=True)
+    return out
+
+
+REALISM_PARTS = {"trenches": {"trench_fraction"}, "rims": {"rim_chance"}, "size": {"size_spread"},
+                 "contamination": {"contamination_per_nm2"}, "reacted": {"reacted_chance"},
+                 "faint dots": {"faint_dots_per_nm2"}}
+
+
+def part_sim_realism(models: list[str], frames: int = 8, seed: int = 70_000) -> dict[str, Any]:
+    """Object scores (1 nm matching, as the real labels) and false detections per 100 nm^2 of simulated frames.
+
+    Detections in reacted areas are not scored (the real frame's reacted area
+    has no region); a false detection lies more than 1 nm from every labelled
+    feature (unlabelled clusters and faint dots count: a model should leave
+    them alone). Same seeds for every variant.
+    """
+    from stm_live.model.evaluate import ClassScore, Truth, object_scores
+    from stm_live.sim import Realism, simulate_scan
+    from stm_live.sim.realism import REACTED
+
+    full = Realism.si001h().to_dict()
+    off = {k: 0.0 for k in full if k != "rim_height"}
+    variants = {"none": Realism.none(), "all": Realism.si001h()}
+    for part, keys in REALISM_PARTS.items():
+        on = {k: (1.0 if part == "reacted" else full[k]) for k in keys}  # reacted: in every frame, to be seen
+        variants[part] = Realism.from_dict({**full, **off, **on})
+    out: dict[str, Any] = {"frames": frames, "seeds": f"{seed}..{seed + frames - 1}", "size_nm": 100.0,
+                           "pixels": 512, "models": {}}
+    for path in models or ["si001-ash3"]:
+        model = SegmentationModel(bundled_model_path(path) if "/" not in path else path, provider="cpu")
+        rows: dict[str, Any] = {}
+        for name, realism in variants.items():
+            total = {c: ClassScore() for c in model.classes}
+            false, area = 0, 0.0
+            for i in range(frames):
+                scan = simulate_scan("si001-ash3", size_nm=100.0, pixels=512, seed=seed + i, realism=realism)
+                truth = [Truth(t.class_name, t.x_nm, t.y_nm) for t in scan.instances]
+                px = scan.nm_per_px
+                reacted = scan.mask == REACTED
+                # Reacted areas are not scored, as the real frame's reacted area has no region.
+                dets = [d for d in model.segment(scan.frame("Z")).detections
+                        if not reacted[min(int(d.y_nm / px), 511), min(int(d.x_nm / px), 511)]]
+                for c, sc in object_scores(dets, truth, model.classes, max_dist_nm=1.0).items():
+                    total[c].add(sc)
+                for d in dets:
+                    if all((t.x_nm - d.x_nm) ** 2 + (t.y_nm - d.y_nm) ** 2 > 1.0 for t in truth):
+                        false += 1
+                area += 100.0 * 100.0 * float(1.0 - reacted.mean())
+            rows[name] = {"classes": {c: {k: v for k, v in sc.to_dict().items() if k != "median_error_nm"}
+                                      for c, sc in total.items()},
+                          "false_per_100nm2": round(100.0 * false / area, 4)}
+            print("sim-realism", path, name, json.dumps({c: v["f1"] for c, v in rows[name]["classes"].items()}),
+                  "FD", rows[name]["false_per_100nm2"], flush=True)
+        out["models"][path] = rows
+    return out
+
+
+def part_transfer(models: list[str], split: str) -> dict[str, Any]:
+    """Zero-shot scores of each model on the Si(001):H regions of ``split`` (dev: the ablations' yardstick)."""
+    scans = scans_of(SI)
+    out: dict[str, Any] = {"split": split, "models": {}}
+    for path in models:
+        model = SegmentationModel(bundled_model_path(path) if "/" not in path else path, provider="cpu")
+        score = score_model(model, scans, split).to_dict()
+        row: dict[str, Any] = {"id": model.id, **score}
+        report = Path(path).resolve().parent.parent / "report.json"
+        if report.is_file():
+            metrics = json.loads(report.read_text()).get("metrics", {}).get("si001-ash3", {})
+            row["sim_f1"] = {c: v["f1"] for c, v in metrics.get("objects", {}).items()}
+        out["models"][path] = row
+        f1 = {c: v["f1"] for c, v in score["classes"].items()}
+        print("transfer", split, path, json.dumps(f1), "FD", score["false_per_100nm2"], "sim", row.get("sim_f1"),
+              flush=True)
+    return out
 
 
 def part_kshot(encoder: str, draws: int, today: bool) -> dict[str, Any]:
@@ -261,7 +435,10 @@ def part_sim(frames: int = 8, seed: int = 60_000, draws: int = 3, today: bool = 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", nargs="+", default=["zero-shot", "kshot", "baselines", "dense"],
-                        choices=["zero-shot", "kshot", "baselines", "dense", "dev", "sim"])
+                        choices=["zero-shot", "kshot", "baselines", "dense", "dev", "sim", "transfer",
+                                 "sim-realism", "measure"])
+    parser.add_argument("--models", nargs="+", default=[], help="transfer part: model files (or bundled names)")
+    parser.add_argument("--split", choices=["dev", "test"], default="dev", help="transfer part: regions scored")
     parser.add_argument("--encoder", default="base-encoder")
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--today", action="store_true", help="adapt as before this evaluation existed")
@@ -290,9 +467,17 @@ def main() -> int:
             value = part_baselines()
         elif part == "sim":
             value = part_sim(draws=args.draws, today=args.today)
+        elif part == "transfer":
+            value = part_transfer(args.models, args.split)
+        elif part == "sim-realism":
+            value = part_sim_realism(args.models)
+        elif part == "measure":
+            value = part_measure()
         else:
             value = part_dense(args.encoder, args.today)
-        key = part + ("" if part in ("zero-shot", "baselines") else suffix)
+        key = part + ("" if part in ("zero-shot", "baselines", "sim-realism", "measure") else suffix)
+        if part == "transfer":
+            key += f"-{args.split}"
         results[key] = {"measured": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.perf_counter() - t0, 1),
                         **value}
         out_path.write_text(json.dumps(results, indent=1) + "\n")

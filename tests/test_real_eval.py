@@ -300,3 +300,29 @@ def test_a_dense_mask_gets_a_cross_validated_background_bias(tmp_path: Path, enc
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
     found = model.segment(frame).detections
     assert sum(1 for d in found if d.class_name == "up") >= 3
+
+
+def test_new_prototypes_of_a_known_class_add_nothing_the_start_model_calls_background(tmp_path: Path) -> None:
+    # The start model knows "bright"; faint bumps (a third of the height) are background to it. One of
+    # three clicked "bright" examples is a faint bump, so the class gets a new prototype: it may find the
+    # clicked one, not the faint bumps elsewhere that the start model rejects.
+    faint = [(20, 100), (100, 100), (64, 64)]
+    data = bumps_image((128, 128), BRIGHT, DARK) + 0.35 * bumps_image((128, 128), faint, [], noise=0.0)
+    frame = Frame((data * 1e-10).astype(np.float32), 25.6e-9, 25.6e-9)
+    start = tmp_path / "start.onnx"
+    write_tiny_model(start)
+    base = SegmentationModel(start, provider="cpu")
+    assert not [d for d in base.segment(frame).detections if d.class_name == "bright"
+                and any(abs(d.x_nm - _nm(*f)[0]) < 1 and abs(d.y_nm - _nm(*f)[1]) < 1 for f in faint)]
+    points = (Point(*_nm(*BRIGHT[0]), "bright"), Point(*_nm(*BRIGHT[1]), "bright"), Point(*_nm(*faint[0]), "bright"),
+              Point(*_nm(*DARK[0]), "dark"))
+    proto, info, report = adapt_model(base, [LabelledFrame(frame, points)], ["bright", "dark"], AdaptSettings())
+    assert "bright" not in report["classes_left_to_the_start_model"]
+    kept = report["calibration"]["clicked_kept_of_found_and_background_kept_of_found"]["bright"]
+    assert kept[3] > 0 and kept[2] == 0  # negatives where the start model sees background, none kept
+    save_model(proto, info, tmp_path / "adapted.onnx")
+    seg = SegmentationModel(tmp_path / "adapted.onnx", provider="cpu").segment(frame)
+    for f in faint[1:]:
+        x, y = _nm(*f)
+        assert not [d for d in seg.detections if (d.x_nm - x) ** 2 + (d.y_nm - y) ** 2 < 1.0]
+    assert sum(d.class_name == "bright" for d in seg.detections) >= len(BRIGHT) - 1

@@ -89,6 +89,8 @@ class AdaptSettings:
     ``count_like_a_person``: merge the pieces of dark (trench-like) features
     within their measured size and split touching bright ones; False keeps
     the older rule (pieces within two disc radii merged, nothing split).
+    ``score_margin``: with ``calibrate``, no detection is kept that is less
+    certain than every clicked example of its class less this margin.
     """
 
     nm_per_px: float | None = None
@@ -102,6 +104,7 @@ class AdaptSettings:
     calibrate: bool = True
     keep_base_head: bool = True
     count_like_a_person: bool = True
+    score_margin: float = 0.05
     seed: int = 0
     extra_provenance: Mapping[str, Any] = field(default_factory=dict)
 
@@ -359,9 +362,9 @@ def adapt_model(
     model = attach_head(load_onnx(base.path), prototypes)
     if settings.calibrate and not dense and (any(b.any() for b in known_background)
                                              or any(ex.points for ex in examples)):
-        unchanged_classes = set(report.get("classes_left_to_the_start_model", []))
+        unchanged_classes = set(report["classes_left_to_the_start_model"]) if keep_head else None
         thresholds = _calibrate(base, model, new_info, examples, known_background, classes, radius,
-                                unchanged_classes)
+                                unchanged_classes, settings.score_margin)
         report["calibration"] = thresholds
         det = dict(new_info.detection)
         det["min_score"] = thresholds["min_score"]
@@ -486,19 +489,27 @@ def _calibrate(
     classes: Sequence[str],
     radius_nm: float,
     unchanged: set[str] | None = None,
+    score_margin: float = 0.05,
 ) -> dict[str, Any]:
     """Per-class score thresholds from the labelled frames themselves.
 
     Classes in ``unchanged`` (left to the start model's trained prototypes)
-    start from its calibrated thresholds instead of the clicked examples'.
+    start from its calibrated thresholds instead of the clicked examples';
+    ``unchanged`` None: the start model's head was not kept.
 
     * *known background* (background rectangles, the unlabelled parts of
       all-labelled rectangles): a hard limit: the thresholds (minimum score
       and area) are raised until the new head finds no more features there
       than the model it started from (a bare encoder finds none, so then none
       at all), keeping as many clicked examples as that allows;
+    * *what the start model calls background*: for a class the start model
+      knows but that got new prototypes (not in ``unchanged``), its
+      detections on the labelled frames away from every click and every
+      start-model detection of that class, where the start model's class map
+      is background, count as known background too (new prototypes may add
+      what it missed at the clicks, not what it rejects elsewhere);
     * *positives*: a detection less certain than every clicked example of its
-      class (less a margin of 0.05) is not kept: the clicked features are what
+      class (less ``score_margin``) is not kept: the clicked features are what
       the person says the class looks like.
     """
     proto, full = with_info(model, info)
@@ -534,6 +545,27 @@ def _calibrate(
                 for d in _false_in_background(base.segment(ex.frame).detections, bg, pitch, row0):
                     if d.class_name in allowed:
                         allowed[d.class_name] += 1
+        if base.has_head and unchanged is not None:
+            # A class the start model knows that gets new prototypes may add what it missed at the
+            # clicks, not what it calls background elsewhere: on the labelled frame, a detection of
+            # such a class away from every click of it and from every start-model detection of it,
+            # where the start model sees background, is a negative (the start model has none there).
+            for ex in examples:
+                start = base.segment(ex.frame)
+                seg = candidate.segment(ex.frame, min_score=0.0, min_area_nm2=0.0)
+                px = ex.frame.nm_per_px
+                for d in seg.detections:
+                    if d.class_name not in base.classes or d.class_name in unchanged:
+                        continue
+                    reach = max(2 * radius_nm, float(merge.get(d.class_name, 0.0)) if isinstance(merge, Mapping)
+                                else float(merge))
+                    r = min(max(int(d.y_nm / px[1]), 0), start.class_map.shape[0] - 1)
+                    c = min(max(int(d.x_nm / px[0]), 0), start.class_map.shape[1] - 1)
+                    positions = [(q.x_nm, q.y_nm) for q in ex.points if q.class_name == d.class_name]
+                    positions += [(q.x_nm, q.y_nm) for q in start.detections if q.class_name == d.class_name]
+                    claimed = any((x - d.x_nm) ** 2 + (y - d.y_nm) ** 2 <= reach**2 for x, y in positions)
+                    if not claimed and start.class_map[r, c] == 0:
+                        negatives[d.class_name].append((d.score, d.area_nm2))
     min_score: dict[str, float] = {}
     min_area: dict[str, float] = {}
     kept: dict[str, list[int]] = {}
@@ -543,8 +575,8 @@ def _calibrate(
         if unchanged and c in unchanged:  # the start model's validated thresholds
             start_scores, start_areas = base.thresholds()
             score_floor, base_area = start_scores.get(c, 0.0), max(base_area, start_areas.get(c, 0.0))
-        else:  # positives: nothing less certain than every clicked example (less a margin of 0.05)
-            score_floor = min(s for s, _ in pos) - 0.05 if pos else 0.0
+        else:  # positives: nothing less certain than every clicked example (less the margin)
+            score_floor = min(s for s, _ in pos) - score_margin if pos else 0.0
         scores = sorted({max(score_floor, 0.0), *(s + 1e-4 for s, _ in neg)})
         areas = sorted({base_area, *(a + 1e-6 for _, a in neg)})
         best: tuple[int, float, float, int] | None = None

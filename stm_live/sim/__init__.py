@@ -8,7 +8,8 @@ filled at the pace of a microscope) are the file edges.
 
 Modules: ``surfaces`` (what each surface and defect looks like), ``lattice``
 (periodic lattices as Fourier sums), ``steps`` (terraces), ``features``
-(placement, rendering, masks), ``artefacts`` (the instrument), ``scan`` (the
+(placement, rendering, masks), ``artefacts`` (the instrument), ``realism`` (what real
+Si(001):H frames show beyond the surface model), ``scan`` (the
 microscope), ``truth`` and ``paced`` (files), ``measure`` (statistics that
 compare images, real or simulated).
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from .artefacts import Artefacts
 from .paced import PacedFile, write_paced
+from .realism import Realism
 from .scan import Instance, SimulatedScan, simulate_scan
 from .surfaces import SURFACES, surface_classes
 from .truth import Truth, read_truth, write_simulated
@@ -31,6 +33,7 @@ __all__ = [
     "Artefacts",
     "Instance",
     "PacedFile",
+    "Realism",
     "SimulatedScan",
     "Truth",
     "read_truth",

@@ -164,7 +164,8 @@ def place_features(
     # largest labelled reach, so a candidate is compared with its 3 x 3
     # neighbourhood only; the few big clutter blobs are checked one by one.
     labelled_r = [r for r, k in zip(radius, order, strict=True) if kinds[k].class_name is not None]
-    cell = 2.0 * max(labelled_r, default=1.0) + gap_nm
+    max_labelled_r = max(labelled_r, default=1.0)
+    cell = 2.0 * max_labelled_r + gap_nm
     cells: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
     big: list[tuple[float, float, float]] = []
     keep = np.zeros(n, dtype=bool)
@@ -196,7 +197,9 @@ def place_features(
                     if not free:
                         break
             if free:
-                if kinds[order[i]].class_name is None or r_i > 0.5 * cell:
+                # Big clutter is checked one by one; everything no larger than a labelled feature is
+                # hashed (small unlabelled kinds: faint dots of the realism, numerous).
+                if r_i > max_labelled_r:
                     big.append((x, y, r_i))
                 else:
                     cells.setdefault((gx, gy), []).append((x, y, r_i))

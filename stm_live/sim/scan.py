@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ from .artefacts import (
 )
 from .features import Placed, SampleGrid, TerraceLattice, blob_table, place_features, render_features, render_mask
 from .lattice import LatticeTerms, lattice_terms, render_lattice, row_frame_axes
+from .realism import REACTED, Realism, reacted_area, reacted_blobs, realistic_model, rim_blobs
 from .steps import StepEdge, make_steps, terrace_fields
 from .surfaces import SURFACES, SurfaceModel, surface_model
 
@@ -41,7 +42,7 @@ __all__ = ["Instance", "SimulatedScan", "simulate_scan"]
 #: that old seeds keep producing the same scans.
 _STREAMS = (
     "layout", "features", "creep", "drift", "tip_change", "double_tip",
-    "tilt", "line_offset", "line_slope", "flicker", "white_noise", "scars", "current", "scale_error",
+    "tilt", "line_offset", "line_slope", "flicker", "white_noise", "scars", "current", "scale_error", "realism",
 )
 #: Distance from a step edge within which a pixel counts as "at the step", nm.
 STEP_MASK_NM = 0.3
@@ -58,6 +59,7 @@ SURFACE_MARGIN_NM = 3.0
 MIN_GAP_NM = 0.35
 
 _REALISTIC = Artefacts.realistic()
+_NO_REALISM = Realism.none()
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,7 @@ def simulate_scan(
     tip_sigma_nm: float | None = None,
     scan_direction: str = "down",
     line_time_s: float = 0.1,
+    realism: Realism = _NO_REALISM,
 ) -> SimulatedScan:
     """Simulate one constant-current STM scan of ``surface`` with its ground truth.
 
@@ -322,6 +325,11 @@ def simulate_scan(
         Slow-scan direction; the frames are in display orientation either way.
     line_time_s : float
         Time per line and direction, s (only written to file headers).
+    realism : Realism
+        What real Si(001):H frames show beyond the surface model (trenches,
+        rims, feature sizes, irregular contamination, reacted areas, whose
+        pixels get mask value 255); default none, which leaves every scan
+        as it was. See :mod:`stm_live.sim.realism`.
 
     Returns
     -------
@@ -341,6 +349,7 @@ def simulate_scan(
     _check("pixels", pixels, isinstance(pixels, int | np.integer) and 8 <= pixels <= 8192, "an integer 8..8192")
     _check("seed", seed, isinstance(seed, int | np.integer) and seed >= 0, "an integer >= 0")
     _check("artefacts", artefacts, isinstance(artefacts, Artefacts), "an Artefacts instance")
+    _check("realism", realism, isinstance(realism, Realism), "a Realism instance")
     _check("scan_direction", scan_direction, scan_direction in ("down", "up"), "'down' or 'up'")
     for name, value in (("density_scale", density_scale), ("feature_height_scale", feature_height_scale),
                         ("feature_size_scale", feature_size_scale), ("line_time_s", line_time_s)):
@@ -400,6 +409,10 @@ def simulate_scan(
     terms = lattice_terms(model.cell, corrugation_nm=model.corrugation_nm, min_tip_sigma_nm=model.tip_sigma_nm)
 
     # The features.
+    real_rng = streams["realism"]
+    real_events: dict[str, Any] = {}
+    if realism.active:
+        model, clutter, real_events = realistic_model(model, realism, real_rng, clutter)
     rng = streams["features"]
     area = (size + 2 * margin) ** 2
     counts: dict[str | None, int] = {None: int(rng.poisson(clutter * area))}
@@ -409,7 +422,21 @@ def simulate_scan(
     gap = max(MIN_GAP_NM, 2.5 * px)
     placed = place_features(rng, model, counts=counts, region_nm=region, terraces=tuple(terraces), edges=edges,
                             gap_nm=gap)
+    reacted = None
+    extra: list[dict[str, np.ndarray]] = []
+    if realism.active:
+        reacted = reacted_area(realism, real_rng, region, size)
+        if reacted is not None:
+            outside = ~reacted.inside(placed.x_nm, placed.y_nm)
+            placed = Placed(*(getattr(placed, f.name)[outside] for f in fields(Placed)))
+            real_events["reacted"] = True
+        extra.append(rim_blobs(model, placed.kind, placed.x_nm, placed.y_nm, placed.theta_rad, realism, real_rng,
+                               size_scale=float(feature_size_scale), height_scale=float(feature_height_scale)))
+        if reacted is not None:
+            extra.append(reacted_blobs(reacted, real_rng, theta=theta0))
     blobs = blob_table(model, placed, height_scale=float(feature_height_scale), size_scale=float(feature_size_scale))
+    if extra:
+        blobs = {k: np.concatenate([blobs[k], *(e[k] for e in extra)]) for k in blobs}
     built = _Surface(model, terms, tuple(terraces), edges, placed, blobs)
 
     # Imaging.
@@ -426,6 +453,10 @@ def simulate_scan(
         scan_direction=scan_direction,
     )
     mask, x_img, y_img = render_mask(model, placed, grid=grid_f, size_scale=float(feature_size_scale))
+    if reacted is not None:
+        xs_f = geometry.x_cols_forward[None, :] + geometry.x_rows[:, None]
+        ys_f = np.broadcast_to(geometry.y_rows[:, None], xs_f.shape)
+        mask[reacted.inside(xs_f, ys_f)] = REACTED
     instances = sorted(
         (Instance(model.kinds[int(k)].class_name or "", float(x), float(y), model.kinds[int(k)].name)
          for k, x, y in zip(placed.kind, x_img, y_img, strict=True) if not math.isnan(x)),
@@ -445,6 +476,8 @@ def simulate_scan(
                        rng=rng), channel="Current", unit="A", direction="backward", **meta),
     )
     events = {**geometry.events, **tip.events, **signal_events}
+    if realism.active:
+        events["realism"] = real_events
     params = {
         "surface": surface, "size_nm": size, "pixels": n, "seed": int(seed), "bias_v": model.bias_v,
         "setpoint_a": setpoint, "artefacts": artefacts.to_dict(), "density_per_nm2": densities,
@@ -453,6 +486,8 @@ def simulate_scan(
         "row_angle_deg": angle_deg, "steps": n_steps, "tip_sigma_nm": model.tip_sigma_nm,
         "scan_direction": scan_direction, "line_time_s": float(line_time_s),
     }
+    if realism.active:  # absent otherwise, so that scans without realism keep their sidecars' bytes
+        params["realism"] = realism.to_dict()
     return SimulatedScan(
         surface=surface,
         classes=model.classes,

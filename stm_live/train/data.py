@@ -78,9 +78,10 @@ def simulate_prepared(
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """One simulated frame of ``surface``, prepared at its model pitch, with its mask.
 
-    Returns ``(image (h, w) float32, mask (h, w) uint8, classes)``.
+    Returns ``(image (h, w) float32, mask (h, w) uint8, classes)``; mask value 255 (reacted areas of
+    frames with realism) is no label.
     """
-    from ..sim import Artefacts, simulate_scan
+    from ..sim import Artefacts, Realism, simulate_scan
 
     rng = np.random.default_rng(seed)
     size_nm = float(rng.uniform(*surface.size_nm))
@@ -88,9 +89,17 @@ def simulate_prepared(
     pixels = int(np.clip(round(size_nm / pitch), 64, 1024))
     artefacts = _scaled_artefacts(Artefacts.realistic(), float(rng.uniform(0.0, 1.5)))
     frame_seed = int(rng.integers(2**31))
+    realism = Realism.none()
+    # No draw without realism: the same seed then gives the same frame as before realism existed.
+    if surface.realism_fraction > 0 and rng.random() < surface.realism_fraction:
+        realism = Realism.from_dict({**Realism.si001h().to_dict(), **surface.realism})
+        if surface.realism_input_nm_per_px is not None:
+            pitch = float(rng.uniform(*surface.realism_input_nm_per_px))
+            pixels = int(np.clip(round(size_nm / pitch), 64, 1024))
     model = (random_surface_model(frame_seed, twin_probability=surface.twin_probability)
              if surface.name == RANDOM_SURFACE else surface.name)
-    scan = simulate_scan(model, size_nm=size_nm, pixels=pixels, seed=frame_seed, artefacts=artefacts)
+    scan = simulate_scan(model, size_nm=size_nm, pixels=pixels, seed=frame_seed, artefacts=artefacts,
+                         realism=realism)
     frame = scan.frame("Z", "forward")
     levelled = level_for_model(frame.data, DEFAULT_LEVELLING)
     image = prepare_image(
@@ -109,8 +118,7 @@ def _digest(settings: TrainSettings, surfaces: Sequence[SurfaceSettings], split:
         "split": split,
         "seed": settings.seed,
         # A setting at its "off" value is left out, so that data made before it existed keeps its digest.
-        "surfaces": [s.model_dump(mode="json", exclude={"export"} | ({"twin_probability"} if not s.twin_probability
-                                                                    else set())) for s in surfaces],
+        "surfaces": [s.model_dump(mode="json", exclude={"export"} | s.off_settings) for s in surfaces],
         "levelling": DEFAULT_LEVELLING,
         "normalisation": settings.train_normalisation,
     }

@@ -39,7 +39,7 @@ from ..sim.surfaces import RANDOM_SURFACE
 from .compare import DEFAULT_TOLERANCE, EXTRA_SETS, EvaluationSet, SetFactory, SimulatedHeldOut, compare_models
 from .data import PreparedSet, build_sets, content_digest
 from .export import export_model
-from .fit import PrototypeBank, fit, summarise
+from .fit import IGNORE, PrototypeBank, fit, summarise
 from .net import Encoder, receptive_field_px
 from .settings import SurfaceSettings, TrainSettings
 
@@ -63,6 +63,8 @@ def _val_embeddings(
     x, y = np.concatenate(xs), np.concatenate(ys)
     keep = []
     for k in np.unique(y):
+        if k == IGNORE:  # no label (reacted areas of frames with realism)
+            continue
         idx = np.flatnonzero(y == k)
         keep.append(idx if len(idx) <= limit else rng.choice(idx, limit, replace=False))
     sel = np.concatenate(keep)

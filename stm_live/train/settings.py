@@ -46,12 +46,39 @@ class SurfaceSettings(_Frozen):
     #: other height and width). 0.35 lifts leave-one-out Si 1-shot episodes by 2-5 points but
     #: cost the Si model AsH3 F1 in both runs (0.935, 0.884; docs/model.md): off by default.
     twin_probability: Annotated[float, Field(ge=0, le=1)] = 0.0
+    #: Share of this surface's frames simulated with the realism of real Si(001):H frames
+    #: (stm_live.sim.Realism: trenches, rims, feature sizes, irregular contamination, reacted
+    #: areas; docs/real_eval.md, Zero-shot transfer). 0: none.
+    realism_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
+    #: The realism of those frames: Realism.si001h() with these fields replaced (0 switches a part off).
+    realism: dict[str, float] = {}
+    #: Input pitch range of those frames, nm/px (the real frames' 100 nm / 512 px is 0.195); None:
+    #: input_nm_per_px.
+    realism_input_nm_per_px: tuple[Positive, Positive] | None = None
 
     @model_validator(mode="after")
     def _twins_only_on_random(self) -> SurfaceSettings:
         if self.twin_probability > 0 and self.name != RANDOM_SURFACE:
             raise ValueError(f"twin_probability applies to the {RANDOM_SURFACE!r} surface only, not {self.name!r}")
         return self
+
+    @model_validator(mode="after")
+    def _known_realism(self) -> SurfaceSettings:
+        from ..sim.realism import Realism
+
+        Realism.from_dict({**Realism.si001h().to_dict(), **self.realism})  # unknown or impossible: an error
+        return self
+
+    @property
+    def off_settings(self) -> set[str]:
+        """Settings at their "off" value: left out of the data digest, so that data made before they
+        existed keeps its digest."""
+        off = set()
+        for name, value in (("twin_probability", self.twin_probability), ("realism_fraction", self.realism_fraction),
+                            ("realism", self.realism), ("realism_input_nm_per_px", self.realism_input_nm_per_px)):
+            if not value:
+                off.add(name)
+        return off
 
 
 def _default_surfaces() -> list[SurfaceSettings]:
