@@ -176,10 +176,14 @@ def run_scenario(name: str, line_time: float, timeout_s: float) -> dict[str, Any
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], default=list(SCENARIOS))
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help=f"any of {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--line-time", type=float, default=0.01, help="seconds per line of the live scan")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per scenario at most")
     args = parser.parse_args()
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(unknown)}: choose from {', '.join(SCENARIOS)}")
     print(_machine())
     print(_load(), "(before)")
     for name in args.scenarios or SCENARIOS:
