@@ -249,6 +249,8 @@ def test_the_legacy_layout_has_no_wait_end_of_line(sample: VirtualSample) -> Non
         with pytest.raises(ProtocolError, match="legacy"):
             legacy.call("Scan.WaitEndOfLine", {"timeout_ms": 10})
         legacy.close()
+        # One client per port: the controller takes the next one once it has seen the first go.
+        wait_until(lambda: vc.port not in vc.busy_ports, 10.0, "the controller to free the port")
         # A client set to the newer layout reads the older answer as broken, and says what to check.
         current = NanonisConnection("127.0.0.1", vc.port, layout="current")
         with pytest.raises(ProtocolError, match=r"bridge\.layout"):

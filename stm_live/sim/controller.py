@@ -350,6 +350,11 @@ class VirtualController:
             return self._changed_tip
 
     @property
+    def busy_ports(self) -> set[int]:
+        """The ports with a client connected now (one client per port; a new one waits until it is free)."""
+        return set(self._clients)
+
+    @property
     def current_frame(self) -> ScanFrame:
         """The frame set now."""
         with self._cond:
