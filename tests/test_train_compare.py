@@ -237,3 +237,29 @@ def test_held_out_scores_are_those_of_the_evaluation(tmp_path: Path) -> None:
     base = SimulatedHeldOut("si001-ash3", 2, 10_000, 50.0, 512).score(REPO / "models" / "base-encoder.onnx")
     assert set(base.values) == {"si001-ash3 1-shot accuracy", "si001-ash3 3-shot accuracy"}
     assert all(0.0 <= v <= 1.0 for v in base.values.values()) and np.isfinite(list(base.values.values())).all()
+
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (REAL_DATA / "real-npy").is_dir(), reason="../shared/data/real-npy is missing")
+def test_the_real_labelled_frames_score_a_surface_model_in_their_dev_regions(tmp_path: Path) -> None:
+    from stm_live.train.real_set import real_labelled_set
+
+    si_classes = ("AsH3", "dangling_bond", "dimer_vacancy")
+    real = real_labelled_set("si001-ash3", si_classes, data_root=REAL_DATA)
+    assert real is not None
+    assert [p.stem for p in real.label_files] == ["si001h_brockley_23_2_0", "si001h_ph3_paddington_24_2_0"]
+    assert real.classes == ("dangling_bond", "dimer_vacancy") and real.split == "dev"
+    bundled = Path(__file__).resolve().parents[1] / "models" / "si001-ash3.onnx"
+    scores = real.score(bundled)
+    assert set(scores.values) == {"real dangling_bond F1", "real dimer_vacancy F1"}
+    assert all(0.0 < v <= 1.0 for v in scores.values.values())
+    assert scores.detail["split"] == "dev" and scores.detail["area_nm2"] > 0
+    # The same model on both sides is not worse; the table has the real rows.
+    same = compare_models("si001-ash3", bundled, bundled, [real])
+    assert not same.new_is_worse and {r.score for r in same.rows} == set(scores.values)
+    # Where it cannot be measured it is left out: a bare encoder, other classes, no images.
+    assert real_labelled_set("base-encoder", (), data_root=REAL_DATA) is None
+    assert real_labelled_set("ge001", ("dimer", "phase_defect"), data_root=REAL_DATA) is None
+    assert real_labelled_set("si001-ash3", si_classes, data_root=tmp_path) is None

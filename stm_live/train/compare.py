@@ -65,8 +65,9 @@ class EvaluationSet(Protocol):
 
 #: Factories of further evaluation sets, tried for every compared model: given the model's
 #: name and classes (empty for a bare encoder), a set to score it on, or None where the set
-#: does not apply. The place for a labelled set of real images: append its factory here
-#: (or pass it to :func:`compare_models` / ``train_models(extra_sets=...)``).
+#: does not apply. ``train_models`` always tries the hand-labelled real frames
+#: (:func:`stm_live.train.real_set.real_labelled_set`) first; append others here (or pass
+#: them to ``train_models(extra_sets=...)``).
 SetFactory = Callable[[str, tuple[str, ...]], "EvaluationSet | None"]
 EXTRA_SETS: list[SetFactory] = []
 

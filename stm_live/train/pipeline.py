@@ -41,6 +41,7 @@ from .data import PreparedSet, build_sets, content_digest
 from .export import export_model
 from .fit import IGNORE, PrototypeBank, fit, summarise
 from .net import Encoder, receptive_field_px
+from .real_set import real_labelled_set
 from .settings import SurfaceSettings, TrainSettings
 
 __all__ = ["calibrate_exports", "export_surface_model", "held_out_geometry", "portable_settings", "relative_to",
@@ -142,8 +143,9 @@ def train_models(
     per-class detection thresholds are calibrated on ``calibrate_frames`` fresh
     validation frames. Then every new model and the one it would replace (``compare[name]``,
     else ``out_dir/<name>.onnx`` where it exists, else the bundled model of that name) are
-    scored on the same ``evaluate_frames`` held-out frames (and on any further evaluation
-    sets: :data:`stm_live.train.compare.EXTRA_SETS`, ``extra_sets``). A new model is
+    scored on the same ``evaluate_frames`` held-out frames, on the dev regions of the
+    hand-labelled real frames where they apply (:mod:`stm_live.train.real_set`), and on any
+    further evaluation sets (:data:`stm_live.train.compare.EXTRA_SETS`, ``extra_sets``). A new model is
     copied into ``out_dir`` unless it is worse than the model it would overwrite (or the
     one asked for) by more than ``tolerance`` on some score, or cannot be compared
     (``evaluate_frames`` 0); ``force`` installs it anyway. Worse than the bundled model
@@ -204,7 +206,7 @@ def train_models(
         calibrate_exports(exported, settings, exports, calibrate_frames)
     t_eval = time.perf_counter()
     metrics, comparisons = _compare_exports(exported, settings, exports, evaluate_frames, compare or {}, force,
-                                            tolerance, [*EXTRA_SETS, *extra_sets])
+                                            tolerance, [real_labelled_set, *EXTRA_SETS, *extra_sets])
     report = {
         "stm_live": __version__,
         "torch": torch.__version__,
