@@ -125,3 +125,56 @@ def test_real_tip_state_images_are_read_as_grey_height_maps() -> None:
             grey = np.asarray(im.convert("L"), dtype=np.float32)
         v = judge_frame(grey)
         assert v.verdict in ("good", "bad", "tip_change") and "lattice" in v.evidence
+
+
+def test_periodicity_sees_resolved_rows_not_noise_or_blobs() -> None:
+    from scipy import ndimage
+
+    from stm_live.quality.frame import frame_evidence
+
+    rng = np.random.default_rng(2)
+    y, x = np.mgrid[0:200, 0:200]
+    rows_ = np.sin(x * 0.5 + y * 0.2) + 0.2 * rng.standard_normal((200, 200))
+    blobs = ndimage.gaussian_filter(rng.standard_normal((200, 200)), 12.0)  # a blunt tip: no repeat
+    noise = rng.standard_normal((200, 200))
+    p = {name: frame_evidence(im)["periodicity"] for name, im in
+         (("rows", rows_), ("blobs", blobs), ("noise", noise))}
+    assert p["rows"] > 0.5 and p["blobs"] < 0.25 and p["noise"] < 0.25, p
+
+
+def _fit_script():  # type: ignore[no-untyped-def]
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fit_quality_model
+
+    return fit_quality_model
+
+
+def test_simulated_training_frames_are_deterministic_8_bit_renderings() -> None:
+    fit = _fit_script()
+    good, kind = fit.simulated_frame("good", 5)
+    again, _ = fit.simulated_frame("good", 5)
+    assert kind == "good" and good.dtype == np.uint8 and good.shape in ((300, 300), (512, 512))
+    assert np.array_equal(good, again)
+    kinds = {fit.simulated_frame("bad", s)[1] for s in range(12)}
+    assert kinds <= set(fit.BAD_KINDS) and len(kinds) >= 3  # bad frames are bad in several ways
+
+
+def test_the_shipped_model_was_fitted_on_simulated_frames_by_the_fit_script() -> None:
+    from stm_live.quality import learned
+    from stm_live.quality.frame import FEATURE_NAMES
+
+    fit = _fit_script()
+    assert learned.MODEL["features"] == list(FEATURE_NAMES)
+    assert "simulated frames only" in (learned.__doc__ or "")
+    assert "tip-state" not in json.dumps(learned.MODEL)
+    # The script's own output for the shipped model is this very module (written, not hand-edited).
+    text = (Path(learned.__file__)).read_text()
+    assert text == fit.module_text(learned.MODEL, fit.FRAMES)
+    # A small fit is deterministic and sets each threshold at 10 false alarms per 100 simulated good frames.
+    x, y, _ = fit.simulated_features(frames=4)
+    a, b = fit.fit_model(x, y), fit.fit_model(x, y)
+    assert a == b
+    p = fit.proba(a, x)
+    assert np.mean(p[y == 0, 1] > a["threshold"]["bad"]) <= 0.1 + 1e-9
