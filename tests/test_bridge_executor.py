@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import zmq
 from test_daemon import wait_until
+from test_viewer_browser import browser, page  # noqa: F401 - the Chromium fixtures
 from zmq_sockets import SocketFactory, make_socket_fixture  # noqa: F401 - the fixture
 
 from stm_live.bridge.executor import Executor, ScanContext
@@ -275,3 +276,41 @@ def test_the_service_measures_the_virtual_samples_drift_from_successive_frames(
         assert per_line == pytest.approx(0.02, rel=0.5)
         step = vc._drift_step / np.linalg.norm(vc._drift_step)
         assert np.dot(svc.drift.velocity_m_s, step) / np.hypot(*svc.drift.velocity_m_s) > 0.9  # its direction
+
+
+def test_the_page_pauses_and_resumes_automation_with_its_buttons(
+    service: tuple[BridgeService, zmq.Socket[Any]], tmp_path: Path, page: Any,  # noqa: F811 - the fixture
+) -> None:
+    """The operator's pause on the page (Chromium) reaches the bridge at once; resume lifts it."""
+    import threading
+
+    from stm_live.viewer.server import ViewerServer
+    from stm_live.viewer.state import ViewerFeed
+
+    svc, _ = service
+    feed = ViewerFeed()
+    server = ViewerServer(feed, port=0, automation=f"ipc://{tmp_path}/ctl").start()
+    stop = threading.Event()
+
+    def feed_thread() -> None:  # what the daemon's viewer sink does: answer the page's snapshot requests
+        while not stop.wait(0.05):
+            feed.serve()
+
+    threading.Thread(target=feed_thread, daemon=True).start()
+    try:
+        page.goto(server.url)
+        page.wait_for_function("() => document.getElementById('automationState').textContent"
+                               ".includes('automation running')", timeout=20_000)
+        assert page.is_enabled("#pauseBtn") and page.is_disabled("#resumeBtn")
+        page.click("#pauseBtn")
+        wait_until(lambda: svc.executor.state == "paused", 10.0, "the bridge to pause")
+        page.wait_for_function("() => document.getElementById('automationState').textContent"
+                               ".includes('paused by the operator')", timeout=10_000)
+        assert page.is_disabled("#pauseBtn") and page.is_enabled("#resumeBtn")
+        page.click("#resumeBtn")
+        wait_until(lambda: svc.executor.state == "running", 10.0, "the bridge to resume")
+        page.wait_for_function("() => document.getElementById('automationState').textContent"
+                               ".includes('automation running')", timeout=10_000)
+    finally:
+        stop.set()
+        server.close()

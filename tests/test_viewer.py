@@ -461,3 +461,36 @@ def test_versions_accumulate_the_support_set_and_undo_walks_back_to_the_base(tmp
         teach.undo()
     with pytest.raises(ValueError, match="not available for teach-in"):
         teach.teach("nope", pts)
+
+
+def test_the_automation_api_says_when_there_is_no_bridge_and_refuses_bad_commands(tmp_path: Path) -> None:
+    """Without a bridge endpoint: 404; a bridge that does not answer: 503 naming it, within seconds."""
+    alone = ViewerServer(ViewerFeed(), port=0).start()
+    nobody = f"ipc://{tmp_path}/nobody"
+    with_bridge = ViewerServer(ViewerFeed(), port=0, automation=nobody).start()
+
+    async def probe() -> dict[str, tuple[int, dict[str, Any]]]:
+        out = {}
+        async with aiohttp.ClientSession() as session:
+            for name, method, url, body in (
+                ("none", "GET", f"{alone.url}api/automation", None),
+                ("silent", "GET", f"{with_bridge.url}api/automation", None),
+                ("bad", "POST", f"{with_bridge.url}api/automation", {"command": "explode"}),
+                ("pause", "POST", f"{with_bridge.url}api/automation", {"command": "pause"}),
+            ):
+                async with session.request(method, url, json=body) as r:
+                    out[name] = (r.status, await r.json())
+        return out
+
+    try:
+        t0 = time.monotonic()
+        got = asyncio.run(probe())
+        assert time.monotonic() - t0 < 15.0
+        assert got["none"][0] == 404 and "bridge.control_endpoint" in got["none"][1]["error"]
+        assert got["silent"][0] == 503 and "no bridge answered" in got["silent"][1]["error"]
+        assert got["silent"][1]["endpoint"] == nobody
+        assert got["bad"][0] == 400 and "pause" in got["bad"][1]["error"]
+        assert got["pause"][0] == 503
+    finally:
+        alone.close()
+        with_bridge.close()

@@ -119,7 +119,7 @@ class DaemonPage:
         self.feed = _feed(config)
         self.server = ViewerServer(self.feed, host=v.host, port=v.port if port is None else port, token=v.token,
                                    results_dir=Path(config.results.dir), client_buffer_kb=v.client_buffer_kb,
-                                   mode="daemon")
+                                   mode="daemon", automation=config.bridge.control_endpoint)
         self.teach: TeachIn | None = None
 
     @property
@@ -165,7 +165,8 @@ class RemotePage:
         self.endpoint = endpoint
         self.feed = _feed(config)
         self.server = ViewerServer(self.feed, host=v.host, port=v.port if port is None else port, token=v.token,
-                                   client_buffer_kb=v.client_buffer_kb, mode="remote", source=endpoint)
+                                   client_buffer_kb=v.client_buffer_kb, mode="remote", source=endpoint,
+                                   automation=config.bridge.control_endpoint)
         self._own_context = context is None
         self._context = context if context is not None else zmq.Context()
         self._stop = threading.Event()

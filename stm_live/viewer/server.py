@@ -50,6 +50,9 @@ log = logging.getLogger("stm_live.viewer")
 #: Seconds between WebSocket pings; a browser that answers none within it is closed.
 HEARTBEAT_S: Final = 10.0
 _MAX_CLICKS: Final = 10_000
+#: How long the page waits for the bridge: for its state, and for a pause or resume.
+_AUTOMATION_STATUS_S: Final = 1.0
+_AUTOMATION_COMMAND_S: Final = 3.0
 
 
 def _fail(kind: type[web.HTTPException], message: str) -> web.HTTPException:
@@ -112,6 +115,9 @@ class ViewerServer:
         What each browser's buffer may hold before it is dropped and resynced.
     mode : str
         ``"daemon"``, ``"remote"`` or ``"label"`` (the page adapts its panels).
+    automation : str, optional
+        A controller bridge's operator endpoint (``bridge.control_endpoint``): the page
+        shows its automation state and pauses or resumes it (``/api/automation``).
     """
 
     def __init__(
@@ -126,6 +132,7 @@ class ViewerServer:
         client_buffer_kb: int = 4096,
         mode: str = "daemon",
         source: str = "",
+        automation: str | None = None,
     ) -> None:
         if not is_loopback(host) and not token:
             raise ConfigError(
@@ -140,6 +147,7 @@ class ViewerServer:
         self.results_dir = results_dir
         self.client_budget = client_buffer_kb << 10
         self.mode = mode
+        self.automation = automation
         self.clients: dict[int, _Client] = {}
         self.dropped = 0
         self.resyncs = 0
@@ -151,7 +159,7 @@ class ViewerServer:
         self._error: BaseException | None = None
         self._stopping: asyncio.Event | None = None
         feed.hello = {"type": "hello", "mode": mode, "teach": teach is not None, "source": source,
-                      "stored": results_dir is not None}
+                      "stored": results_dir is not None, "automation": automation is not None}
         feed.deliver = self._deliver
 
     # -- life cycle -------------------------------------------------------------
@@ -282,6 +290,8 @@ class ViewerServer:
         app.router.add_get("/api/versions/{file}", self._version_file)
         app.router.add_post("/api/teach", self._teach)
         app.router.add_post("/api/undo", self._undo)
+        app.router.add_get("/api/automation", self._automation)
+        app.router.add_post("/api/automation", self._automation)
         return app
 
     def _authorised(self, request: web.Request) -> bool:
@@ -494,6 +504,35 @@ class ViewerServer:
             return web.json_response({"error": str(exc)}, status=400)
         self._broadcast_versions()
         return web.json_response({"model": dict(now)})
+
+    async def _automation(self, request: web.Request) -> web.Response:
+        """The bridge's automation: GET its state; POST ``{"command": "pause" | "resume"}``."""
+        from ..bridge.link import operator_request
+        from ..errors import ControllerError
+
+        if self.automation is None:
+            raise _fail(web.HTTPNotFound, "no controller bridge is configured (bridge.control_endpoint)")
+        command = "status"
+        if request.method == "POST":
+            try:
+                body = await request.json()
+                command = str(body["command"])
+            except (ValueError, KeyError, TypeError):
+                command = ""
+            if command not in ("pause", "resume"):
+                return web.json_response({"error": 'expected {"command": "pause"} or {"command": "resume"}'},
+                                         status=400)
+        # A pause must take effect at once: the operator waits at most a few seconds for the answer.
+        timeout = _AUTOMATION_STATUS_S if command == "status" else _AUTOMATION_COMMAND_S
+        try:
+            state = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: operator_request(self.automation or "", command, timeout_s=timeout))
+        except ControllerError as exc:
+            return web.json_response({"error": str(exc), "endpoint": self.automation}, status=503)
+        if command != "status":
+            log.warning("page: automation %s by the operator -> %s", command, state.get("state"))
+        return web.json_response({"endpoint": self.automation, "state": state.get("state"),
+                                  "reason": state.get("reason"), "counters": state.get("counters", {})})
 
     def _broadcast_versions(self) -> None:
         if self.teach is not None:

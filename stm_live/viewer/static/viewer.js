@@ -250,6 +250,8 @@ function onHello(m) {
   $("mode").textContent = { daemon: "daemon", remote: `results of ${m.source}`, label: `labelling ${m.source}` }[m.mode] || "";
   $("teachPanel").hidden = !m.teach;
   $("storedBtn").hidden = !m.stored;
+  $("automationPanel").hidden = !m.automation;
+  if (m.automation) automation();
   S.live = null;
   S.frames.clear();
   $("strip").innerHTML = "";
@@ -627,6 +629,32 @@ async function undo() {
   $("teachMsg").textContent = r.ok ? `undone: model now ${body.model.name} [${body.model.id}]` : body.error;
 }
 
+// ---------------------------------------------------------------- automation (the controller bridge)
+async function automation(command) {
+  // No command: ask the bridge for its state. A pause is sent at once and its answer shown.
+  const options = command ? { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ command }) } : undefined;
+  let body;
+  try {
+    const r = await api("api/automation", options);
+    body = await r.json();
+    if (!r.ok) {
+      $("automationState").textContent = "no answer from the bridge";
+      $("automationMsg").textContent = body.error || `HTTP ${r.status}`;
+      return;
+    }
+  } catch (e) {
+    $("automationMsg").textContent = String(e);
+    return;
+  }
+  window.stmLive.automation = body;
+  $("automationState").textContent = `automation ${body.state}` + (body.reason ? `: ${body.reason}` : "");
+  $("automationMsg").textContent = command ? `${command} sent to ${body.endpoint}` : `bridge at ${body.endpoint}`;
+  // A dry run has nothing to pause (automation is switched on in the configuration only).
+  $("pauseBtn").disabled = !["running", "stopped"].includes(body.state);
+  $("resumeBtn").disabled = !["paused", "stopped"].includes(body.state);
+}
+
 function onVersions(m) {
   S.versions = m;
   window.stmLive.versions = m;
@@ -724,6 +752,10 @@ $("pngBtn").onclick = exportPng;
 $("csvBtn").onclick = exportCsv;
 $("teachBtn").onclick = teach;
 $("undoBtn").onclick = undo;
+$("pauseBtn").onclick = () => automation("pause");
+$("resumeBtn").onclick = () => automation("resume");
+// The bridge's state is asked for every 5 s while the panel shows (a pause made elsewhere shows too).
+setInterval(() => { if (!$("automationPanel").hidden && !document.hidden) automation(); }, 5000);
 $("clearBtn").onclick = () => { S.pending = { points: [], regions: [] }; S.dirty.marks = true; schedule(); refreshTeach(); };
 window.addEventListener("resize", () => { S.dirty.marks = true; schedule(); });
 
