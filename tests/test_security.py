@@ -167,11 +167,16 @@ def test_without_a_running_authenticator_no_key_gets_in(make_socket: SocketFacto
     auth.stop()
     pub, watch = _bridge(make_socket, source.endpoint, keys.alice)
     try:
+        # Nothing gets in. The handshake either fails (reported to the client) or, on a loaded
+        # machine, stalls waiting for the missing authenticator: probe for the whole window then.
         deadline = time.monotonic() + WAIT_S
         while (failure := watch.failure()) is None and time.monotonic() < deadline:
             pub.send_multipart(PROBE)
             assert source.receive(0.02) is None
-        assert failure is not None
+        if failure is not None:
+            for _ in range(50):
+                pub.send_multipart(PROBE)
+                assert source.receive(0.02) is None
     finally:
         watch.close()
         source.close()
