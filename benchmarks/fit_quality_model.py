@@ -11,14 +11,18 @@ thresholds are set on simulated good frames too: 10 false alarms per 100.
 
 * ``good``: a sharp tip (0.08-0.22 nm), the realistic artefacts without a tip
   change, noise 0.3-2 x, 0.5-5 scars per 100 lines, a mild double tip at most;
-* ``tip_change``: the same, with a tip change (severity 0.3-1) at a random line,
-  and in part of the frames a second one, or the apex jumping sideways;
+* ``tip_change``: the same, broken into bands at 1-3 random lines, each band
+  under another apex state (moved sideways along or across the lines, blunter,
+  more or less contrast, a ghost apex, more noise; a third of the later bands
+  back to the first state), as the real Tip Change images look;
 * ``bad``, as the real Bad/Blurry class: a blunt tip (0.35-1.2 nm), a strong
   double tip, heavy noise and scars, an unstable tip (large jumps between
   lines), a band where the feedback lost the surface, or a blunt noisy tip.
 
-Frames are 6-40 nm wide, 300 (80 %) or 512 px like the real images, and are
-rendered the way those are: blurred by 0.5-1.5 px (the source resampled its
+Frames are 6-40 nm wide, 300 (80 %) or 512 px like the real images, 35 % with
+the realism of the real Si(001):H frames, and are rendered the way those are:
+blurred by 0.5-1.5 px (the source resampled its images; the blur stays within
+each band of a tip change, which is sharp between two lines as in the real
 images), each line's straight-line fit removed, scaled to 8-bit grey.
 The simulator settings and the features were chosen by looking at how
 the fit did on the real ``dev`` images (design); no number is fitted on them.
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import sys
@@ -55,15 +60,25 @@ LABELS = ("good", "bad", "tip_change")
 #: Frames per label and the first seed (label k uses seeds SEED0 + 100000 k + i).
 FRAMES = 300
 SEED0 = 500000
+#: Share of the frames with the realism of the real Si(001):H frames (contamination, reacted areas, ...).
+REALISM_SHARE = 0.35
+#: Share of the simulated tip changes that are bands of other apex states (the rest: the simulator's own).
+TIP_CHANGE_BANDS = 1.0
 BAD_KINDS = ("blunt", "double", "noisy", "unstable", "lost", "blunt+noisy")
 
 
-def _flatten_to_grey(z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _flatten_to_grey(z: np.ndarray, rng: np.random.Generator, cuts: tuple[int, ...] = ()) -> np.ndarray:
     """The real images' rendering.
 
     Resampled (a blur of 0.5-1.5 px), every line's straight-line fit removed, scaled to 0..255, 8 bits.
+    The blur stays within the bands between ``cuts`` (lines where the apex changed): the lines are
+    scanned one after another, so a tip change is sharp between two lines, as in the real images.
     """
-    z = ndimage.gaussian_filter(np.asarray(z, dtype=np.float64), float(rng.uniform(0.5, 1.5)))
+    sigma = float(rng.uniform(0.5, 1.5))
+    z = np.asarray(z, dtype=np.float64)
+    edges = [0, *sorted(cuts), z.shape[0]]
+    z = np.concatenate([ndimage.gaussian_filter(z[r0:r1], sigma) if r1 - r0 > 1 else z[r0:r1]
+                        for r0, r1 in itertools.pairwise(edges)])
     cols = z.shape[1]
     x = np.arange(cols) - (cols - 1) / 2.0
     a = z - z.mean(axis=1, keepdims=True)
@@ -73,6 +88,44 @@ def _flatten_to_grey(z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if hi <= lo:
         return np.zeros(a.shape, dtype=np.uint8)
     return np.clip(np.round((a - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _apex_state(z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``z`` as another apex would image it: moved sideways (along or across the lines), blunter,
+    with more or less contrast, a ghost of a second apex, more noise; at least one of them clearly."""
+    out = z
+    while out is z:
+        if rng.random() < 0.6:
+            out = ndimage.shift(out, (0, float(rng.choice([-1, 1]) * rng.uniform(1.0, 15.0))), order=1,
+                                mode="nearest")
+        if rng.random() < 0.3:
+            out = np.roll(out, int(rng.choice([-1, 1]) * rng.integers(2, 20)), axis=0)
+        if rng.random() < 0.5:
+            out = ndimage.gaussian_filter(out, float(rng.uniform(0.7, 3.0)))
+        if rng.random() < 0.5:
+            out = out * float(math.exp(rng.choice([-1, 1]) * rng.uniform(0.25, 0.8)))
+        if rng.random() < 0.2:
+            out = out + float(rng.uniform(0.3, 0.8)) * ndimage.shift(out, (float(rng.uniform(-6, 6)),
+                                                                             float(rng.uniform(-6, 6))), order=1,
+                                                                      mode="nearest")
+    if rng.random() < 0.3:
+        out = out + rng.normal(0.0, float(rng.uniform(0.05, 0.3)) * float(np.std(z)), z.shape)
+    return out
+
+
+def _tip_bands(z: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, ...]]:
+    """1-3 tip changes at random lines; each band after one is under a new apex state (or, a third of
+    the time after the first, back to the first one)."""
+    rows = z.shape[0]
+    n = int(rng.integers(1, 4))
+    cuts = np.sort(rng.choice(np.arange(rows // 8, rows - rows // 8), size=n, replace=False))
+    out = z.copy()
+    first = z
+    for i, r0 in enumerate(cuts):
+        r1 = int(cuts[i + 1]) if i + 1 < n else rows
+        state = first if i > 0 and rng.random() < 1 / 3 else _apex_state(z, rng)
+        out[r0:r1] = state[r0:r1]
+    return out, tuple(int(c) for c in cuts)
 
 
 def _geometry(rng: np.random.Generator) -> dict[str, Any]:
@@ -97,17 +150,22 @@ def simulated_frame(label: str, seed: int) -> tuple[np.ndarray, str]:
     geo = _geometry(rng)
     art = _base_artefacts(rng)
     tip = float(rng.uniform(0.08, 0.22))
-    realism = Realism.si001h() if rng.random() < 0.5 else Realism.none()
+    realism = Realism.si001h() if rng.random() < REALISM_SHARE else Realism.none()
     kind = "good"
     post: list[str] = []
     if label == "tip_change":
-        art = replace(art, tip_change=float(rng.uniform(0.3, 1.0)), tip_change_chance=1.0)
-        kind = "tip_change"
-        extra = rng.random()
-        if extra < 0.3:
-            post.append("second_tip")
-        elif extra < 0.5:
-            post.append("shift")
+        if rng.random() < TIP_CHANGE_BANDS:
+            # As most real ones look: the image breaks into bands, each under another apex state.
+            kind = "bands"
+            post.append("bands")
+        else:
+            art = replace(art, tip_change=float(rng.uniform(0.3, 1.0)), tip_change_chance=1.0)
+            kind = "tip_change"
+            extra = rng.random()
+            if extra < 0.3:
+                post.append("second_tip")
+            elif extra < 0.5:
+                post.append("shift")
     elif label == "bad":
         kind = BAD_KINDS[int(rng.integers(len(BAD_KINDS)))]
         if "blunt" in kind:
@@ -129,6 +187,7 @@ def simulated_frame(label: str, seed: int) -> tuple[np.ndarray, str]:
                          steps=geo["steps"])
     z = scan.frame("Z").data.astype(np.float64) * 1e9  # nm
     rows = z.shape[0]
+    cuts: list[int] = []
     if "second_tip" in post:
         # The same sample under another tip from a line on (blunter or sharper, another height).
         tip2 = tip * float(rng.choice([0.6, 2.0, 3.0]))
@@ -138,9 +197,14 @@ def simulated_frame(label: str, seed: int) -> tuple[np.ndarray, str]:
                               steps=geo["steps"])
         r0 = int(rng.integers(rows // 6, rows - rows // 6))
         z[r0:] = other.frame("Z").data[r0:] * 1e9 + float(rng.normal(0.0, 0.08))
+        cuts.append(r0)
     if "shift" in post:
         r0 = int(rng.integers(rows // 6, rows - rows // 6))
         z[r0:] = np.roll(z[r0:], int(rng.integers(2, 12)) * (1 if rng.random() < 0.5 else -1), axis=1)
+        cuts.append(r0)
+    if "bands" in post:
+        z, new = _tip_bands(z, rng)
+        cuts.extend(new)
     if "lost" in post:
         # The feedback lost the surface for a band of lines: flat (saturated) with noise, or wild.
         r0 = int(rng.integers(0, rows // 2))
@@ -148,7 +212,7 @@ def simulated_frame(label: str, seed: int) -> tuple[np.ndarray, str]:
         z[r0:r1] = float(np.percentile(z, 99.9 if rng.random() < 0.5 else 0.1))
         spikes = rng.random((r1 - r0, z.shape[1])) < rng.uniform(0.0, 0.02)
         z[r0:r1][spikes] += rng.normal(0.0, 0.3, int(spikes.sum()))
-    return _flatten_to_grey(z, rng), kind
+    return _flatten_to_grey(z, rng, tuple(cuts)), kind
 
 
 def _cached_frame(label: str, seed: int, cache: Path | None) -> tuple[np.ndarray, str]:
@@ -211,8 +275,9 @@ def settings_digest() -> str:
     """A short hash of the simulation's source (names the cache, so that changed settings re-simulate)."""
     import inspect
 
-    source = "".join(inspect.getsource(f) for f in (_flatten_to_grey, _geometry, _base_artefacts, simulated_frame))
-    return hashlib.sha256(f"{source}{SEED0}{BAD_KINDS}".encode()).hexdigest()[:12]
+    source = "".join(inspect.getsource(f) for f in (_flatten_to_grey, _apex_state, _tip_bands, _geometry,
+                                                    _base_artefacts, simulated_frame))
+    return hashlib.sha256(f"{source}{SEED0}{BAD_KINDS}{TIP_CHANGE_BANDS}{REALISM_SHARE}".encode()).hexdigest()[:12]
 
 
 def module_text(model: dict[str, Any], frames: int) -> str:
@@ -221,12 +286,14 @@ def module_text(model: dict[str, Any], frames: int) -> str:
         '"""The learned frame-quality combination (written by ``benchmarks/fit_quality_model.py``; do not edit).\n\n'
         "Multinomial logistic regression over :data:`stm_live.quality.frame.FEATURE_NAMES`, fitted on\n"
         f"**simulated frames only**: {frames} per verdict from :func:`stm_live.sim.simulate_scan`\n"
-        "(Si(001):H, 6-40 nm, 300 or 512 px, bias -2 or +1.5 V, 0-2 steps; rendered as the real images\n"
-        "are: blurred 0.5-1.5 px, each line flattened, scaled to 8-bit grey; seeds\n"
+        "(Si(001):H, 6-40 nm, 300 or 512 px, bias -2 or +1.5 V, 0-2 steps, 35 % with the real frames'\n"
+        "realism; rendered as the real images are: blurred 0.5-1.5 px within each band, each line\n"
+        "flattened, scaled to 8-bit grey; seeds\n"
         f"{SEED0} + 100000 k + i). good: a sharp tip (0.08-0.22 nm), the realistic artefacts with noise\n"
         "0.3-2 x, 0.5-5 scars per 100 lines, a double tip up to 0.25, no tip change; tip_change: the same\n"
-        "with a tip change at a random line (severity 0.3-1), some with a second tip or the apex jumping\n"
-        "sideways; bad: a blunt tip (0.35-1.2 nm), a strong double tip (0.6-1), heavy noise (4-20 x) and\n"
+        "broken into bands at 1-3 lines, each under another apex state (moved sideways, blunter, another\n"
+        "contrast, a ghost apex, more noise); bad: a blunt tip (0.35-1.2 nm), a strong double tip (0.6-1),\n"
+        "heavy noise (4-20 x) and\n"
         "scars, an unstable tip (line jumps 0.1-0.5 nm), the feedback lost for a band of lines, or a\n"
         "blunt and noisy tip.\n"
         "Thresholds: 10 false alarms per 100 simulated good frames for each verdict. No number here\n"

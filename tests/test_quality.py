@@ -142,6 +142,27 @@ def test_periodicity_sees_resolved_rows_not_noise_or_blobs() -> None:
     assert p["rows"] > 0.5 and p["blobs"] < 0.25 and p["noise"] < 0.25, p
 
 
+def test_band_break_sees_a_boundary_between_bands_even_smeared_but_not_a_scar() -> None:
+    from scipy import ndimage
+
+    from stm_live.quality.frame import frame_evidence
+
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:160, 0:160]
+    base = np.sin(x * 0.9 + 0.2 * y) + np.sin(0.35 * x - 0.5 * y) + 0.05 * rng.standard_normal((160, 160))
+    banded = base.copy()
+    banded[80:] = np.roll(base, 2, axis=1)[80:]  # the apex moved sideways at line 80
+    smeared = ndimage.gaussian_filter(banded, (1.2, 0.0))  # the boundary spread over two or three lines
+    scarred = base.copy()
+    scarred[80:82] = 0.0  # two odd lines: in and out of a scar
+    ev = {name: frame_evidence(im) for name, im in
+          (("clean", base), ("banded", banded), ("smeared", smeared), ("scarred", scarred))}
+    z = {name: e["band_break_z"] for name, e in ev.items()}
+    assert z["banded"] > 8 and z["smeared"] > 3, z
+    assert z["clean"] < 1 and z["scarred"] < 1, z
+    assert abs(ev["banded"]["band_break_line"] - 80) <= 1 and abs(ev["smeared"]["band_break_line"] - 80) <= 2
+
+
 def _fit_script():  # type: ignore[no-untyped-def]
     import sys
 
@@ -159,6 +180,23 @@ def test_simulated_training_frames_are_deterministic_8_bit_renderings() -> None:
     assert np.array_equal(good, again)
     kinds = {fit.simulated_frame("bad", s)[1] for s in range(12)}
     assert kinds <= set(fit.BAD_KINDS) and len(kinds) >= 3  # bad frames are bad in several ways
+    changes = {fit.simulated_frame("tip_change", s)[1] for s in range(8)}
+    assert "bands" in changes and changes <= {"bands", "tip_change"}  # bands of other apex states (or the simulator's)
+
+
+def test_simulated_tip_change_bands_are_sharp_between_lines() -> None:
+    fit = _fit_script()
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:120, 0:120]
+    z = np.sin(x * 0.9 + 0.2 * y)
+    banded, cuts = fit._tip_bands(z, rng)
+    assert 1 <= len(cuts) <= 3 and all(15 <= c < 105 for c in cuts)
+    assert not np.array_equal(banded[cuts[0]:], z[cuts[0]:]) and np.array_equal(banded[:cuts[0]], z[:cuts[0]])
+    # Rendered with the blur kept inside each band: the line before a cut is still the old pattern.
+    flipped = np.r_[z[:60], -z[60:]]
+    for band_cuts, sharp in (((60,), True), ((), False)):
+        grey = fit._flatten_to_grey(flipped, np.random.default_rng(1), band_cuts).astype(float)
+        assert (np.std(grey[59]) > 0.9 * np.std(grey[50])) == sharp
 
 
 def test_the_shipped_model_was_fitted_on_simulated_frames_by_the_fit_script() -> None:
