@@ -174,17 +174,20 @@ def test_a_rule_fires_the_bridge_zooms_and_the_next_frame_is_the_new_window(
     p = decision["decision"]["params"]
     expected = FRAME.centred_on(p["x_nm"], p["y_nm"], width_m=10e-9)
     got = command.args
-    assert (got["x_m"], got["y_m"]) == pytest.approx(expected.centre_m, abs=1e-13)
+    # Moves aim where the measured drift will take the target: this sample does not drift, but a
+    # drift measured between two frames is noise of a few pm. 20 pm is an eighth of a new pixel.
+    aim_m = 2e-11
+    assert (got["x_m"], got["y_m"]) == pytest.approx(expected.centre_m, abs=aim_m)
     assert (got["width_m"], got["height_m"], got["angle_deg"]) == pytest.approx((10e-9, 10e-9, 135.0), rel=1e-6)
     # ... then the scan restarts there, and the daemon's next complete frame is the zoomed window.
     starts = [c for c in controller.commands("Scan.Action") if c.args["action"] == 0 and c.t >= command.t]
     assert starts, "no Scan.Action start after the new frame"
     zoomed = sub.wait_for(_final("e2e-", width_m=10e-9), timeout=60.0, what="the zoomed frame's seg.frame")
     assert zoomed.width_m == pytest.approx(10e-9, rel=1e-6)
-    assert controller.current_frame.close_to(expected, tol_m=1e-12)
+    assert controller.current_frame.close_to(expected, tol_m=aim_m)
     # The target of the zoom is near the centre of the new window (where the features of the sample are).
     target = FRAME.image_to_controller(p["x_nm"], p["y_nm"])
-    assert np.hypot(*np.subtract(controller.current_frame.centre_m, target)) < 1e-12
+    assert np.hypot(*np.subtract(controller.current_frame.centre_m, target)) < aim_m
     assert bridge.terminate() == 0
 
 
