@@ -34,7 +34,8 @@ from pathlib import Path
 from stm_live.batch import run_batch
 from stm_live.batch.dask_cluster import cores_available
 from stm_live.io import read_frame
-from stm_live.model.runtime import SegmentationModel, bundled_model_path, result_record
+from stm_live.model.runtime import SegmentationModel, bundled_model_path
+from stm_live.publish.documents import result_record
 
 
 def make_files(folder: Path, count: int, pixels: int, size_nm: float) -> list[Path]:

@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("--surfaces", nargs="*", default=list(SURFACES))
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every artefact strength (noise excepted)")
     parser.add_argument("--stream", default="{}", help="LineLeveller options as a Python dict literal")
-    parser.add_argument("--steps", type=int, help="step edges in every scan (default: seed % 3)")
+    parser.add_argument("--steps", type=int, help="step edges in every scan (default: seed %% 3)")
     parser.add_argument("--methods", nargs="*", help="columns to compute (default: all); oracle always")
     args = parser.parse_args()
     print(f"# {platform.node()} {platform.machine()} python {platform.python_version()} numpy {np.__version__}")
