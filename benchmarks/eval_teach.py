@@ -17,6 +17,7 @@ Usage: ``python benchmarks/eval_teach.py`` (about a minute).
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -51,7 +52,8 @@ def run(base: SegmentationModel, surface: str, clicked: str, seeds: tuple[int, .
     return totals
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     base = SegmentationModel(bundled_model_path("si001-ash3"), provider="cpu")
     with tempfile.TemporaryDirectory() as tmp:
         out = {
