@@ -19,12 +19,12 @@ from typing import Any
 import zmq
 
 from ..errors import ControllerError
+from ..wire.sender import SEND_HWM, read_subscriptions
 
 __all__ = ["DaemonLink", "operator_request"]
 
 log = logging.getLogger(__name__)
 
-_SEND_HWM = 100_000
 
 
 class DaemonLink:
@@ -41,7 +41,7 @@ class DaemonLink:
         self.endpoint = endpoint
         ctx = context if context is not None else zmq.Context.instance()
         self.socket = ctx.socket(zmq.XPUB)
-        self.socket.setsockopt(zmq.SNDHWM, _SEND_HWM)
+        self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)
         self.socket.setsockopt(zmq.LINGER, 2000)
         self.socket.connect(endpoint)
         self._subscribed = False
@@ -49,13 +49,7 @@ class DaemonLink:
         self.counters: Counter[str] = Counter()
 
     def _read_subscriptions(self, timeout_ms: int) -> None:
-        while self.socket.poll(timeout_ms, zmq.POLLIN):
-            timeout_ms = 0
-            msg = self.socket.recv()
-            if msg[:1] == b"\x01":
-                self._subscribed = True
-            elif msg[:1] == b"\x00":
-                self._subscribed = False
+        self._subscribed = read_subscriptions(self.socket, self._subscribed, timeout_ms)
 
     def wait(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for the daemon's subscription; True once it is there."""

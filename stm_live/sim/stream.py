@@ -38,6 +38,7 @@ import zmq
 from ..frame import Frame
 from ..security import HandshakeWatch, secure_client
 from ..wire import EndMessage, LineMessage, ScanInfo, encode_end, encode_line
+from ..wire.sender import SEND_HWM, read_subscriptions
 
 if TYPE_CHECKING:
     from ..config import SecuritySection
@@ -45,9 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["LineStreamer", "StreamedScan", "frame_messages", "scan_info"]
 
 log = logging.getLogger(__name__)
-
-#: Messages the streamer queues per connection before ZeroMQ drops (a whole 8192-line scan fits).
-_SEND_HWM = 100_000
 
 
 def scan_info(frame: Frame, scan_id: str) -> ScanInfo:
@@ -165,7 +163,7 @@ class LineStreamer:
         ctx = context if context is not None else zmq.Context.instance()
         self.socket = ctx.socket(zmq.XPUB)
         try:
-            self.socket.setsockopt(zmq.SNDHWM, _SEND_HWM)
+            self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)
             self.socket.setsockopt(zmq.LINGER, 2000)  # lines already sent still go out when closing
             # With security settings (even "off"), failed handshakes are watched: a client the daemon
             # refuses then says why instead of waiting. close() closes the watch's socket too.
@@ -181,13 +179,7 @@ class LineStreamer:
     # -- the slow joiner ----------------------------------------------------
 
     def _read_subscriptions(self, timeout_ms: int) -> None:
-        while self.socket.poll(timeout_ms, zmq.POLLIN):
-            timeout_ms = 0
-            msg = self.socket.recv()
-            if msg[:1] == b"\x01":
-                self._subscribed = True
-            elif msg[:1] == b"\x00":
-                self._subscribed = False
+        self._subscribed = read_subscriptions(self.socket, self._subscribed, timeout_ms)
 
     def wait_for_daemon(self, timeout_s: float | None = None) -> bool:
         """Block until the daemon's subscription has arrived (up to ``timeout_s``); True if it has.
