@@ -36,7 +36,7 @@ from .bridge.settings import BridgeSection
 from .decide.rules import DecideSection
 from .errors import ConfigError
 from .limits import MAX_LENGTH_M, MIN_LENGTH_M
-from .ranges import Lines, Messages, Range, Seconds, Sigmas
+from .ranges import Lines, Messages, Range, Seconds, Sigmas, check_retry_max
 
 __all__ = [
     "ENV_PREFIX",
@@ -152,10 +152,7 @@ class WatchSection(_Section):
     @field_validator("retry_max_s")
     @classmethod
     def _check_retry(cls, value: float, info: ValidationInfo) -> float:
-        initial = info.data.get("retry_initial_s")
-        if initial is not None and value < initial:
-            raise ValueError(f"expected at least retry_initial_s ({initial:g})")
-        return value
+        return check_retry_max(value, info)
 
 
 class IngestSection(_Section):

@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import GetCoreSchemaHandler
+from pydantic import GetCoreSchemaHandler, ValidationInfo
 from pydantic_core import core_schema
 
-__all__ = ["Lines", "Messages", "Range", "Seconds", "Sigmas", "plain_number"]
+__all__ = ["Lines", "Messages", "Range", "Seconds", "Sigmas", "check_retry_max", "plain_number"]
 
 
 def plain_number(value: float) -> str:
@@ -76,3 +76,11 @@ Messages = Annotated[int, Range(1, 1_000_000)]
 Sigmas = Annotated[float, Range(0.0, 100.0, above=True)]
 #: A number of scan lines (the largest scan has 32768).
 Lines = Annotated[float, Range(0.0, 32768.0, above=True)]
+
+
+def check_retry_max(value: float, info: ValidationInfo) -> float:
+    """Validator body of a ``retry_max_s`` setting: at least its section's ``retry_initial_s``."""
+    initial = info.data.get("retry_initial_s")
+    if initial is not None and value < initial:
+        raise ValueError(f"expected at least retry_initial_s ({initial:g})")
+    return value

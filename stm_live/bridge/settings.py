@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from ..ranges import Range, Seconds
+from ..ranges import Range, Seconds, check_retry_max
 
 __all__ = ["BridgeSection"]
 
@@ -48,10 +48,7 @@ class BridgeSection(BaseModel):
     @field_validator("retry_max_s")
     @classmethod
     def _check_retry(cls, value: float, info: ValidationInfo) -> float:
-        initial = info.data.get("retry_initial_s")
-        if initial is not None and value < initial:
-            raise ValueError(f"expected at least retry_initial_s ({initial:g})")
-        return value
+        return check_retry_max(value, info)
 
     @field_validator("control_endpoint")
     @classmethod
