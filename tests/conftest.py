@@ -55,9 +55,13 @@ def real_npy() -> Path:
 # --------------------------------------------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def plain_logging() -> Iterator[None]:
-    """``main()`` points the stm_live logger at the sys.stderr of its moment (pytest's capture, closed later)."""
+    """``main()`` points the stm_live logger at the sys.stderr of its moment (pytest's capture, closed later).
+
+    Every test starts with the logger propagating to pytest's capture and ends with it put back, so
+    a thread still logging after a test that called ``main()`` never writes to a closed stream.
+    """
     logger = logging.getLogger("stm_live")
     saved = (logger.handlers[:], logger.level, logger.propagate)
     logger.handlers[:], logger.propagate = [], True

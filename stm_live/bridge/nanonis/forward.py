@@ -100,7 +100,9 @@ class LineForwarder:
         self._on_line = on_line
         self._on_end = on_end
         self._on_idle = on_idle
-        self.counters: Counter[str] = Counter()
+        # Every counter listed from the start, so a status read before the first line says "lines: 0".
+        self.counters: Counter[str] = Counter(dict.fromkeys(
+            ("grabs", "lines", "scans_complete", "scans_incomplete", "controller_errors"), 0))
 
         def sleep(seconds: float) -> bool:
             return stop.wait(seconds)
