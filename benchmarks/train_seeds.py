@@ -21,10 +21,16 @@ calibrated (``best-val-f1``), each exported, calibrated and scored like the run'
 run's own model with thresholds calibrated on 48 frames instead of 24 (``calibrated-48``), on
 the same held-out frames; written to ``<run>/variants.json``, which ``summarise`` reads.
 
+``recalibrate`` (no torch, no snapshots): every run's own model (and ``--baseline``), its
+class offsets removed, calibrated again on the same validation frames: thresholds only
+(``thresholds-N``) and thresholds with class offsets (``offsets-N``), N = ``--frames``; scored
+on the run's held-out frames, added to ``<run>/variants.json``, a table printed, ``--json`` written.
+
 Usage:
     python benchmarks/train_seeds.py run --seeds 0 1 2 3 4 [--numerics pinned native] [--jobs 2]
         [--config recipe.train.yaml] [--out runs/seeds] [--threads 2] [-- extra stm-live train flags]
     python benchmarks/train_seeds.py snapshots [--out runs/seeds]
+    python benchmarks/train_seeds.py recalibrate [--out runs/seeds] [--frames 24 48] [--baseline M] [--json F]
     python benchmarks/train_seeds.py summarise [--out runs/seeds] [--baseline models/si001-ash3.onnx]
         [--json docs/training_seeds.json]
 
@@ -168,6 +174,76 @@ def _export_variant(
     return dict(exported[name])
 
 
+def recalibrate(args: argparse.Namespace) -> int:
+    import shutil
+    from dataclasses import replace
+
+    from stm_live.model.format import attach_head, load_onnx, read_info, save_model
+    from stm_live.train.compare import SimulatedHeldOut
+    from stm_live.train.pipeline import calibrate_exports
+    from stm_live.train.settings import TrainSettings
+
+    out = Path(args.out)
+    targets: list[tuple[str, Path, dict[str, Any], Path | None]] = []  # (label, model, held-out metrics, run dir)
+    reports = sorted(out.glob("*/report.json"))
+    for report_path in reports:
+        report = json.loads(report_path.read_text())
+        for name, m in report["models"].items():
+            if name in report.get("metrics", {}):
+                model = report_path.parent / m.get("candidate", m["path"])
+                targets.append((report_path.parent.name, model, report["metrics"][name], report_path.parent))
+    if args.baseline:
+        info = read_info(load_onnx(args.baseline), source=args.baseline)
+        metrics = next((json.loads(r.read_text())["metrics"][info.name] for r in reports
+                        if info.name in json.loads(r.read_text()).get("metrics", {})), None)
+        if metrics is None:
+            raise SystemExit(f"{args.baseline}: no run exported a model named {info.name!r}")
+        targets.append((f"baseline {Path(args.baseline).name}", Path(args.baseline), metrics, None))
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for label, model_path, metrics, run_dir in targets:
+        onnx_model = load_onnx(model_path)
+        info = read_info(onnx_model, source=str(model_path))
+        assert info.prototypes is not None
+        bare = replace(info.prototypes, offsets=None)
+        held_out = SimulatedHeldOut(info.name, metrics["frames"], metrics["seed"], metrics["size_nm"],
+                                    metrics["pixels"])
+        folder = (run_dir or out / "baseline") / "variants"
+        saved: dict[str, Any] = {"variants": {}}
+        if run_dir is not None and (run_dir / "variants.json").is_file():
+            saved = json.loads((run_dir / "variants.json").read_text())
+        for frames in args.frames:
+            for offsets in (False, True):
+                variant = f"{'offsets' if offsets else 'thresholds'}-{frames}"
+                path = folder / variant / f"{info.name}.onnx"
+                done = saved["variants"].get(variant, {}).get(info.name)
+                if done is None or not path.is_file():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    save_model(attach_head(onnx_model, bare), replace(info, prototypes=bare), path)
+                    settings = TrainSettings(calibrate_class_offsets=offsets)
+                    exported = {info.name: {"path": str(path), "id": ""}}
+                    calibrate_exports(exported, settings, (info.name,), frames)
+                    scores = held_out.score(path)
+                    done = {"id": exported[info.name]["id"], "step": None,
+                            "f1": {k.removesuffix(" F1"): v for k, v in scores.values.items()},
+                            "class_offsets": exported[info.name]["detection"]["calibration"].get("class_offsets")}
+                    saved["variants"].setdefault(variant, {})[info.name] = done
+                    if run_dir is not None:
+                        (run_dir / "variants.json").write_text(json.dumps(saved, indent=2) + "\n")
+                    else:
+                        shutil.rmtree(path.parent)
+                table.setdefault(variant, {})[label] = done["f1"]
+                print(f"{label} {variant}: {done['f1']} offsets {done.get('class_offsets')}", flush=True)
+    print("\n| calibration | class | runs | min | max | range (points) |\n| --- | --- | ---: | ---: | ---: | ---: |")
+    for variant, rows in table.items():
+        for c in sorted({c for f1 in rows.values() for c in f1}):
+            values = [f1[c] for f1 in rows.values() if f1.get(c) is not None]
+            print(f"| {variant} | {c} | {len(values)} | {min(values):.3f} | {max(values):.3f} | "
+                  f"{100 * (max(values) - min(values)):.1f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
+    return 0
+
+
 def _baseline(path: str, reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Score ``path`` on the held-out frames the runs used."""
     from stm_live.model.format import load_onnx, read_info
@@ -285,8 +361,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     v = sub.add_parser("snapshots")
     v.add_argument("--out", default=str(REPO / "runs" / "seeds"))
     v.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    c = sub.add_parser("recalibrate")
+    c.add_argument("--out", default=str(REPO / "runs" / "seeds"))
+    c.add_argument("--frames", type=int, nargs="+", default=[24, 48], help="validation frames to calibrate on")
+    c.add_argument("--baseline", help="a model file recalibrated and scored the same way")
+    c.add_argument("--json", help="write the table here")
     args = parser.parse_args(argv)
-    return {"run": run, "snapshots": snapshots, "summarise": summarise}[args.command](args)
+    return {"run": run, "snapshots": snapshots, "summarise": summarise, "recalibrate": recalibrate}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -77,3 +80,57 @@ def test_episodes_need_two_classes_with_enough_instances() -> None:
     classes = np.array([1] * 17 + [2] * 3)
     with pytest.raises(ValueError, match="two classes with at least 16 instances"):
         run_episodes(vectors, classes, shots=1)
+
+
+# --------------------------------------------------------------------------
+# Calibration of class offsets (issue 22: boundaries that retrained models place differently)
+# --------------------------------------------------------------------------
+
+BUNDLED_SI = Path(__file__).resolve().parents[1] / "models" / "si001-ash3.onnx"
+
+
+def _shifted_model(tmp_path: Path, offsets: dict[str, float]) -> Path:
+    from stm_live.model.format import attach_head, load_onnx, read_info, save_model, with_class_offsets
+
+    model = load_onnx(BUNDLED_SI)
+    info = read_info(model)
+    assert info.prototypes is not None
+    prototypes = with_class_offsets(info.prototypes, info.classes, offsets)
+    path = tmp_path / "shifted.onnx"
+    save_model(attach_head(model, prototypes), replace(info, prototypes=prototypes), path)
+    return path
+
+
+def test_class_offsets_in_the_head_multiply_the_class_odds(tmp_path: Path) -> None:
+    from stm_live.model.format import PROBS_NAME
+    from stm_live.model.runtime import SegmentationModel
+    from stm_live.sim import simulate_scan
+
+    frame = simulate_scan("si001-ash3", size_nm=12.0, pixels=128, seed=3).frame("Z", "forward")
+    plain = SegmentationModel(BUNDLED_SI, provider="cpu")
+    shifted = SegmentationModel(_shifted_model(tmp_path, {"AsH3": -1.0, "dimer_vacancy": 0.5}), provider="cpu")
+    assert shifted.id != plain.id  # the offsets are part of what the model does
+    p = plain.run(plain.prepare(frame)[0])[PROBS_NAME][0].astype(np.float64)
+    q = shifted.run(shifted.prepare(frame)[0])[PROBS_NAME][0].astype(np.float64)
+    expected = p * np.array([1.0, np.exp(-1.0), 1.0, np.exp(0.5)])[:, None, None]
+    expected /= expected.sum(axis=0, keepdims=True)
+    np.testing.assert_allclose(q, expected, atol=2e-5)
+
+
+def test_calibration_finds_and_undoes_a_misplaced_class_boundary(tmp_path: Path) -> None:
+    from stm_live.model.evaluate import calibrate_detection
+    from stm_live.model.runtime import SegmentationModel
+
+    # A model whose AsH3 prior is far too low (as a retrained model's can be, less so): the
+    # thresholds alone cannot win back the AsH3 it now calls background or dangling bond.
+    model = SegmentationModel(_shifted_model(tmp_path, {"AsH3": -5.0}), provider="cpu")
+    kwargs = {"simulate": "si001-ash3", "count": 3, "seed": 50_000, "size_nm": 25.0, "pixels": 256}
+    plain = calibrate_detection(model, **kwargs)
+    assert "class_offsets" not in plain["calibration"]
+    fitted = calibrate_detection(model, class_offsets=True, **kwargs)
+    offsets = fitted["calibration"]["class_offsets"]
+    assert set(offsets) == set(model.classes)
+    assert offsets["AsH3"] >= 1.2  # most of the 2.4 given back
+    before, after = plain["calibration"]["validation_f1"], fitted["calibration"]["validation_f1"]
+    assert after["AsH3"] > before["AsH3"] + 0.02
+    assert np.mean(list(after.values())) > np.mean(list(before.values()))

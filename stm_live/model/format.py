@@ -76,6 +76,7 @@ __all__ = [
     "restamp",
     "save_model",
     "strip_debug_info",
+    "with_class_offsets",
 ]
 
 FORMAT_VERSION = 1
@@ -187,6 +188,26 @@ class Prototypes:
         return cls(np.asarray(data["vectors"], dtype=np.float32), tuple(data["labels"]), float(data["temperature"]),
                    None if centring is None else FeatureCentring.from_json(centring),
                    None if offsets is None else np.asarray(offsets, np.float32))
+
+
+def with_class_offsets(prototypes: Prototypes, classes: Sequence[str], offsets: Mapping[str, float]) -> Prototypes:
+    """``prototypes`` with ``offsets[class]`` added to the logit offset of every prototype of that class.
+
+    A class's probability is the sum over its prototypes of their softmax terms, so one
+    offset on all of them multiplies the class's odds by ``exp(offset)``: a calibrated prior.
+    Classes not named keep their offsets; unknown names are an error.
+
+    >>> p = Prototypes(np.zeros((3, 2), np.float32), (0, 1, 2))
+    >>> with_class_offsets(p, ("a", "b"), {"b": -0.5}).offsets.tolist()
+    [0.0, 0.0, -0.5]
+    """
+    unknown = sorted(set(offsets) - set(classes))
+    if unknown:
+        raise ValueError(f"class offsets for {unknown}: the model's classes are {list(classes)}")
+    current = np.zeros(len(prototypes.labels), np.float32) if prototypes.offsets is None else prototypes.offsets
+    add = np.array([0.0 if label == 0 else float(offsets.get(classes[label - 1], 0.0))
+                    for label in prototypes.labels], np.float32)
+    return replace(prototypes, offsets=(current + add).astype(np.float32))
 
 
 @dataclass(frozen=True)

@@ -515,6 +515,23 @@ class SegmentationModel:
             rows_done=frame.rows_valid,
         )
 
+    def detect(
+        self,
+        probs: np.ndarray,
+        frame: Frame,
+        *,
+        min_score: float | None = None,
+        min_area_nm2: float | None = None,
+    ) -> list[Detection]:
+        """The detections in ``probs`` (the ``probs`` output for :meth:`prepare` of ``frame``).
+
+        What :meth:`segment` finds, from probabilities computed (or changed) by the
+        caller: calibration runs the graph once per frame and tries many priors.
+        """
+        rows = frame.valid_rows
+        shape = (rows.stop - rows.start, frame.data.shape[1])
+        return self._instances(probs, frame, rows, shape, min_score, min_area_nm2)[0]
+
     def _instances(
         self,
         probs: np.ndarray,

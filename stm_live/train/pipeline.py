@@ -32,7 +32,7 @@ import torch
 
 from .. import __version__
 from ..errors import ConfigError
-from ..model.format import ModelInfo, Prototypes, load_onnx, read_info, save_model
+from ..model.format import ModelInfo, Prototypes, attach_head, load_onnx, read_info, save_model, with_class_offsets
 from ..model.prepare import DEFAULT_LEVELLING
 from ..model.prototypes import fit_temperature
 from ..sim.surfaces import RANDOM_SURFACE
@@ -373,19 +373,36 @@ def _update_info(entry: dict[str, Any], change: Any) -> None:
 def calibrate_exports(
     exported: dict[str, Any], settings: TrainSettings, surfaces: tuple[str, ...], frames: int
 ) -> None:
-    """Calibrate per-class detection thresholds on validation frames (seeds apart from evaluation's)."""
+    """Calibrate per-class detection thresholds (and class offsets) on validation frames.
+
+    The frames' seeds are apart from the evaluation's. With ``settings.calibrate_class_offsets``
+    the class offsets found are added to the model's prototypes (the head is rebuilt), and the
+    thresholds hold for the model with them.
+    """
     from ..model.evaluate import calibrate_detection
     from ..model.runtime import SegmentationModel
 
     geometry = {s.name: held_out_geometry(s) for s in settings.surfaces}
     for name in surfaces:
-        model = SegmentationModel(exported[name]["path"], provider="cpu")
+        path = Path(exported[name]["path"])
+        model = SegmentationModel(path, provider="cpu")
         size_nm, pixels = geometry[name]
         detection = calibrate_detection(model, simulate=name, count=frames, seed=CALIBRATION_SEED,
-                                        size_nm=size_nm, pixels=pixels)
+                                        size_nm=size_nm, pixels=pixels,
+                                        class_offsets=settings.calibrate_class_offsets)
         exported[name]["detection"] = detection
-        _update_info(exported[name], lambda info, d=detection: replace(info, detection=d))
-        log.info("%s: calibrated thresholds %s", name, {k: detection[k] for k in ("min_score", "min_area_nm2")})
+        offsets = detection["calibration"].get("class_offsets")
+        if offsets and any(offsets.values()):
+            onnx_model = load_onnx(path)
+            info = read_info(onnx_model)
+            assert info.prototypes is not None  # a surface model has a head
+            prototypes = with_class_offsets(info.prototypes, info.classes, offsets)
+            exported[name]["id"] = save_model(attach_head(onnx_model, prototypes),
+                                              replace(info, prototypes=prototypes, detection=detection), path).id
+        else:
+            _update_info(exported[name], lambda info, d=detection: replace(info, detection=d))
+        log.info("%s: calibrated thresholds %s%s", name, {k: detection[k] for k in ("min_score", "min_area_nm2")},
+                 f", class offsets {offsets}" if offsets else "")
 
 
 def _unlabelled_set(settings: TrainSettings) -> PreparedSet:

@@ -165,6 +165,11 @@ class TrainSettings(_Frozen):
     #: default: the bundled base encoder has a recipe of its own (models/base-encoder.train.yaml),
     #: and the default run, which writes into models/, must not replace it.
     export_base_encoder: bool = False
+    #: Calibrate, with the detection thresholds, a logit offset per class (a prior moving the
+    #: boundaries between the classes and the background) on the same validation frames. Retrained
+    #: models put those boundaries in different places; calibrating them narrowed the spread of
+    #: held-out F1 over seeds and instruction sets (docs/model.md).
+    calibrate_class_offsets: bool = True
     #: Steps between checkpoints.
     checkpoint_every: Annotated[int, Field(ge=1)] = 250
     #: Also keep the encoder and prototypes every this many steps of the supervised stage's
