@@ -494,3 +494,34 @@ def test_the_automation_api_says_when_there_is_no_bridge_and_refuses_bad_command
     finally:
         alone.close()
         with_bridge.close()
+
+
+def test_classes_kept_from_the_base_head_keep_their_calibrated_class_offsets(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    import numpy as np
+
+    from stm_live.model.format import attach_head, load_onnx, read_info, save_model, with_class_offsets
+    from stm_live.model.runtime import SegmentationModel
+    from stm_live.viewer.teach import _with_base_classes
+
+    bundled = Path(__file__).resolve().parents[1] / "models" / "si001-ash3.onnx"
+    onnx_model = load_onnx(bundled)
+    info = read_info(onnx_model)
+    assert info.prototypes is not None
+    calibrated = with_class_offsets(info.prototypes, info.classes, {"dangling_bond": 0.5, "dimer_vacancy": -1.0})
+    base_path = tmp_path / "base.onnx"
+    save_model(attach_head(onnx_model, calibrated), replace(info, prototypes=calibrated), base_path)
+    base = SegmentationModel(base_path, provider="cpu")
+    # a taught head that knows AsH3 only (background and AsH3 prototypes, no offsets)
+    own = [k for k, label in enumerate(info.prototypes.labels) if label in (0, 1)]
+    taught = replace(info.prototypes, vectors=info.prototypes.vectors[own],
+                     labels=tuple(info.prototypes.labels[k] for k in own), offsets=None)
+    taught_info = replace(info, classes=("AsH3",), prototypes=taught)
+    _, merged = _with_base_classes(attach_head(onnx_model, taught), taught_info, base, renamed=set())
+    assert merged.classes == ("AsH3", "dangling_bond", "dimer_vacancy")
+    assert merged.prototypes is not None and merged.prototypes.offsets is not None
+    by_class = {merged.classes[label - 1]: float(o) for label, o in
+                zip(merged.prototypes.labels, merged.prototypes.offsets, strict=True) if label}
+    assert by_class == {"AsH3": 0.0, "dangling_bond": 0.5, "dimer_vacancy": -1.0}
+    assert np.all(merged.prototypes.offsets[np.asarray(merged.prototypes.labels) == 0] == 0.0)

@@ -282,13 +282,17 @@ def _with_base_classes(model: Any, info: ModelInfo, base: SegmentationModel,
     if not kept:
         return model, info
     vectors, labels = [*protos.vectors], list(protos.labels)
+    base_offsets = np.zeros(len(base_protos.labels), np.float32) if base_protos.offsets is None else base_protos.offsets
+    added: list[float] = []  # the kept prototypes keep their calibrated class offsets
     for k, label in enumerate(base_protos.labels):
         if label and base.classes[label - 1] in kept:
             vectors.append(base_protos.vectors[k])
             labels.append(len(info.classes) + 1 + kept.index(base.classes[label - 1]))
+            added.append(float(base_offsets[k]))
     offsets = None
-    if protos.offsets is not None:
-        offsets = np.concatenate([protos.offsets, np.zeros(len(vectors) - len(protos.vectors), np.float32)])
+    if protos.offsets is not None or any(added):
+        own = np.zeros(len(protos.vectors), np.float32) if protos.offsets is None else protos.offsets
+        offsets = np.concatenate([own, np.asarray(added, np.float32)])
     merged = Prototypes(np.stack(vectors), tuple(labels), protos.temperature, offsets=offsets)
     detection = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in info.detection.items()}
     for key in ("min_score", "min_area_nm2", "merge_within_nm", "split_within_nm"):
