@@ -129,9 +129,14 @@ class TipChangeDetector:
 
     Each statistic is first averaged over the last ``smooth`` lines. At 0.2 nm
     per pixel the dimer rows are 4 lines apart and, where they run along the
-    scan lines, the statistics of a line swing with the line's place on the
-    rows (every other line on a row's crest or flank): averaging 3 lines
-    takes most of that swing out, at the cost of about one line of delay.
+    scan lines, the statistics of a line can swing with the line's place on
+    the rows, with a period of 2 to 4 lines (by up to 0.4 in log units, more
+    than a tip change moves them). Averaging 3 lines cancels a period of 3
+    and takes two thirds of a period of 2 out, at the cost of about one line
+    of delay. The threshold is in line-to-line spreads of the averaged
+    statistic: as neighbouring averages share two lines, that spread is
+    smaller than the averages' spread about their median (for independent
+    lines by a factor 1.7), so 9 of them are about 5 of the latter.
 
     Parameters
     ----------
@@ -148,7 +153,8 @@ class TipChangeDetector:
     stable : float
         The lines just before the test window must agree with the reference
         within this many spreads: while a step edge sweeps through, there is
-        no baseline to compare with.
+        no baseline to compare with. (4 before the averaging; the averaged
+        statistic's spread is smaller, so the same tolerance takes more.)
     smooth : int
         Lines each statistic is averaged over before the comparison (1: none).
 
@@ -164,7 +170,7 @@ class TipChangeDetector:
     """
 
     def __init__(self, *, reference: int = 24, test: int = 4, threshold: float = 9.0,
-                 min_spread: float = 0.04, stable: float = 4.0, smooth: int = 3) -> None:
+                 min_spread: float = 0.04, stable: float = 6.0, smooth: int = 3) -> None:
         if reference < 4 or test < 1 or smooth < 1:
             raise ValueError(f"reference must be >= 4, test and smooth >= 1 lines, got {reference}, {test}, {smooth}")
         self.reference = int(reference)
