@@ -12,9 +12,12 @@ with none (``tip_change_chance = 0``, same seeds otherwise).
 * false alarms: detections in the clean frames (per 100 frames), and
   detections before the change in the changed ones.
 
+``--baseline`` also runs the detector as it was before 3-line smoothing
+(``smooth=1, threshold=8``) on the very same lines, for comparison.
+
 Usage::
 
-    python benchmarks/eval_tipchange_sim.py --frames 200 --pixels 256 --json out.json
+    python benchmarks/eval_tipchange_sim.py --frames 200 --pixels 256 --baseline --json out.json
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import sys
 import time
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -32,15 +36,22 @@ from stm_live.quality import TipChangeDetector
 from stm_live.sim import Artefacts, simulate_scan
 
 
+def _score() -> dict[str, Any]:
+    return {"found": 0, "delays": [], "early": 0, "clean_alarms": 0, "clean_frames_alarmed": 0, "missed": []}
+
+
 def run(frames: int, pixels: int, size_nm: float, severity: float, seed0: int, within: int, tolerance: int,
-        levelled: bool, threshold: float | None = None) -> dict[str, object]:
+        levelled: bool, threshold: float | None = None, smooth: int | None = None,
+        baseline: bool = False) -> dict[str, object]:
     base = Artefacts.realistic()
-    found = 0
-    delays: list[int] = []
-    early = 0
-    clean_alarms = 0
-    clean_frames_alarmed = 0
-    missed: list[int] = []
+    settings: dict[str, dict[str, Any]] = {"detector": {}}
+    if threshold is not None:
+        settings["detector"]["threshold"] = threshold
+    if smooth is not None:
+        settings["detector"]["smooth"] = smooth
+    if baseline:
+        settings["baseline"] = {"threshold": 8.0, "smooth": 1}
+    scores = {name: _score() for name in settings}
     t0 = time.perf_counter()
     lines = 0
     for k in range(frames):
@@ -51,42 +62,46 @@ def run(frames: int, pixels: int, size_nm: float, severity: float, seed0: int, w
                                  scan_direction="down" if k % 2 == 0 else "up")
             z = scan.frame("Z", "forward").data
             order = range(pixels) if k % 2 == 0 else range(pixels - 1, -1, -1)
-            det = TipChangeDetector() if threshold is None else TipChangeDetector(threshold=threshold)
             lev = LineLeveller(pixels) if levelled else None
-            events = []
-            for r in order:
-                line = z[r] if lev is None else lev.push(z[r])
-                e = det.push(line)
-                lines += 1
-                if e is not None:
-                    events.append(e)
-            if chance == 1.0:
-                row = scan.events["tip_change"]["row"]
-                true = row if k % 2 == 0 else pixels - 1 - row  # acquisition index
-                hit = [e for e in events if abs(e.line - true) <= tolerance and e.detected_at - true <= within]
-                early += sum(1 for e in events if e.line < true - tolerance)
-                if hit:
-                    found += 1
-                    delays.append(hit[0].detected_at - true)
+            stream = [z[r] if lev is None else lev.push(z[r]) for r in order]
+            lines += len(stream)
+            for name, kw in settings.items():
+                det = TipChangeDetector(**kw)
+                events = [e for e in (det.push(v) for v in stream) if e is not None]
+                sc = scores[name]
+                if chance == 1.0:
+                    row = scan.events["tip_change"]["row"]
+                    true = row if k % 2 == 0 else pixels - 1 - row  # acquisition index
+                    hit = [e for e in events if abs(e.line - true) <= tolerance and e.detected_at - true <= within]
+                    sc["early"] += sum(1 for e in events if e.line < true - tolerance)
+                    if hit:
+                        sc["found"] += 1
+                        sc["delays"].append(hit[0].detected_at - true)
+                    else:
+                        sc["missed"].append(seed)
                 else:
-                    missed.append(seed)
-            else:
-                clean_alarms += len(events)
-                clean_frames_alarmed += bool(events)
+                    sc["clean_alarms"] += len(events)
+                    sc["clean_frames_alarmed"] += bool(events)
     elapsed = time.perf_counter() - t0
-    return {
-        "frames": frames, "pixels": pixels, "size_nm": size_nm, "severity": severity, "levelled": levelled,
-        "threshold": TipChangeDetector().threshold if threshold is None else threshold,
-        "found": found, "found_fraction": found / frames,
-        "delay_lines": {"median": float(np.median(delays)) if delays else None,
-                        "p95": float(np.percentile(delays, 95)) if delays else None,
-                        "max": int(max(delays)) if delays else None},
-        "false_alarms_per_100_clean_frames": 100.0 * clean_alarms / frames,
-        "clean_frames_with_an_alarm": clean_frames_alarmed,
-        "alarms_before_the_change": early,
-        "missed_seeds": missed[:20],
-        "us_per_line_incl_simulation": 1e6 * elapsed / lines,
-    }
+    out: dict[str, object] = {"frames": frames, "pixels": pixels, "size_nm": size_nm, "severity": severity,
+                              "levelled": levelled, "seeds": [seed0, seed0 + frames - 1]}
+    for name, kw in settings.items():
+        det = TipChangeDetector(**kw)
+        sc = scores[name]
+        delays = sc["delays"]
+        out[name] = {
+            "threshold": det.threshold, "smooth": det.smooth,
+            "found": sc["found"], "found_fraction": sc["found"] / frames,
+            "delay_lines": {"median": float(np.median(delays)) if delays else None,
+                            "p95": float(np.percentile(delays, 95)) if delays else None,
+                            "max": int(max(delays)) if delays else None},
+            "false_alarms_per_100_clean_frames": 100.0 * sc["clean_alarms"] / frames,
+            "clean_frames_with_an_alarm": sc["clean_frames_alarmed"],
+            "alarms_before_the_change": sc["early"],
+            "missed_seeds": sc["missed"][:20],
+        }
+    out["us_per_line_incl_simulation"] = 1e6 * elapsed / lines
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,9 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tolerance", type=int, default=3)
     p.add_argument("--raw", action="store_true", help="raw lines instead of LineLeveller output")
     p.add_argument("--threshold", type=float, help="detector threshold (default: the detector's)")
+    p.add_argument("--smooth", type=int, help="lines each statistic is averaged over (default: the detector's)")
+    p.add_argument("--baseline", action="store_true",
+                   help="also run the detector as it was before smoothing (smooth=1, threshold=8) on the same lines")
     p.add_argument("--json", metavar="PATH")
     a = p.parse_args(argv)
-    out = run(a.frames, a.pixels, a.size_nm, a.severity, a.seed, a.within, a.tolerance, not a.raw, a.threshold)
+    out = run(a.frames, a.pixels, a.size_nm, a.severity, a.seed, a.within, a.tolerance, not a.raw, a.threshold,
+              a.smooth, a.baseline)
     text = json.dumps(out, indent=1)
     print(text)
     if a.json:
