@@ -17,7 +17,8 @@ model, say). Writes ``--json``.
 does): per run, the model made from the mean of the snapshots' weights (``average``), from the
 mean of the last three (``average-last3``), from the snapshot with the lowest validation
 loss (``best-val``) and from the snapshot whose worst class has the best validation F1 once
-calibrated (``best-val-f1``), each exported, calibrated and scored like the run's own model, and the
+calibrated (``best-val-f1``; ``best-val-f1-offsets``: calibrated with class offsets), each exported,
+calibrated and scored like the run's own model (thresholds only, as when the runs were made), and the
 run's own model with thresholds calibrated on 48 frames instead of 24 (``calibrated-48``), on
 the same held-out frames; written to ``<run>/variants.json``, which ``summarise`` reads.
 
@@ -53,7 +54,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 #: What ``snapshots`` makes of a run's snapshots (see the module description).
-VARIANTS = ("average", "average-last3", "best-val", "calibrated-48", "best-val-f1")
+VARIANTS = ("average", "average-last3", "best-val", "calibrated-48", "best-val-f1", "best-val-f1-offsets")
 
 
 def _run_dir(out: Path, seed: int, numerics: str) -> Path:
@@ -144,11 +145,13 @@ def snapshots(args: argparse.Namespace) -> int:
                     result.setdefault("validation_loss", {})[name] = losses
                     best = min(snaps, key=lambda s: losses[s.step])
                     step, entry = best.step, export(variant, best.encoder, best.bank, 24)
-                elif variant == "best-val-f1":
+                elif variant in ("best-val-f1", "best-val-f1-offsets"):
                     # every snapshot calibrated on the validation frames; the best worst class wins
-                    entries = {s.step: export(f"snapshot-{s.step}", s.encoder, s.bank, 24) for s in snaps}
+                    offsets = variant.endswith("-offsets")
+                    entries = {s.step: export(f"snapshot-{s.step}{'-offsets' if offsets else ''}", s.encoder, s.bank,
+                                              24, offsets) for s in snaps}
                     val_f1 = {k: e["detection"]["calibration"]["validation_f1"] for k, e in entries.items()}
-                    result.setdefault("validation_f1", {})[name] = val_f1
+                    result.setdefault("validation_f1" + ("_offsets" if offsets else ""), {})[name] = val_f1
                     step = max(val_f1, key=lambda k: (min(v for v in val_f1[k].values() if v is not None), k))
                     entry = entries[step]
                 else:  # calibrated-48: the run's own model, thresholds calibrated on twice the frames
@@ -163,9 +166,10 @@ def snapshots(args: argparse.Namespace) -> int:
 
 def _export_variant(
     run_dir: Path, settings: Any, train: Any, val: Any, training: Any, name: str, variant: str, encoder: Any,
-    bank: Any, frames: int,
+    bank: Any, frames: int, class_offsets: bool = False,
 ) -> dict[str, Any]:
-    """Export, then calibrate on ``frames`` validation frames, one variant of a run's model."""
+    """Export, then calibrate on ``frames`` validation frames (with class offsets or not), one variant."""
+    settings = settings.model_copy(update={"calibrate_class_offsets": class_offsets})
     from stm_live.train.pipeline import calibrate_exports, export_surface_model
 
     path = run_dir / "variants" / variant / f"{name}.onnx"

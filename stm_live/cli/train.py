@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="held-out simulated frames per surface the new and the old model are compared on "
                         "(default 24; 0 = skip, and replace no existing model without --force)")
     parser.add_argument("--calibrate-frames", type=int, default=24,
-                        help="validation frames per surface for the per-class detection thresholds (0 = skip)")
+                        help="validation frames per surface for the per-class detection thresholds and class "
+                        "offsets (recipe key calibrate_class_offsets; 0 = skip)")
     parser.add_argument("--compare", action="append", metavar="M",
                         help="compare the new model with M (file or bundled name) instead of the one in the "
                         "output folder; repeat for several")
