@@ -34,6 +34,7 @@ from scipy import ndimage
 from ..errors import AdaptError
 from ..frame import Frame
 from .format import ModelInfo, Prototypes, attach_head, load_onnx, with_info
+from .instances import per_class
 from .prepare import level_for_model, to_model_grid
 from .prototypes import (
     UNLABELLED,
@@ -307,6 +308,7 @@ def adapt_model(
 
     report["prototypes_per_class"] = n_per_class
     report["fine_tune_steps"] = steps
+    unchanged: set[str] = set()
     if dense and settings.calibrate:
         # the pitch and the background bias by cross-validation on the labelled pixels: the
         # measured pitch and finer ones (a mask tells the extent, a finer grid follows it closer)
@@ -359,6 +361,9 @@ def adapt_model(
                      "split_within_nm": {c: round(0.7 * class_size[c], 4) for c in classes
                                          if bright_class.get(c) and c in class_size},
                      "min_area_nm2": {c: round(0.15 * disc_nm2, 4) for c in classes}}
+    if unchanged and detection:
+        # a class left to the start model keeps how it counts instances as well as its prototypes
+        detection = _start_model_rules(detection, info.detection, classes, unchanged)
     new_info = replace(
         info,
         nm_per_px=pitch,
@@ -437,6 +442,17 @@ def _with_base_prototypes(
     # thresholds hold for it: a few clicks are no better ground for a new one
     temperature = base.temperature
     return Prototypes(stacked, tuple(labels), temperature)
+
+
+def _start_model_rules(
+    detection: Mapping[str, Any], start: Mapping[str, Any], classes: Sequence[str], kept: set[str]
+) -> dict[str, Any]:
+    """``detection`` with the start model's instance rules (merge, split, minimum area) for the classes in ``kept``."""
+    out = dict(detection)
+    for key in ("merge_within_nm", "split_within_nm", "min_area_nm2"):
+        value = detection.get(key, 0.0)
+        out[key] = {c: round(per_class(start.get(key, 0.0) if c in kept else value, c), 6) for c in classes}
+    return out
 
 
 def _cross_validated_offset(
