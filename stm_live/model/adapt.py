@@ -362,9 +362,7 @@ def adapt_model(
                                          if bright_class.get(c) and c in class_size},
                      "min_area_nm2": {c: round(0.15 * disc_nm2, 4) for c in classes}}
     if unchanged and detection:
-        # a class left to the start model keeps its splitting rule and minimum area as well as its
-        # prototypes; pieces are still merged as the clicks say (one detection per real trench:
-        # the start model's rule counts the pieces, docs/real_eval.md "Simulator")
+        # a class left to the start model keeps how it counts instances as well as its prototypes
         detection = _start_model_rules(detection, info.detection, classes, unchanged)
     new_info = replace(
         info,
@@ -449,9 +447,9 @@ def _with_base_prototypes(
 def _start_model_rules(
     detection: Mapping[str, Any], start: Mapping[str, Any], classes: Sequence[str], kept: set[str]
 ) -> dict[str, Any]:
-    """``detection`` with the start model's splitting distance and minimum area for the classes in ``kept``."""
+    """``detection`` with the start model's instance rules (merge, split, minimum area) for the classes in ``kept``."""
     out = dict(detection)
-    for key in ("split_within_nm", "min_area_nm2"):
+    for key in ("merge_within_nm", "split_within_nm", "min_area_nm2"):
         value = detection.get(key, 0.0)
         out[key] = {c: round(per_class(start.get(key, 0.0) if c in kept else value, c), 6) for c in classes}
     return out
