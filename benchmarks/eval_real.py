@@ -370,13 +370,15 @@ def part_dense(encoder: str, today: bool) -> dict[str, Any]:
     return out
 
 
-def part_sim(frames: int = 8, seed: int = 60_000, draws: int = 3, today: bool = False) -> dict[str, Any]:
+def part_sim(frames: int = 8, seed: int = 60_000, draws: int = 3, today: bool = False,
+             start_model_share: float | None = None) -> dict[str, Any]:
     """Simulator: si001-ash3 adapted from 3 clicks per class on one frame, scored on the other frames.
 
     Each draw clicks 3 random instances per class of frame ``seed`` (and, in the
     second variant, marks 3 feature-free 3 x 3 nm squares as background); the
     unadapted model is scored on the same frames. Precision must not drop by
-    more than 2 points for any class.
+    more than 2 points for any class. ``start_model_share`` overrides
+    :class:`AdaptSettings`' (0.99: the rule before issue 17's fix).
     """
     import tempfile
 
@@ -419,11 +421,15 @@ def part_sim(frames: int = 8, seed: int = 60_000, draws: int = 3, today: bool = 
                     boxes.append((x0, y0, x0 + 3.0, y0 + 3.0))
             example = LabelledFrame(support.frame("Z"), tuple(points), background_boxes=tuple(boxes))
             settings = today_settings(base) if today else AdaptSettings()
+            if start_model_share is not None:
+                settings = replace(settings, start_model_share=start_model_share)
             proto, info, report = adapt_model(base, [example], list(base.classes), replace(settings, seed=d))
             with tempfile.TemporaryDirectory() as tmp:
                 save_model(proto, info, Path(tmp) / "m.onnx")
                 rows.append({"scores": scores(SegmentationModel(Path(tmp) / "m.onnx", provider="cpu")),
-                             "nm_per_px": report["nm_per_px"]})
+                             "nm_per_px": report["nm_per_px"],
+                             "left_to_the_start_model": report.get("classes_left_to_the_start_model"),
+                             "start_model_found_of_clicked": report.get("start_model_found_of_clicked")})
         mean = {c: {k: round(float(np.mean([r["scores"][c][k] for r in rows])), 4)
                     for k in ("precision", "recall", "f1")} for c in base.classes}
         out[variant] = {"mean": mean, "draws": rows}
@@ -445,6 +451,10 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "docs" / "real_eval.json"))
     parser.add_argument("--tag", default="", help="suffix of the result keys (e.g. a variant's name)")
     parser.add_argument("--surface", choices=["si001h", "tio2"], help="k-shot and dev parts: this surface only")
+    parser.add_argument("--sim-seed", type=int, default=60_000,
+                        help="sim part: support frame seed (scored: the next 7); 60000 is the reported set")
+    parser.add_argument("--start-model-share", type=float,
+                        help="sim part: AdaptSettings.start_model_share (0.99: the rule before issue 17's fix)")
     args = parser.parse_args()
     if args.surface:
         SURFACES[:] = [s for s in SURFACES if s[0] == args.surface]
@@ -466,7 +476,8 @@ def main() -> int:
         elif part == "baselines":
             value = part_baselines()
         elif part == "sim":
-            value = part_sim(draws=args.draws, today=args.today)
+            value = part_sim(seed=args.sim_seed, draws=args.draws, today=args.today,
+                             start_model_share=args.start_model_share)
         elif part == "transfer":
             value = part_transfer(args.models, args.split)
         elif part == "sim-realism":
@@ -478,6 +489,8 @@ def main() -> int:
         key = part + ("" if part in ("zero-shot", "baselines", "sim-realism", "measure") else suffix)
         if part == "transfer":
             key += f"-{args.split}"
+        if part == "sim" and args.sim_seed != 60_000:
+            key += f"-{args.sim_seed}"
         results[key] = {"measured": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.perf_counter() - t0, 1),
                         **value}
         out_path.write_text(json.dumps(results, indent=1) + "\n")

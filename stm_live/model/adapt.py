@@ -34,6 +34,7 @@ from scipy import ndimage
 from ..errors import AdaptError
 from ..frame import Frame
 from .format import ModelInfo, Prototypes, attach_head, load_onnx, with_info
+from .instances import per_class
 from .prepare import level_for_model, to_model_grid
 from .prototypes import (
     UNLABELLED,
@@ -91,6 +92,10 @@ class AdaptSettings:
     the older rule (pieces within two disc radii merged, nothing split).
     ``score_margin``: with ``calibrate``, no detection is kept that is less
     certain than every clicked example of its class less this margin.
+    ``start_model_share``: with ``keep_base_head``, a class the start model
+    knows and already detects at more than this share of its clicked
+    examples keeps only the start model's trained prototypes and thresholds
+    (0.99: only a class found at every clicked example, the rule before).
     """
 
     nm_per_px: float | None = None
@@ -105,6 +110,7 @@ class AdaptSettings:
     keep_base_head: bool = True
     count_like_a_person: bool = True
     score_margin: float = 0.05
+    start_model_share: float = 0.5
     seed: int = 0
     extra_provenance: Mapping[str, Any] = field(default_factory=dict)
 
@@ -302,6 +308,7 @@ def adapt_model(
 
     report["prototypes_per_class"] = n_per_class
     report["fine_tune_steps"] = steps
+    unchanged: set[str] = set()
     if dense and settings.calibrate:
         # the pitch and the background bias by cross-validation on the labelled pixels: the
         # measured pitch and finer ones (a mask tells the extent, a finer grid follows it closer)
@@ -325,9 +332,16 @@ def adapt_model(
         images, known_background = label_images(pitch)
         prototypes = fit(images)
         if keep_head:
-            unchanged = _classes_the_base_finds(base, examples, classes, radius)
+            found_at = _clicks_the_base_finds(base, examples, classes, radius)
+            unchanged = {c for c, (found, clicked) in found_at.items()
+                         if c in base.classes and (not clicked or found > settings.start_model_share * clicked)}
             prototypes = _with_base_prototypes(prototypes, info, classes, unchanged)
+            report["start_model_found_of_clicked"] = {c: list(v) for c, v in found_at.items()}
             report["classes_left_to_the_start_model"] = sorted(unchanged)
+            for c in sorted(set(classes) - unchanged):
+                if c in base.classes:
+                    log.info("%s: the start model finds %d of %d clicked examples: new prototypes added",
+                             c, *found_at[c])
     if settings.centre_features:
         prior_px = settings.centre_prior_nm2 / pitch**2
         prototypes = replace(prototypes, centring=feature_centring(images, prototypes, prior_px=prior_px))
@@ -347,6 +361,9 @@ def adapt_model(
                      "split_within_nm": {c: round(0.7 * class_size[c], 4) for c in classes
                                          if bright_class.get(c) and c in class_size},
                      "min_area_nm2": {c: round(0.15 * disc_nm2, 4) for c in classes}}
+    if unchanged and detection:
+        # a class left to the start model keeps how it counts instances as well as its prototypes
+        detection = _start_model_rules(detection, info.detection, classes, unchanged)
     new_info = replace(
         info,
         nm_per_px=pitch,
@@ -373,21 +390,29 @@ def adapt_model(
     return model, new_info, report
 
 
-def _classes_the_base_finds(
+def _clicks_the_base_finds(
     base: SegmentationModel, examples: Sequence[LabelledFrame], classes: Sequence[str], radius_nm: float
-) -> set[str]:
-    """Classes of the start model whose every clicked example it already detects, under that class."""
-    found: dict[str, bool] = {c: c in base.classes for c in classes}
+) -> dict[str, tuple[int, int]]:
+    """Per class: ``(clicked examples the start model detects under that class, clicked examples)``.
+
+    A start model that already finds most of a class's clicked examples is on
+    its own ground: the one it misses is an outlier (on simulated Si(001), a
+    feature cut by the frame's edge, or one just under its threshold), and a
+    prototype averaged over a few clicks describes the class worse than the
+    trained one fitted on thousands of examples (docs/real_eval.md, "Simulator").
+    """
+    counts = {c: [0, 0] for c in classes}
     for ex in examples:
-        if not ex.points:
+        clicked = [p for p in ex.points if p.class_name in counts]
+        if not clicked:
             continue
         detections = base.segment(ex.frame).detections
-        for p in ex.points:
-            if found.get(p.class_name):
-                found[p.class_name] = any(d.class_name == p.class_name
-                                          and (d.x_nm - p.x_nm) ** 2 + (d.y_nm - p.y_nm) ** 2 <= (2 * radius_nm) ** 2
-                                          for d in detections)
-    return {c for c, ok in found.items() if ok}
+        for p in clicked:
+            counts[p.class_name][1] += 1
+            counts[p.class_name][0] += any(d.class_name == p.class_name
+                                           and (d.x_nm - p.x_nm) ** 2 + (d.y_nm - p.y_nm) ** 2 <= (2 * radius_nm) ** 2
+                                           for d in detections)
+    return {c: (found, clicked) for c, (found, clicked) in counts.items()}
 
 
 def _with_base_prototypes(
@@ -395,9 +420,10 @@ def _with_base_prototypes(
 ) -> Prototypes:
     """The start model's prototypes of the labelled classes and background, plus new ones where needed.
 
-    New prototypes (from the labels) are added for the classes the start model
-    does not already find at every clicked example (``unchanged`` lists the
-    ones it does); the start model's temperature is kept.
+    New prototypes (from the labels) are added for the classes not in
+    ``unchanged`` (the ones the start model already finds at most clicked
+    examples, ``AdaptSettings.start_model_share``); the start model's
+    temperature is kept.
     """
     base = info.prototypes
     assert base is not None
@@ -416,6 +442,17 @@ def _with_base_prototypes(
     # thresholds hold for it: a few clicks are no better ground for a new one
     temperature = base.temperature
     return Prototypes(stacked, tuple(labels), temperature)
+
+
+def _start_model_rules(
+    detection: Mapping[str, Any], start: Mapping[str, Any], classes: Sequence[str], kept: set[str]
+) -> dict[str, Any]:
+    """``detection`` with the start model's instance rules (merge, split, minimum area) for the classes in ``kept``."""
+    out = dict(detection)
+    for key in ("merge_within_nm", "split_within_nm", "min_area_nm2"):
+        value = detection.get(key, 0.0)
+        out[key] = {c: round(per_class(start.get(key, 0.0) if c in kept else value, c), 6) for c in classes}
+    return out
 
 
 def _cross_validated_offset(
@@ -502,12 +539,15 @@ def _calibrate(
       and area) are raised until the new head finds no more features there
       than the model it started from (a bare encoder finds none, so then none
       at all), keeping as many clicked examples as that allows;
-    * *what the start model calls background*: for a class the start model
-      knows but that got new prototypes (not in ``unchanged``), its
-      detections on the labelled frames away from every click and every
-      start-model detection of that class, where the start model's class map
-      is background, count as known background too (new prototypes may add
-      what it missed at the clicks, not what it rejects elsewhere);
+    * *what the start model calls background, or a class it was confirmed
+      on*: for a class the start model knows but that got new prototypes
+      (not in ``unchanged``), its detections on the labelled frames away from
+      every click and every start-model detection of that class, where the
+      start model's class map is background or a class in ``unchanged`` (one
+      it found at most of that class's clicks, so its word on it holds),
+      count as known background too (new prototypes may add what it missed
+      at the clicks, not what it rejects elsewhere nor what it rightly calls
+      something else);
     * *positives*: a detection less certain than every clicked example of its
       class (less ``score_margin``) is not kept: the clicked features are what
       the person says the class looks like.
@@ -547,9 +587,12 @@ def _calibrate(
                         allowed[d.class_name] += 1
         if base.has_head and unchanged is not None:
             # A class the start model knows that gets new prototypes may add what it missed at the
-            # clicks, not what it calls background elsewhere: on the labelled frame, a detection of
-            # such a class away from every click of it and from every start-model detection of it,
-            # where the start model sees background, is a negative (the start model has none there).
+            # clicks, not what it calls background elsewhere nor what it calls a class the clicks
+            # confirmed it on: on the labelled frame, a detection of such a class away from every
+            # click of it and from every start-model detection of it, where the start model sees
+            # background or a confirmed class, is a negative (the start model has none there).
+            confirmed = {k for k, name in enumerate(base.classes, start=1) if name in unchanged}
+            confirmed.add(0)
             for ex in examples:
                 start = base.segment(ex.frame)
                 seg = candidate.segment(ex.frame, min_score=0.0, min_area_nm2=0.0)
@@ -564,7 +607,7 @@ def _calibrate(
                     positions = [(q.x_nm, q.y_nm) for q in ex.points if q.class_name == d.class_name]
                     positions += [(q.x_nm, q.y_nm) for q in start.detections if q.class_name == d.class_name]
                     claimed = any((x - d.x_nm) ** 2 + (y - d.y_nm) ** 2 <= reach**2 for x, y in positions)
-                    if not claimed and start.class_map[r, c] == 0:
+                    if not claimed and int(start.class_map[r, c]) in confirmed:
                         negatives[d.class_name].append((d.score, d.area_nm2))
     min_score: dict[str, float] = {}
     min_area: dict[str, float] = {}
