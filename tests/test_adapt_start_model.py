@@ -105,3 +105,16 @@ def test_new_prototypes_do_not_take_over_a_class_the_start_model_was_confirmed_o
     assert not [f for f in MID[2:] if _near(seg.detections, f, "high")]
     assert all(_near(seg.detections, f, "mid") for f in MID)
     assert all(_near(seg.detections, f, "high") for f in HIGH)
+
+
+def test_the_start_models_class_offsets_stay_with_its_prototypes_and_reach_new_ones() -> None:
+    from stm_live.model.adapt import _with_base_prototypes
+
+    base = Prototypes(np.eye(4, dtype=np.float32), (0, 1, 2, 3), 1.0, offsets=np.array([0.0, -1.5, 0.7, 0.0]))
+    info = ModelInfo(name="start", classes=("high", "mid", "dark"), nm_per_px=0.2, embedding_dim=4, prototypes=base)
+    clicked = Prototypes(np.full((3, 4), 0.5, np.float32), (0, 1, 2))  # background, high, mid from clicks
+    merged = _with_base_prototypes(clicked, info, ["high", "mid"], unchanged={"mid"})
+    assert merged.offsets is not None
+    got = sorted((label, round(float(o), 3)) for label, o in zip(merged.labels, merged.offsets, strict=True))
+    # the new "high" prototype gets high's offset; the start model's keep theirs; "dark" is not labelled
+    assert got == [(0, 0.0), (1, -1.5), (1, -1.5), (2, 0.7)]

@@ -431,17 +431,25 @@ def _with_base_prototypes(
     # background prototypes from a few clicks also cover the frame's unlabelled features: the
     # start model's trained background prototypes are kept instead
     new = [i for i, label in enumerate(prototypes.labels) if label != 0 and classes[label - 1] not in unchanged]
+    # the start model's calibrated class offsets (stm-live train) stay with its prototypes, and a
+    # new prototype of a class it knows gets that class's offset, so that both compete alike
+    base_offsets = np.zeros(len(base.labels), np.float32) if base.offsets is None else base.offsets
+    class_offset = {("background" if label == 0 else info.classes[label - 1]): float(o)
+                    for label, o in zip(base.labels, base_offsets, strict=True)}
     vectors, labels = [prototypes.vectors[new]], [prototypes.labels[i] for i in new]
-    for v, label in zip(base.vectors, base.labels, strict=True):
+    offsets = [class_offset.get(classes[prototypes.labels[i] - 1], 0.0) for i in new]
+    for v, label, o in zip(base.vectors, base.labels, base_offsets, strict=True):
         name = "background" if label == 0 else info.classes[label - 1]
         if label == 0 or name in index:
             vectors.append(v[None])
             labels.append(0 if label == 0 else index[name])
+            offsets.append(float(o))
     stacked = np.concatenate(vectors).astype(np.float32)
     # the start model's temperature was fitted on many validation pixels, and its calibrated
     # thresholds hold for it: a few clicks are no better ground for a new one
     temperature = base.temperature
-    return Prototypes(stacked, tuple(labels), temperature)
+    return Prototypes(stacked, tuple(labels), temperature,
+                      offsets=np.asarray(offsets, np.float32) if any(offsets) else None)
 
 
 def _start_model_rules(
