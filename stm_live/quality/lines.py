@@ -160,7 +160,8 @@ class TipChangeDetector:
         Lines each statistic is averaged over before the comparison (1: none).
     turn : float
         A change is not a tip change when ``along`` and ``across`` moved apart
-        (log units, median of the test lines against the reference lines),
+        (log units, median of the last ``test`` lines, unaveraged, against the
+        median of the reference averages),
         each by at least this much: the lattice turned, as on Si(001) where
         the dimer rows turn by 90 degrees at every step edge, and a step edge
         nearly parallel to the scan lines sweeps from one terrace to the next
@@ -267,7 +268,7 @@ class TipChangeDetector:
         self.last_z = z
         if not z or max(abs(v) for v in z.values()) < self.threshold:
             return None
-        if self._turned(ref, test):
+        if self._turned(ref, np.array([g for _, g in list(self._recent)[-self.test:]])):
             self.turns.append(self._lines - 1)
             self._history.clear()  # the new terrace is the new normal
             self._recent.clear()
@@ -279,7 +280,12 @@ class TipChangeDetector:
         return event
 
     def _turned(self, ref: np.ndarray, test: np.ndarray) -> bool:
-        """Whether ``along`` and ``across`` moved apart by at least ``turn`` each: the lattice turned."""
+        """Whether ``along`` and ``across`` moved apart by at least ``turn`` each: the lattice turned.
+
+        ``ref`` are the reference averages, ``test`` the last lines unaveraged: the first line
+        of a tip change can itself be odd (its ``across`` compares two tips), and in averages
+        it would reach most of the test window, where a median of single lines ignores it.
+        """
         k, m = FEATURES.index("along"), FEATURES.index("across")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (no previous line): no turn
