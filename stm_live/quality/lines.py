@@ -6,7 +6,9 @@ backward lines may stop agreeing. :class:`TipChangeDetector` follows
 per-line statistics (:func:`line_features`, each O(columns)) and compares the median of the last few lines
 with the median and spread of the lines before them: a change of many
 spreads that lasts is a tip change; a single odd line (a scar, a feature) is
-not, because it cannot move a median of several lines.
+not, because it cannot move a median of several lines. Nor is a change in which
+the detail along the lines and across them move apart: that is the lattice
+turning at a step edge (Si(001)'s dimer rows), not the tip.
 
 Pure: arrays in, events out, no clock. Works on raw or levelled lines, in any
 unit (the statistics are logarithms of spreads).
