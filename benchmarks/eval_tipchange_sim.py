@@ -12,8 +12,10 @@ with none (``tip_change_chance = 0``, same seeds otherwise).
 * false alarms: detections in the clean frames (per 100 frames), and
   detections before the change in the changed ones.
 
-``--baseline`` also runs the detector as it was before 3-line smoothing
-(``smooth=1, threshold=8``) on the very same lines, for comparison.
+``--baseline`` also runs the detector as it was before the lattice-turn check
+(``turn=inf``: a change where ``along`` and ``across`` move apart, as at a
+step edge where the dimer rows turn, still alarms) on the very same lines,
+for comparison. ``turns`` counts the changes put down to a turning lattice.
 
 Usage::
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import replace
@@ -37,20 +40,23 @@ from stm_live.sim import Artefacts, simulate_scan
 
 
 def _score() -> dict[str, Any]:
-    return {"found": 0, "delays": [], "early": 0, "clean_alarms": 0, "clean_frames_alarmed": 0, "missed": []}
+    return {"found": 0, "delays": [], "early": 0, "clean_alarms": 0, "clean_frames_alarmed": 0, "missed": [],
+            "turns_clean": 0, "turns_changed": 0, "clean_alarm_seeds": []}
 
 
 def run(frames: int, pixels: int, size_nm: float, severity: float, seed0: int, within: int, tolerance: int,
         levelled: bool, threshold: float | None = None, smooth: int | None = None,
-        baseline: bool = False) -> dict[str, object]:
+        baseline: bool = False, turn: float | None = None) -> dict[str, object]:
     base = Artefacts.realistic()
     settings: dict[str, dict[str, Any]] = {"detector": {}}
     if threshold is not None:
         settings["detector"]["threshold"] = threshold
     if smooth is not None:
         settings["detector"]["smooth"] = smooth
+    if turn is not None:
+        settings["detector"]["turn"] = turn
     if baseline:
-        settings["baseline"] = {"threshold": 8.0, "smooth": 1}
+        settings["baseline"] = {**settings["detector"], "turn": math.inf}
     scores = {name: _score() for name in settings}
     t0 = time.perf_counter()
     lines = 0
@@ -69,6 +75,7 @@ def run(frames: int, pixels: int, size_nm: float, severity: float, seed0: int, w
                 det = TipChangeDetector(**kw)
                 events = [e for e in (det.push(v) for v in stream) if e is not None]
                 sc = scores[name]
+                sc["turns_changed" if chance == 1.0 else "turns_clean"] += len(det.turns)
                 if chance == 1.0:
                     row = scan.events["tip_change"]["row"]
                     true = row if k % 2 == 0 else pixels - 1 - row  # acquisition index
@@ -82,6 +89,8 @@ def run(frames: int, pixels: int, size_nm: float, severity: float, seed0: int, w
                 else:
                     sc["clean_alarms"] += len(events)
                     sc["clean_frames_alarmed"] += bool(events)
+                    if events:
+                        sc["clean_alarm_seeds"].append(seed)
     elapsed = time.perf_counter() - t0
     out: dict[str, object] = {"frames": frames, "pixels": pixels, "size_nm": size_nm, "severity": severity,
                               "levelled": levelled, "seeds": [seed0, seed0 + frames - 1]}
@@ -90,7 +99,7 @@ def run(frames: int, pixels: int, size_nm: float, severity: float, seed0: int, w
         sc = scores[name]
         delays = sc["delays"]
         out[name] = {
-            "threshold": det.threshold, "smooth": det.smooth,
+            "threshold": det.threshold, "smooth": det.smooth, "turn": det.turn if math.isfinite(det.turn) else None,
             "found": sc["found"], "found_fraction": sc["found"] / frames,
             "delay_lines": {"median": float(np.median(delays)) if delays else None,
                             "p95": float(np.percentile(delays, 95)) if delays else None,
@@ -98,6 +107,8 @@ def run(frames: int, pixels: int, size_nm: float, severity: float, seed0: int, w
             "false_alarms_per_100_clean_frames": 100.0 * sc["clean_alarms"] / frames,
             "clean_frames_with_an_alarm": sc["clean_frames_alarmed"],
             "alarms_before_the_change": sc["early"],
+            "clean_alarm_seeds": sc["clean_alarm_seeds"][:20],
+            "turns_in_clean_frames": sc["turns_clean"], "turns_in_changed_frames": sc["turns_changed"],
             "missed_seeds": sc["missed"][:20],
         }
     out["us_per_line_incl_simulation"] = 1e6 * elapsed / lines
@@ -116,12 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw", action="store_true", help="raw lines instead of LineLeveller output")
     p.add_argument("--threshold", type=float, help="detector threshold (default: the detector's)")
     p.add_argument("--smooth", type=int, help="lines each statistic is averaged over (default: the detector's)")
+    p.add_argument("--turn", type=float, help="lattice-turn tolerance, log units (default: the detector's)")
     p.add_argument("--baseline", action="store_true",
-                   help="also run the detector as it was before smoothing (smooth=1, threshold=8) on the same lines")
+                   help="also run the detector without the lattice-turn check (turn=inf) on the same lines")
     p.add_argument("--json", metavar="PATH")
     a = p.parse_args(argv)
     out = run(a.frames, a.pixels, a.size_nm, a.severity, a.seed, a.within, a.tolerance, not a.raw, a.threshold,
-              a.smooth, a.baseline)
+              a.smooth, a.baseline, a.turn)
     text = json.dumps(out, indent=1)
     print(text)
     if a.json:

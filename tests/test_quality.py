@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -97,6 +98,46 @@ def test_smoothing_sees_a_change_through_a_line_to_line_swing() -> None:
     assert abs(line - change) <= 1 and at - change <= 10
     with pytest.raises(ValueError, match="smooth"):
         TipChangeDetector(smooth=0)
+
+
+# Design seeds whose clean frame has a step edge nearly parallel to the scan lines: within about
+# 15 lines the terrace changes and the dimer rows turn from along the lines to across them, which
+# moves `detail` for good. The detector without the lattice-turn check alarmed on both.
+@pytest.mark.parametrize(("seed", "up"), [(1165, True), (3028, False)])
+def test_a_step_edge_parallel_to_the_lines_is_not_a_tip_change_but_a_tip_change_there_is(seed: int, up: bool) -> None:
+    clean, _ = _lines_50nm(seed, 0.0, up=up)
+    before = TipChangeDetector(turn=math.inf)
+    assert [e for e in (before.push(v) for v in clean) if e is not None] != []
+    det = TipChangeDetector()
+    assert [e for e in (det.push(v) for v in clean) if e is not None] == []
+    assert len(det.turns) == 1
+    lines, true = _lines_50nm(seed, 1.0, up=up)
+    assert true is not None
+    det = TipChangeDetector()
+    events = [e for e in (det.push(v) for v in lines) if e is not None]
+    assert len(events) == 1, events
+    assert abs(events[0].line - true) <= 3 and 0 <= events[0].detected_at - true <= 10
+
+
+def test_along_and_across_moving_apart_is_a_turn_and_moving_together_a_tip_change() -> None:
+    rng = np.random.default_rng(2)
+    n, change = 120, 70
+    features = np.column_stack([np.full(n, -23.0), np.full(n, -23.5), np.full(n, -24.0), np.full(n, np.nan)])
+    features[:, :3] += 0.03 * rng.standard_normal((n, 3))
+    turned, blunt = features.copy(), features.copy()
+    turned[change:, 1] += 0.9  # rows across the lines now: more detail along, less across
+    turned[change:, 2] -= 0.7
+    turned[change:, 0] += 0.6  # and `detail` not quite the same on the new orientation
+    blunt[change:, :3] -= 0.6  # a blunter tip: less detail both ways
+
+    def found(det: TipChangeDetector, f: np.ndarray) -> list[int]:
+        return [e.line for e in (det.push_features(g) for g in f) if e is not None]
+
+    assert found(TipChangeDetector(turn=math.inf), turned) != []
+    det = TipChangeDetector()
+    assert found(det, turned) == [] and len(det.turns) == 1 and det.turns[0] - change <= 10
+    [line] = found(TipChangeDetector(), blunt)
+    assert abs(line - change) <= 1
 
 
 def test_line_features_ignore_offsets_slopes_and_missing_pixels() -> None:

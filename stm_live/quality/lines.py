@@ -6,7 +6,9 @@ backward lines may stop agreeing. :class:`TipChangeDetector` follows
 per-line statistics (:func:`line_features`, each O(columns)) and compares the median of the last few lines
 with the median and spread of the lines before them: a change of many
 spreads that lasts is a tip change; a single odd line (a scar, a feature) is
-not, because it cannot move a median of several lines.
+not, because it cannot move a median of several lines. Nor is a change in which
+the detail along the lines and across them move apart: that is the lattice
+turning at a step edge (Si(001)'s dimer rows), not the tip.
 
 Pure: arrays in, events out, no clock. Works on raw or levelled lines, in any
 unit (the statistics are logarithms of spreads).
@@ -15,6 +17,7 @@ unit (the statistics are logarithms of spreads).
 from __future__ import annotations
 
 import math
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -157,6 +160,16 @@ class TipChangeDetector:
         statistic's spread is smaller, so the same tolerance takes more.)
     smooth : int
         Lines each statistic is averaged over before the comparison (1: none).
+    turn : float
+        A change is not a tip change when ``along`` and ``across`` moved apart
+        (log units, median of the last ``test`` lines, unaveraged, against the
+        median of the reference averages),
+        each by at least this much: the lattice turned, as on Si(001) where
+        the dimer rows turn by 90 degrees at every step edge, and a step edge
+        nearly parallel to the scan lines sweeps from one terrace to the next
+        within a few lines. A tip change moves both the same way (a blunter
+        tip blurs detail along and across the lines). The lines after the
+        turn are then the new normal. ``inf``: never.
 
     Examples
     --------
@@ -170,7 +183,7 @@ class TipChangeDetector:
     """
 
     def __init__(self, *, reference: int = 24, test: int = 4, threshold: float = 9.0,
-                 min_spread: float = 0.04, stable: float = 6.0, smooth: int = 3) -> None:
+                 min_spread: float = 0.04, stable: float = 6.0, smooth: int = 3, turn: float = 0.4) -> None:
         if reference < 4 or test < 1 or smooth < 1:
             raise ValueError(f"reference must be >= 4, test and smooth >= 1 lines, got {reference}, {test}, {smooth}")
         self.reference = int(reference)
@@ -179,12 +192,15 @@ class TipChangeDetector:
         self.min_spread = float(min_spread)
         self.stable = float(stable)
         self.smooth = int(smooth)
+        self.turn = float(turn)
         self._history: deque[np.ndarray] = deque(maxlen=self.reference + self.test)
         # (line index, statistics) of the last lines, unsmoothed: the running mean, and where the change began
         self._recent: deque[tuple[int, np.ndarray]] = deque(maxlen=self.smooth + self.test)
         self._previous: np.ndarray | None = None
         self._lines = 0
         self.events: list[TipChangeEvent] = []
+        #: Lines at which a change was put down to the lattice turning (a step edge), not to the tip.
+        self.turns: list[int] = []
         #: The evidence of the last line (statistic -> change in spreads), for diagnostics.
         self.last_z: dict[str, float] = {}
 
@@ -195,6 +211,7 @@ class TipChangeDetector:
         self._previous = None
         self._lines = 0
         self.events = []
+        self.turns = []
 
     @property
     def lines(self) -> int:
@@ -253,11 +270,31 @@ class TipChangeDetector:
         self.last_z = z
         if not z or max(abs(v) for v in z.values()) < self.threshold:
             return None
+        if self._turned(ref, np.array([g for _, g in list(self._recent)[-self.test:]])):
+            self.turns.append(self._lines - 1)
+            self._history.clear()  # the new terrace is the new normal
+            self._recent.clear()
+            return None
         event = TipChangeEvent(line=self._first_changed(z, levels), detected_at=self._lines - 1, z=z)
         self.events.append(event)
         self._history.clear()  # the new tip is the new normal
         self._recent.clear()
         return event
+
+    def _turned(self, ref: np.ndarray, test: np.ndarray) -> bool:
+        """Whether ``along`` and ``across`` moved apart by at least ``turn`` each: the lattice turned.
+
+        ``ref`` are the reference averages, ``test`` the last lines unaveraged: the first line
+        of a tip change can itself be odd (its ``across`` compares two tips), and in averages
+        it would reach most of the test window, where a median of single lines ignores it.
+        """
+        k, m = FEATURES.index("along"), FEATURES.index("across")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (no previous line): no turn
+            moved = np.nanmedian(test[:, [k, m]], axis=0) - np.nanmedian(ref[:, [k, m]], axis=0)
+        if not np.isfinite(moved).all() or moved[0] * moved[1] >= 0:
+            return False
+        return bool(np.abs(moved).min() >= self.turn)
 
     def _first_changed(self, z: dict[str, float], levels: dict[str, tuple[float, float]]) -> int:
         """The first line of the change: the earliest line, unsmoothed, of the first test average past halfway."""
