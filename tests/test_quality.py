@@ -16,6 +16,7 @@ from stm_live.cli import main
 from stm_live.level import LineLeveller
 from stm_live.quality import TipChangeDetector, line_features
 from stm_live.quality.frame import judge_frame
+from stm_live.quality.lines import TipChangeEvent
 from stm_live.sim import Artefacts, simulate_scan
 
 TIP_STATE = SHARED / "tip-state"
@@ -68,15 +69,21 @@ def _lines_50nm(seed: int, chance: float, *, up: bool) -> tuple[list[np.ndarray]
 # without smoothing missed: the dimer rows' swing from line to line hid a plain drop of detail.
 @pytest.mark.parametrize(("seed", "up"), [(1006, False), (1103, True), (3077, True)])
 def test_a_tip_change_at_256_px_is_found_within_10_lines_and_a_clean_frame_is_not_alarmed(seed: int, up: bool) -> None:
+    _assert_change_found_within_10_lines(seed, up)
+    clean, _ = _lines_50nm(seed, 0.0, up=up)
+    assert _alarms(TipChangeDetector(), clean) == []
+
+
+def _alarms(det: TipChangeDetector, lines: list[np.ndarray]) -> list[TipChangeEvent]:
+    return [e for e in (det.push(v) for v in lines) if e is not None]
+
+
+def _assert_change_found_within_10_lines(seed: int, up: bool) -> None:
     lines, true = _lines_50nm(seed, 1.0, up=up)
     assert true is not None
-    det = TipChangeDetector()
-    events = [e for e in (det.push(v) for v in lines) if e is not None]
+    events = _alarms(TipChangeDetector(), lines)
     assert len(events) == 1, events
     assert abs(events[0].line - true) <= 3 and 0 <= events[0].detected_at - true <= 10
-    clean, _ = _lines_50nm(seed, 0.0, up=up)
-    det = TipChangeDetector()
-    assert [e for e in (det.push(v) for v in clean) if e is not None] == []
 
 
 def test_smoothing_sees_a_change_through_a_line_to_line_swing() -> None:
@@ -106,17 +113,11 @@ def test_smoothing_sees_a_change_through_a_line_to_line_swing() -> None:
 @pytest.mark.parametrize(("seed", "up"), [(1165, True), (3028, False)])
 def test_a_step_edge_parallel_to_the_lines_is_not_a_tip_change_but_a_tip_change_there_is(seed: int, up: bool) -> None:
     clean, _ = _lines_50nm(seed, 0.0, up=up)
-    before = TipChangeDetector(turn=math.inf)
-    assert [e for e in (before.push(v) for v in clean) if e is not None] != []
+    assert _alarms(TipChangeDetector(turn=math.inf), clean) != []
     det = TipChangeDetector()
-    assert [e for e in (det.push(v) for v in clean) if e is not None] == []
+    assert _alarms(det, clean) == []
     assert len(det.turns) == 1
-    lines, true = _lines_50nm(seed, 1.0, up=up)
-    assert true is not None
-    det = TipChangeDetector()
-    events = [e for e in (det.push(v) for v in lines) if e is not None]
-    assert len(events) == 1, events
-    assert abs(events[0].line - true) <= 3 and 0 <= events[0].detected_at - true <= 10
+    _assert_change_found_within_10_lines(seed, up)
 
 
 def test_along_and_across_moving_apart_is_a_turn_and_moving_together_a_tip_change() -> None:
