@@ -129,22 +129,56 @@ def test_found_again_maps_positions_through_both_frames() -> None:
     assert "found again" in d["reason"]
 
 
-def test_a_tip_change_in_the_lines_fires_the_tip_change_rule() -> None:
-    e = engine([{"name": "tip", "action": "pulse", "params": {"bias_v": 3.0, "width_s": 0.05},
-                 "when": [{"tip_change": {}}]}])
+PULSE_ON_TIP_CHANGE = {"name": "tip", "action": "pulse", "params": {"bias_v": 3.0, "width_s": 0.05},
+                      "when": [{"tip_change": {}}]}
+
+
+def _tip_change_scan() -> tuple[np.ndarray, int]:
     scan = simulate_scan("si001-ash3", size_nm=30.0, pixels=128, seed=11,
                          artefacts=Artefacts(tip_change=0.8, white_noise_nm=0.003))
-    row = scan.events["tip_change"]["row"]
-    z = scan.frame("Z").data
-    fired = None
-    for r in range(128):
-        out = e.feed({"scan_id": "t", "row": r, "data": z[r], "rows": 128, "cols": 128})
+    return scan.frame("Z").data, int(scan.events["tip_change"]["row"])
+
+
+def _first_decision(e: DecisionEngine, z: np.ndarray) -> tuple[int, dict[str, Any]] | None:
+    """Feed the lines one by one; the row at which the first decision came, and the decision."""
+    for r in range(z.shape[0]):
+        out = e.feed({"scan_id": "t", "row": r, "data": z[r], "rows": z.shape[0], "cols": z.shape[1]})
         if out:
-            fired = (r, out[0])
-            break
+            return r, out[0]
+    return None
+
+
+def test_a_tip_change_in_the_lines_fires_the_tip_change_rule() -> None:
+    z, row = _tip_change_scan()
+    fired = _first_decision(engine([PULSE_ON_TIP_CHANGE]), z)
     assert fired is not None
     r, d = fired
     assert 0 <= r - row <= 10 and d["params"] == {"bias_v": 3.0, "width_s": 0.05, "rescan": True}
+
+
+def test_the_tip_change_detectors_settings_come_from_the_decide_section() -> None:
+    z, row = _tip_change_scan()
+    config = load_config(None, use_default_file=False, environ={},
+                         overrides={"decide.rules": [PULSE_ON_TIP_CHANGE], "decide.tip_change.threshold": 500.0})
+    assert config.decide.tip_change.threshold == 500.0
+    # the same change, far below a threshold of 500 spreads: no decision
+    assert _first_decision(DecisionEngine(config.decide, clock=Clock()), z) is None
+    # the default section finds it, within 10 lines
+    fired = _first_decision(DecisionEngine(DecideSection.model_validate({"rules": [PULSE_ON_TIP_CHANGE]}),
+                                           clock=Clock()), z)
+    assert fired is not None and 0 <= fired[0] - row <= 10
+    off = DecideSection.model_validate({"tip_change": {"turn": None, "smooth": 1}}).tip_change.detector_kwargs()
+    assert off["turn"] == float("inf") and off["smooth"] == 1
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("decide.tip_change.reference", 2, "decide.tip_change.reference"),
+    ("decide.tip_change.threshold", -1.0, "decide.tip_change.threshold"),
+    ("decide.tip_change.sensitivity", 3.0, "sensitivity"),
+])
+def test_bad_tip_change_settings_stop_start_up_naming_the_key(key: str, value: float, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, use_default_file=False, environ={}, overrides={key: value})
 
 
 def test_frame_quality_is_judged_when_the_scan_ends() -> None:

@@ -51,7 +51,7 @@ import numpy as np
 from ..bridge.geometry import ScanFrame
 from ..errors import DecisionError
 from ..quality.lines import TipChangeDetector, TipChangeEvent
-from .rules import Condition, DecideSection, Limits, Rule
+from .rules import Condition, DecideSection, Limits, Rule, TipChangeSettings
 
 __all__ = ["DecisionEngine"]
 
@@ -169,9 +169,11 @@ class DecisionEngine:
         if isinstance(rules, DecideSection):
             self.rules = list(rules.rules)
             self.limits = rules.limits
+            self.tip_change = rules.tip_change
         else:
             self.rules = list(rules)
             self.limits = Limits()
+            self.tip_change = TipChangeSettings()
         self._clock = clock
         self._judge = judge
         self._scans: OrderedDict[str, _Scan] = OrderedDict()
@@ -186,7 +188,7 @@ class DecisionEngine:
     def _scan(self, scan_id: str) -> _Scan:
         s = self._scans.get(scan_id)
         if s is None:
-            s = self._scans[scan_id] = _Scan(scan_id)
+            s = self._scans[scan_id] = _Scan(scan_id, detector=TipChangeDetector(**self.tip_change.detector_kwargs()))
             while len(self._scans) > MAX_SCANS:
                 self._scans.popitem(last=False)
         return s

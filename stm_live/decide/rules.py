@@ -16,6 +16,7 @@ order; the first that fires on a document wins. Example::
           action: zoom
           params: {target: AsH3, width_nm: 12}
       limits: {max_offset_nm: 1000, max_range_nm: 500, max_step_nm: 300, max_pulse_v: 4.0}
+      tip_change: {threshold: 9.0}   # the line-by-line detector's sensitivity (TipChangeSettings)
 
 Conditions (each a one-key mapping):
 
@@ -48,7 +49,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..ranges import Range
 
-__all__ = ["ACTIONS", "Condition", "DecideSection", "Limits", "Rule", "RuleParams", "SurveyGrid"]
+__all__ = ["ACTIONS", "Condition", "DecideSection", "Limits", "Rule", "RuleParams", "SurveyGrid",
+           "TipChangeSettings"]
 
 #: What a decision may ask the controller to do.
 ACTIONS = ("stop", "rescan", "move", "zoom", "pulse", "tip_shape", "survey")
@@ -204,11 +206,42 @@ class Limits(_Model):
         return self
 
 
+class TipChangeSettings(_Model):
+    """The line-by-line tip-change detector of ``tip_change`` conditions
+    (:class:`stm_live.quality.lines.TipChangeDetector`; ``docs/quality.md`` says how the
+    defaults were chosen: 97 % of simulated tip changes found within 10 lines, 0.5 false
+    alarms per 100 clean frames)."""
+
+    #: Change that counts, in robust line-to-line spreads: lower finds subtler changes and alarms more.
+    threshold: Annotated[float, Range(0.0, 1000.0, above=True)] = 9.0
+    #: Lines the statistics are compared with (the lines before the test window).
+    reference: Annotated[int, Range(4, 512)] = 24
+    #: Lines that must all differ from the reference.
+    test: Annotated[int, Range(1, 64)] = 4
+    #: Lines each statistic is averaged over first (1: none).
+    smooth: Annotated[int, Range(1, 16)] = 3
+    #: How well the lines just before the test window must agree with the reference (spreads).
+    stable: Annotated[float, Range(0.0, 1000.0, above=True)] = 6.0
+    #: Smallest spread assumed for a statistic (log units).
+    min_spread: Annotated[float, Range(0.0, 10.0, above=True)] = 0.04
+    #: A change where detail along and across the lines moved apart by this much (log units) is the
+    #: lattice turning (a step edge on Si(001)), not a tip change. null: never.
+    turn: Annotated[float, Range(0.0, 100.0, above=True)] | None = 0.4
+
+    def detector_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~stm_live.quality.lines.TipChangeDetector`."""
+        kwargs = self.model_dump()
+        if kwargs["turn"] is None:
+            kwargs["turn"] = float("inf")
+        return kwargs
+
+
 class DecideSection(_Model):
     """Rules over the live results and image quality, and the limits on what they may do."""
 
     rules: list[Rule] = []
     limits: Limits = Limits()
+    tip_change: TipChangeSettings = TipChangeSettings()
 
     @model_validator(mode="after")
     def _check(self) -> DecideSection:
