@@ -17,7 +17,8 @@ model, say). Writes ``--json``.
 does): per run, the model made from the mean of the snapshots' weights (``average``), from the
 mean of the last three (``average-last3``), from the snapshot with the lowest validation
 loss (``best-val``) and from the snapshot whose worst class has the best validation F1 once
-calibrated (``best-val-f1``; ``best-val-f1-offsets``: calibrated with class offsets), each exported,
+calibrated (``best-val-f1``; ``best-val-f1-offsets``, ``average-offsets``, ``average-last3-offsets``: the
+same, calibrated with class offsets), each exported,
 calibrated and scored like the run's own model (thresholds only, as when the runs were made), and the
 run's own model with thresholds calibrated on 48 frames instead of 24 (``calibrated-48``), on
 the same held-out frames; written to ``<run>/variants.json``, which ``summarise`` reads.
@@ -54,7 +55,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 #: What ``snapshots`` makes of a run's snapshots (see the module description).
-VARIANTS = ("average", "average-last3", "best-val", "calibrated-48", "best-val-f1", "best-val-f1-offsets")
+VARIANTS = ("average", "average-last3", "best-val", "calibrated-48", "best-val-f1", "best-val-f1-offsets",
+            "average-offsets", "average-last3-offsets")
 
 
 def _run_dir(out: Path, seed: int, numerics: str) -> Path:
@@ -136,10 +138,10 @@ def snapshots(args: argparse.Namespace) -> int:
 
             for variant in todo:
                 step = None
-                if variant == "average":
-                    entry = export(variant, *average_snapshots(snaps, settings, train), 24)
-                elif variant == "average-last3":
-                    entry = export(variant, *average_snapshots(snaps[-3:], settings, train), 24)
+                if variant.startswith("average"):  # weights averaged over all or the last three snapshots
+                    chosen = snaps[-3:] if "last3" in variant else snaps
+                    entry = export(variant, *average_snapshots(chosen, settings, train), 24,
+                                   variant.endswith("-offsets"))
                 elif variant == "best-val":
                     losses = {s.step: validation_loss(s.encoder, s.bank, val, train, name) for s in snaps}
                     result.setdefault("validation_loss", {})[name] = losses
