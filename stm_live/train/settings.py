@@ -86,7 +86,12 @@ def _default_surfaces() -> list[SurfaceSettings]:
     # a nm, and Ge phase defects are a one-dimer shift of the buckling; at 0.2 nm/px
     # both were much harder to tell apart (docs/model.md).
     return [
-        SurfaceSettings(name="si001-ash3", nm_per_px=0.1, size_nm=(20.0, 50.0), input_nm_per_px=(0.05, 0.2)),
+        # Half the Si(001) frames with what real Si(001):H frames show and the plain simulator does not
+        # (trench-like vacancies with rims, faint dips, contamination, reacted areas; Realism.si001h()),
+        # at the real frames' 0.18-0.21 nm/px: the same recipe with and without it, two seeds each way, on
+        # the hand-labelled real frames' dev regions (docs/real_eval.md "Zero-shot transfer").
+        SurfaceSettings(name="si001-ash3", nm_per_px=0.1, size_nm=(20.0, 50.0), input_nm_per_px=(0.05, 0.2),
+                        realism_fraction=0.5, realism_input_nm_per_px=(0.18, 0.21)),
         # Ge and TiO2 frames widen the shared encoder's experience, but their bundled
         # models come from their own runs at 0.05 nm/px (models/ge001.train.yaml,
         # models/tio2-110.train.yaml): jointly trained, Ge phase defects, TiO2 vacancies
