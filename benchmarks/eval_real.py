@@ -256,14 +256,14 @@ def part_transfer(models: list[str], split: str) -> dict[str, Any]:
     return out
 
 
-def part_kshot(encoder: str, draws: int, today: bool) -> dict[str, Any]:
+def part_kshot(encoder: str, draws: int, today: bool, on_false: bool = False) -> dict[str, Any]:
     base = SegmentationModel(bundled_model_path(encoder) if "/" not in encoder else encoder, provider="cpu")
     settings = today_settings(base) if today else AdaptSettings()
     out: dict[str, Any] = {"encoder": base.id, "today": today}
     for label, names in SURFACES:
         t0 = time.perf_counter()
         res = kshot(base, scans_of(names), (1, 3, 5), draws=draws, settings=settings,
-                    background_squares=0 if today else None)
+                    background_squares=0 if today else None, background_on_false=on_false)
         out[label] = {k: brief(v) if isinstance(v, dict) and "draws" in v else v for k, v in res.items()}
         out[label]["seconds"] = round(time.perf_counter() - t0, 1)
         for k in ("1-shot", "3-shot", "5-shot"):
@@ -271,7 +271,7 @@ def part_kshot(encoder: str, draws: int, today: bool) -> dict[str, Any]:
     return out
 
 
-def part_dev(encoder: str, draws: int, today: bool) -> dict[str, Any]:
+def part_dev(encoder: str, draws: int, today: bool, on_false: bool = False) -> dict[str, Any]:
     """Leave-one-dev-region-out, k = 3: the only protocol used to choose settings."""
     base = SegmentationModel(bundled_model_path(encoder) if "/" not in encoder else encoder, provider="cpu")
     settings = today_settings(base) if today else AdaptSettings()
@@ -295,7 +295,7 @@ def part_dev(encoder: str, draws: int, today: bool) -> dict[str, Any]:
                 folded = [LabelledScan(replace(scans[0].labels, regions=halves), scans[0].frame)]
             try:
                 res = kshot(base, folded, (3,), draws=draws, settings=settings,
-                            background_squares=0 if today else None)
+                            background_squares=0 if today else None, background_on_false=on_false)
             except Exception as exc:  # too few features in the remaining regions
                 print(label, held, "skipped:", exc)
                 continue
@@ -448,6 +448,9 @@ def main() -> int:
     parser.add_argument("--encoder", default="base-encoder")
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--today", action="store_true", help="adapt as before this evaluation existed")
+    parser.add_argument("--background-on-false", action="store_true",
+                        help="kshot and dev parts: the background squares on the start model's false detections "
+                             "in the dev regions (as a person marks what is plainly wrong), not on random terrace")
     parser.add_argument("--out", default=str(REPO / "docs" / "real_eval.json"))
     parser.add_argument("--tag", default="", help="suffix of the result keys (e.g. a variant's name)")
     parser.add_argument("--surface", choices=["si001h", "tio2"], help="k-shot and dev parts: this surface only")
@@ -470,9 +473,9 @@ def main() -> int:
         if part == "zero-shot":
             value = part_zero_shot()
         elif part == "kshot":
-            value = part_kshot(args.encoder, args.draws, args.today)
+            value = part_kshot(args.encoder, args.draws, args.today, args.background_on_false)
         elif part == "dev":
-            value = part_dev(args.encoder, args.draws, args.today)
+            value = part_dev(args.encoder, args.draws, args.today, args.background_on_false)
         elif part == "baselines":
             value = part_baselines()
         elif part == "sim":

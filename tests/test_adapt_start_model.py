@@ -118,3 +118,40 @@ def test_the_start_models_class_offsets_stay_with_its_prototypes_and_reach_new_o
     got = sorted((label, round(float(o), 3)) for label, o in zip(merged.labels, merged.offsets, strict=True))
     # the new "high" prototype gets high's offset; the start model's keep theirs; "dark" is not labelled
     assert got == [(0, 0.0), (1, -1.5), (1, -1.5), (2, 0.7)]
+
+
+def _box(rc: tuple[int, int], half_nm: float = 0.6) -> tuple[float, float, float, float]:
+    x, y = _nm(rc)
+    return x - half_nm, y - half_nm, x + half_nm, y + half_nm
+
+
+def test_a_box_over_false_detections_of_a_class_left_to_the_start_model_drops_them_not_the_clicks(
+        tmp_path: Path) -> None:
+    # The start model calls the odd tall bumps "mid". A person clicks two ordinary "mid" bumps (and one of
+    # each other class) and drags a box over one odd bump: "mid" stays the start model's class (it finds
+    # both clicks), but its thresholds rise until the boxed detection goes, as long as no click is lost.
+    base = _start_model(tmp_path / "start.onnx")
+    start = base.segment(_image())
+    odd = [d for d in start.detections if d.class_name == "mid" and _near((d,), ODD_HIGH[0], "mid")]
+    clicked = [d for d in start.detections if d.class_name == "mid" and any(_near((d,), f, "mid") for f in MID[:2])]
+    assert len(odd) == 1 and len(clicked) == 2
+    points = (Point(*_nm(HIGH[0]), "high"), Point(*_nm(MID[0]), "mid"), Point(*_nm(MID[1]), "mid"),
+              Point(*_nm(DARK[0]), "dark"))
+    example = LabelledFrame(_image(), points, background_boxes=(_box(ODD_HIGH[0]),))
+    proto, info, report = adapt_model(base, [example], CLASSES, AdaptSettings())
+    save_model(proto, info, tmp_path / "boxed.onnx")
+    model = SegmentationModel(tmp_path / "boxed.onnx", provider="cpu")
+    assert report["classes_left_to_the_start_model"] == sorted(CLASSES)
+    seg = model.segment(_image())
+    assert all(_near(seg.detections, f, "mid") for f in MID[:2])  # the clicks stay
+    # the boxed one goes when it is less certain (or smaller) than both clicks, and stays otherwise
+    droppable = odd[0].score < min(d.score for d in clicked) or odd[0].area_nm2 < min(d.area_nm2 for d in clicked)
+    assert droppable  # the tiny image is made so: the odd bump is a poorer "mid" than the ordinary ones
+    assert not _near(seg.detections, ODD_HIGH[0], "mid")
+    assert info.detection["min_score"]["mid"] >= base.thresholds()[0].get("mid", 0.0)
+    # nothing else of "mid" changes class; the other classes keep their detections
+    assert all(_near(seg.detections, f, "high") for f in HIGH)
+    assert all(_near(seg.detections, f, "dark") for f in DARK)
+    # without the box, nothing changes
+    proto, info, _ = adapt_model(base, [LabelledFrame(_image(), points)], CLASSES, AdaptSettings())
+    assert info.detection["min_score"]["mid"] == base.thresholds()[0].get("mid", 0.0)

@@ -330,3 +330,27 @@ def test_new_prototypes_of_a_known_class_add_nothing_the_start_model_calls_backg
         x, y = _nm(*f)
         assert not [d for d in seg.detections if (d.x_nm - x) ** 2 + (d.y_nm - y) ** 2 < 1.0]
     assert sum(d.class_name == "bright" for d in seg.detections) >= len(BRIGHT) - 1
+
+
+def test_background_squares_can_sit_on_the_start_models_false_detections(tmp_path: Path) -> None:
+    from stm_live.model.real_eval import false_detections
+
+    root = tmp_path / "data"
+    root.mkdir()
+    unlabelled = (70, 40)  # a bright bump in the dev half that the labels leave out
+    np.save(root / "img.npy", bumps_image((128, 128), [*BRIGHT, unlabelled], DARK))
+    write_tiny_model(tmp_path / "tiny.onnx")
+    model = SegmentationModel(tmp_path / "tiny.onnx", provider="cpu")
+    scan = load_scan(read_label_set(_write_labels(tmp_path / "l.json")), root)
+    false = false_detections(model, [scan], "dev")
+    x, y = _nm(*unlabelled)
+    assert list(false) == [0] and len(false[0]) == 1
+    assert abs(false[0][0][0] - x) < 0.3 and abs(false[0][0][1] - y) < 0.3
+    assert false_detections(model, [scan], "test") == {}  # every detection there is labelled
+    support = support_draw([scan], ["bright", "dark"], 1, np.random.default_rng(0), background_on=false)
+    [box] = [b for ex in support for b in ex.background_boxes]
+    assert box[0] < x < box[2] and box[1] < y < box[3]
+    # a position on a labelled feature gives no box: the square must be clear of every label
+    on_label = {0: [_nm(*BRIGHT[0])]}
+    support = support_draw([scan], ["bright", "dark"], 1, np.random.default_rng(0), background_on=on_label)
+    assert [b for ex in support for b in ex.background_boxes] == []

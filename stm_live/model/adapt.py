@@ -558,7 +558,12 @@ def _calibrate(
       something else);
     * *positives*: a detection less certain than every clicked example of its
       class (less ``score_margin``) is not kept: the clicked features are what
-      the person says the class looks like.
+      the person says the class looks like;
+    * a class in ``unchanged`` keeps the start model's thresholds unless the
+      known background holds detections of it: then they rise as far as needed
+      to drop as many of those as possible without losing a clicked example
+      the start model finds (a box dragged over false detections removes their
+      kind, not the class).
     """
     proto, full = with_info(model, info)
     pitch = full.nm_per_px
@@ -623,14 +628,23 @@ def _calibrate(
     for c in classes:
         pos, neg = positives[c], negatives[c]
         base_area = float(area_floor.get(c, 0.0)) if isinstance(area_floor, Mapping) else 0.0
-        if unchanged and c in unchanged:  # the start model's validated thresholds
+        left_to_start = unchanged is not None and c in unchanged
+        if left_to_start:  # the start model's validated thresholds
             start_scores, start_areas = base.thresholds()
             score_floor, base_area = start_scores.get(c, 0.0), max(base_area, start_areas.get(c, 0.0))
         else:  # positives: nothing less certain than every clicked example (less the margin)
             score_floor = min(s for s, _ in pos) - score_margin if pos else 0.0
         scores = sorted({max(score_floor, 0.0), *(s + 1e-4 for s, _ in neg)})
         areas = sorted({base_area, *(a + 1e-6 for _, a in neg)})
-        best: tuple[int, float, float, int] | None = None
+        if left_to_start:  # never below the start model's own thresholds
+            scores = [t for t in scores if t >= score_floor]
+            areas = [t for t in areas if t >= base_area]
+        # A class left to the start model: its thresholds rise above the start model's only to drop
+        # what it finds on background the person marked, and never so far that a clicked example it
+        # finds is lost (the person's clicks say what the class looks like, the boxes what it is not).
+        found = sum(1 for s, a in pos if s >= score_floor and a >= base_area)
+        best: tuple[int, float, float, int] | None = None  # (clicks kept, score, area, background kept)
+        fewest: tuple[int, float, float, int] | None = None  # the same, fewest background kept
         for s_t in scores:
             for a_t in areas:
                 n_neg = sum(1 for s, a in neg if s >= s_t and a >= a_t)
@@ -640,6 +654,11 @@ def _calibrate(
                 key = (-n_pos, s_t, a_t, n_neg)
                 if best is None or key < (-best[0], best[1], best[2], best[3]):
                     best = (n_pos, s_t, a_t, n_neg)
+                if left_to_start and n_pos >= found and (
+                        fewest is None or (n_neg, s_t, a_t) < (fewest[3], fewest[1], fewest[2])):
+                    fewest = (n_pos, s_t, a_t, n_neg)
+        if fewest is not None:
+            best = fewest
         if best is None:  # unreachable: a threshold above every score keeps nothing
             best = (0, 1.0, base_area, 0)
         min_score[c] = round(min(best[1], 1.0), 4)

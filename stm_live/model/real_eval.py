@@ -33,8 +33,8 @@ from .labels import IGNORE, LabelSet, RegionScore, dense_mask, file_sha256, scor
 from .prototypes import Point
 from .runtime import SegmentationModel
 
-__all__ = ["LabelledScan", "dense_adapt", "dense_dice", "kshot", "load_scan", "score_detections", "score_model",
-           "support_draw"]
+__all__ = ["LabelledScan", "dense_adapt", "dense_dice", "false_detections", "kshot", "load_scan", "score_detections",
+           "score_model", "support_draw"]
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,44 @@ def _free_squares(labels: LabelSet, split: str, side_nm: float, rng: np.random.G
     return out
 
 
+def _squares_on(labels: LabelSet, centres: Sequence[tuple[float, float]], side_nm: float,
+                rng: np.random.Generator, n: int) -> list[Box]:
+    """``n`` squares centred on randomly chosen ``centres`` (nm), none with a feature within 0.5 nm."""
+    out: list[Box] = []
+    for j in rng.permutation(len(centres)):
+        if len(out) >= n:
+            break
+        x, y = centres[int(j)]
+        x0, y0 = x - side_nm / 2, y - side_nm / 2
+        if all(not (x0 - 0.5 <= f.x_nm <= x0 + side_nm + 0.5 and y0 - 0.5 <= f.y_nm <= y0 + side_nm + 0.5)
+               for f in labels.features):
+            out.append((x0, y0, x0 + side_nm, y0 + side_nm))
+    return out
+
+
+def false_detections(model: SegmentationModel, scans: Sequence[LabelledScan], split: str = "dev",
+                     ) -> dict[int, list[tuple[float, float]]]:
+    """Per scan, where ``model`` detects something in ``split``'s regions that no label is near.
+
+    "Near": within the label file's match radius of a labelled feature of any class,
+    ambiguous ones included. What a person sees on the overlay as plainly wrong.
+    """
+    out: dict[int, list[tuple[float, float]]] = {}
+    for i, s in enumerate(scans):
+        radius = s.labels.match_radius_nm
+        regions = s.labels.regions_of(split)
+        for d in model.segment(s.frame).detections:
+            inside = any(r.x0_nm <= d.x_nm < r.x1_nm and r.y0_nm <= d.y_nm < r.y1_nm for r in regions)
+            near = any((f.x_nm - d.x_nm) ** 2 + (f.y_nm - d.y_nm) ** 2 <= radius**2 for f in s.labels.features)
+            if inside and not near:
+                out.setdefault(i, []).append((d.x_nm, d.y_nm))
+    return out
+
+
 def support_draw(
     scans: Sequence[LabelledScan], classes: Sequence[str], k: int, rng: np.random.Generator, *,
     split: str = "dev", background_squares: int | None = None, square_nm: float | None = None,
+    background_on: Mapping[int, Sequence[tuple[float, float]]] | None = None,
 ) -> list[LabelledFrame]:
     """One k-shot support set: k unambiguous features per class from ``split``, plus background squares.
 
@@ -129,7 +164,10 @@ def support_draw(
     that gets a feature becomes a labelled frame with those points (and
     ``background_squares`` feature-free squares, default k, of side
     ``square_nm``, default 3x the label file's match radius, from its own
-    ``split`` regions).
+    ``split`` regions). With ``background_on`` (per scan index, positions in
+    nm: the start model's false detections, :func:`false_detections`) the
+    squares are centred on some of those instead, as a person drags a box
+    over detections that are plainly wrong.
     """
     pool: dict[str, list[tuple[int, Any]]] = {c: [] for c in classes}
     for i, s in enumerate(scans):
@@ -150,7 +188,10 @@ def support_draw(
     for i, points in sorted(chosen.items()):
         labels = scans[i].labels
         side = square_nm or 3.0 * labels.match_radius_nm
-        boxes = tuple(_free_squares(labels, split, side, rng, n_bg)) if n_bg else ()
+        if background_on is not None:
+            boxes = tuple(_squares_on(labels, background_on.get(i, ()), side, rng, n_bg)) if n_bg else ()
+        else:
+            boxes = tuple(_free_squares(labels, split, side, rng, n_bg)) if n_bg else ()
         out.append(LabelledFrame(scans[i].frame, tuple(points), background_boxes=boxes, source=labels.path))
     return out
 
@@ -171,8 +212,12 @@ def kshot(
     settings: AdaptSettings | None = None,
     background_squares: int | None = None,
     classes: Sequence[str] | None = None,
+    background_on_false: bool = False,
 ) -> dict[str, Any]:
     """k-shot adaptation from the dev regions, scored on the test regions (see the module description).
+
+    ``background_on_false``: the background squares sit on the start model's false detections
+    in the dev regions (:func:`false_detections`) instead of on random empty terrace.
 
     Returns ``{"k": {"draws": [...per-draw RegionScore dicts], "mean": {class: {precision, recall, f1}},
     "sd": {...}, "false_per_100nm2": [mean, sd]}}``.
@@ -180,13 +225,17 @@ def kshot(
     settings = settings or AdaptSettings()
     classes = list(classes or [c for c in scored_classes(scans, "test") if c in scored_classes(scans, "dev")])
     out: dict[str, Any] = {"classes": classes, "draws": draws}
+    false_at = false_detections(base, scans, "dev") if background_on_false and base.has_head else None
+    if false_at is not None:
+        out["start_model_false_detections_dev"] = sum(len(v) for v in false_at.values())
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for k in shots:
             rng = np.random.default_rng(seed + 1000 * k)
             rows = []
             for d in range(draws):
-                support = support_draw(scans, classes, k, rng, background_squares=background_squares)
+                support = support_draw(scans, classes, k, rng, background_squares=background_squares,
+                                       background_on=false_at)
                 proto, info, rep = adapt_model(base, support, classes, replace(settings, seed=seed + d),
                                                name=f"{k}-shot-{d}")
                 model = _with_model(proto, info, tmp, f"k{k}d{d}")
