@@ -256,9 +256,9 @@ def part_transfer(models: list[str], split: str) -> dict[str, Any]:
     return out
 
 
-def part_kshot(encoder: str, draws: int, today: bool, on_false: bool = False) -> dict[str, Any]:
+def part_kshot(encoder: str, draws: int, today: bool, on_false: bool = False, strict: bool = False) -> dict[str, Any]:
     base = SegmentationModel(bundled_model_path(encoder) if "/" not in encoder else encoder, provider="cpu")
-    settings = today_settings(base) if today else AdaptSettings()
+    settings = today_settings(base) if today else AdaptSettings(strict_background=strict)
     out: dict[str, Any] = {"encoder": base.id, "today": today}
     for label, names in SURFACES:
         t0 = time.perf_counter()
@@ -271,10 +271,10 @@ def part_kshot(encoder: str, draws: int, today: bool, on_false: bool = False) ->
     return out
 
 
-def part_dev(encoder: str, draws: int, today: bool, on_false: bool = False) -> dict[str, Any]:
+def part_dev(encoder: str, draws: int, today: bool, on_false: bool = False, strict: bool = False) -> dict[str, Any]:
     """Leave-one-dev-region-out, k = 3: the only protocol used to choose settings."""
     base = SegmentationModel(bundled_model_path(encoder) if "/" not in encoder else encoder, provider="cpu")
-    settings = today_settings(base) if today else AdaptSettings()
+    settings = today_settings(base) if today else AdaptSettings(strict_background=strict)
     out: dict[str, Any] = {}
     for label, names in SURFACES:
         scans = scans_of(names)
@@ -451,6 +451,8 @@ def main() -> int:
     parser.add_argument("--background-on-false", action="store_true",
                         help="kshot and dev parts: the background squares on the start model's false detections "
                              "in the dev regions (as a person marks what is plainly wrong), not on random terrace")
+    parser.add_argument("--strict-background", action="store_true",
+                        help="kshot and dev parts: adapt with AdaptSettings.strict_background")
     parser.add_argument("--out", default=str(REPO / "docs" / "real_eval.json"))
     parser.add_argument("--tag", default="", help="suffix of the result keys (e.g. a variant's name)")
     parser.add_argument("--surface", choices=["si001h", "tio2"], help="k-shot and dev parts: this surface only")
@@ -473,9 +475,10 @@ def main() -> int:
         if part == "zero-shot":
             value = part_zero_shot()
         elif part == "kshot":
-            value = part_kshot(args.encoder, args.draws, args.today, args.background_on_false)
+            value = part_kshot(args.encoder, args.draws, args.today, args.background_on_false,
+                               args.strict_background)
         elif part == "dev":
-            value = part_dev(args.encoder, args.draws, args.today, args.background_on_false)
+            value = part_dev(args.encoder, args.draws, args.today, args.background_on_false, args.strict_background)
         elif part == "baselines":
             value = part_baselines()
         elif part == "sim":

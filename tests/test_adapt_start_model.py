@@ -125,7 +125,7 @@ def _box(rc: tuple[int, int], half_nm: float = 0.6) -> tuple[float, float, float
     return x - half_nm, y - half_nm, x + half_nm, y + half_nm
 
 
-def test_a_box_over_false_detections_of_a_class_left_to_the_start_model_drops_them_not_the_clicks(
+def test_strict_background_drops_boxed_detections_of_a_class_left_to_the_start_model_not_clicks(
         tmp_path: Path) -> None:
     # The start model calls the odd tall bumps "mid". A person clicks two ordinary "mid" bumps (and one of
     # each other class) and drags a box over one odd bump: "mid" stays the start model's class (it finds
@@ -138,7 +138,10 @@ def test_a_box_over_false_detections_of_a_class_left_to_the_start_model_drops_th
     points = (Point(*_nm(HIGH[0]), "high"), Point(*_nm(MID[0]), "mid"), Point(*_nm(MID[1]), "mid"),
               Point(*_nm(DARK[0]), "dark"))
     example = LabelledFrame(_image(), points, background_boxes=(_box(ODD_HIGH[0]),))
-    proto, info, report = adapt_model(base, [example], CLASSES, AdaptSettings())
+    # by default the box changes nothing for a class left to the start model
+    _, plain, _ = adapt_model(base, [example], CLASSES, AdaptSettings())
+    assert plain.detection["min_score"]["mid"] == base.thresholds()[0].get("mid", 0.0)
+    proto, info, report = adapt_model(base, [example], CLASSES, AdaptSettings(strict_background=True))
     save_model(proto, info, tmp_path / "boxed.onnx")
     model = SegmentationModel(tmp_path / "boxed.onnx", provider="cpu")
     assert report["classes_left_to_the_start_model"] == sorted(CLASSES)
@@ -153,5 +156,6 @@ def test_a_box_over_false_detections_of_a_class_left_to_the_start_model_drops_th
     assert all(_near(seg.detections, f, "high") for f in HIGH)
     assert all(_near(seg.detections, f, "dark") for f in DARK)
     # without the box, nothing changes
-    proto, info, _ = adapt_model(base, [LabelledFrame(_image(), points)], CLASSES, AdaptSettings())
+    proto, info, _ = adapt_model(base, [LabelledFrame(_image(), points)], CLASSES,
+                                 AdaptSettings(strict_background=True))
     assert info.detection["min_score"]["mid"] == base.thresholds()[0].get("mid", 0.0)

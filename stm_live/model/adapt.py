@@ -96,6 +96,11 @@ class AdaptSettings:
     knows and already detects at more than this share of its clicked
     examples keeps only the start model's trained prototypes and thresholds
     (0.99: only a class found at every clicked example, the rule before).
+    ``strict_background``: with ``calibrate``, a class left to the start
+    model also raises its thresholds to drop what it finds on the marked
+    background, without losing a clicked example it finds (off by default:
+    on the real dev regions it cut false detections but lost more true
+    features than it removed false ones; docs/real_eval.md).
     """
 
     nm_per_px: float | None = None
@@ -111,6 +116,7 @@ class AdaptSettings:
     count_like_a_person: bool = True
     score_margin: float = 0.05
     start_model_share: float = 0.5
+    strict_background: bool = False
     seed: int = 0
     extra_provenance: Mapping[str, Any] = field(default_factory=dict)
 
@@ -381,7 +387,7 @@ def adapt_model(
                                              or any(ex.points for ex in examples)):
         unchanged_classes = set(report["classes_left_to_the_start_model"]) if keep_head else None
         thresholds = _calibrate(base, model, new_info, examples, known_background, classes, radius,
-                                unchanged_classes, settings.score_margin)
+                                unchanged_classes, settings.score_margin, settings.strict_background)
         report["calibration"] = thresholds
         det = dict(new_info.detection)
         det["min_score"] = thresholds["min_score"]
@@ -535,6 +541,7 @@ def _calibrate(
     radius_nm: float,
     unchanged: set[str] | None = None,
     score_margin: float = 0.05,
+    strict_background: bool = False,
 ) -> dict[str, Any]:
     """Per-class score thresholds from the labelled frames themselves.
 
@@ -559,11 +566,11 @@ def _calibrate(
     * *positives*: a detection less certain than every clicked example of its
       class (less ``score_margin``) is not kept: the clicked features are what
       the person says the class looks like;
-    * a class in ``unchanged`` keeps the start model's thresholds unless the
-      known background holds detections of it: then they rise as far as needed
-      to drop as many of those as possible without losing a clicked example
-      the start model finds (a box dragged over false detections removes their
-      kind, not the class).
+    * with ``strict_background``, a class in ``unchanged`` keeps the start
+      model's thresholds unless the known background holds detections of it:
+      then they rise as far as needed to drop as many of those as possible
+      without losing a clicked example the start model finds (a box dragged
+      over false detections removes their kind, not the class).
     """
     proto, full = with_info(model, info)
     pitch = full.nm_per_px
@@ -629,6 +636,7 @@ def _calibrate(
         pos, neg = positives[c], negatives[c]
         base_area = float(area_floor.get(c, 0.0)) if isinstance(area_floor, Mapping) else 0.0
         left_to_start = unchanged is not None and c in unchanged
+        strict = strict_background and left_to_start
         if left_to_start:  # the start model's validated thresholds
             start_scores, start_areas = base.thresholds()
             score_floor, base_area = start_scores.get(c, 0.0), max(base_area, start_areas.get(c, 0.0))
@@ -654,7 +662,7 @@ def _calibrate(
                 key = (-n_pos, s_t, a_t, n_neg)
                 if best is None or key < (-best[0], best[1], best[2], best[3]):
                     best = (n_pos, s_t, a_t, n_neg)
-                if left_to_start and n_pos >= found and (
+                if strict and n_pos >= found and (
                         fewest is None or (n_neg, s_t, a_t) < (fewest[3], fewest[1], fewest[2])):
                     fewest = (n_pos, s_t, a_t, n_neg)
         if fewest is not None:
