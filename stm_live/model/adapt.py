@@ -644,12 +644,9 @@ def _calibrate(
             score_floor = min(s for s, _ in pos) - score_margin if pos else 0.0
         scores = sorted({max(score_floor, 0.0), *(s + 1e-4 for s, _ in neg)})
         areas = sorted({base_area, *(a + 1e-6 for _, a in neg)})
-        if left_to_start:  # never below the start model's own thresholds
-            scores = [t for t in scores if t >= score_floor]
-            areas = [t for t in areas if t >= base_area]
-        # A class left to the start model: its thresholds rise above the start model's only to drop
-        # what it finds on background the person marked, and never so far that a clicked example it
-        # finds is lost (the person's clicks say what the class looks like, the boxes what it is not).
+        # strict: a class left to the start model keeps at least its thresholds, and they rise only to drop
+        # what it finds on background the person marked, never so far that a clicked example it finds is
+        # lost (the clicks say what the class looks like, the boxes what it is not)
         found = sum(1 for s, a in pos if s >= score_floor and a >= base_area)
         best: tuple[int, float, float, int] | None = None  # (clicks kept, score, area, background kept)
         fewest: tuple[int, float, float, int] | None = None  # the same, fewest background kept
@@ -662,7 +659,7 @@ def _calibrate(
                 key = (-n_pos, s_t, a_t, n_neg)
                 if best is None or key < (-best[0], best[1], best[2], best[3]):
                     best = (n_pos, s_t, a_t, n_neg)
-                if strict and n_pos >= found and (
+                if strict and s_t >= score_floor and a_t >= base_area and n_pos >= found and (
                         fewest is None or (n_neg, s_t, a_t) < (fewest[3], fewest[1], fewest[2])):
                     fewest = (n_pos, s_t, a_t, n_neg)
         if fewest is not None:
