@@ -71,6 +71,8 @@ DATA = REPO.parent / "shared" / "data"
 SI = ["si001h_brockley_23_2_0", "si001h_ph3_paddington_24_2_0"]
 TIO2 = ["tio2_110_m70"]
 SURFACES = [("si001h", SI), ("tio2", TIO2)]
+# AdaptSettings.contrast_fraction for the kshot, dev and sim parts (--contrast-fraction)
+CONTRAST = [AdaptSettings().contrast_fraction]
 BRIGHT = {"dangling_bond": True, "dimer_vacancy": False, "bright_spot": True}
 
 
@@ -80,6 +82,7 @@ def scans_of(names: list[str]) -> list[LabelledScan]:
 
 def today_settings(base: SegmentationModel) -> AdaptSettings:
     return AdaptSettings(nm_per_px=base.info.nm_per_px, radius_nm=0.4, background_margin_nm=1.2, calibrate=False,
+                         contrast_fraction=0.0,
                          keep_base_head=False, count_like_a_person=False, prototypes_per_class=1, fine_tune_steps=0)
 
 
@@ -258,7 +261,7 @@ def part_transfer(models: list[str], split: str) -> dict[str, Any]:
 
 def part_kshot(encoder: str, draws: int, today: bool, on_false: bool = False, strict: bool = False) -> dict[str, Any]:
     base = SegmentationModel(bundled_model_path(encoder) if "/" not in encoder else encoder, provider="cpu")
-    settings = today_settings(base) if today else AdaptSettings(strict_background=strict)
+    settings = today_settings(base) if today else AdaptSettings(strict_background=strict, contrast_fraction=CONTRAST[0])
     out: dict[str, Any] = {"encoder": base.id, "today": today}
     for label, names in SURFACES:
         t0 = time.perf_counter()
@@ -274,7 +277,7 @@ def part_kshot(encoder: str, draws: int, today: bool, on_false: bool = False, st
 def part_dev(encoder: str, draws: int, today: bool, on_false: bool = False, strict: bool = False) -> dict[str, Any]:
     """Leave-one-dev-region-out, k = 3: the only protocol used to choose settings."""
     base = SegmentationModel(bundled_model_path(encoder) if "/" not in encoder else encoder, provider="cpu")
-    settings = today_settings(base) if today else AdaptSettings(strict_background=strict)
+    settings = today_settings(base) if today else AdaptSettings(strict_background=strict, contrast_fraction=CONTRAST[0])
     out: dict[str, Any] = {}
     for label, names in SURFACES:
         scans = scans_of(names)
@@ -420,7 +423,7 @@ def part_sim(frames: int = 8, seed: int = 60_000, draws: int = 3, today: bool = 
                        for i in support.instances):
                     boxes.append((x0, y0, x0 + 3.0, y0 + 3.0))
             example = LabelledFrame(support.frame("Z"), tuple(points), background_boxes=tuple(boxes))
-            settings = today_settings(base) if today else AdaptSettings()
+            settings = today_settings(base) if today else AdaptSettings(contrast_fraction=CONTRAST[0])
             if start_model_share is not None:
                 settings = replace(settings, start_model_share=start_model_share)
             proto, info, report = adapt_model(base, [example], list(base.classes), replace(settings, seed=d))
@@ -453,6 +456,8 @@ def main() -> int:
                              "in the dev regions (as a person marks what is plainly wrong), not on random terrace")
     parser.add_argument("--strict-background", action="store_true",
                         help="kshot and dev parts: adapt with AdaptSettings.strict_background")
+    parser.add_argument("--contrast-fraction", type=float, default=AdaptSettings().contrast_fraction,
+                        help="kshot, dev and sim parts: AdaptSettings.contrast_fraction (0: no contrast gate)")
     parser.add_argument("--out", default=str(REPO / "docs" / "real_eval.json"))
     parser.add_argument("--tag", default="", help="suffix of the result keys (e.g. a variant's name)")
     parser.add_argument("--surface", choices=["si001h", "tio2"], help="k-shot and dev parts: this surface only")
@@ -461,6 +466,7 @@ def main() -> int:
     parser.add_argument("--start-model-share", type=float,
                         help="sim part: AdaptSettings.start_model_share (0.99: the rule before issue 17's fix)")
     args = parser.parse_args()
+    CONTRAST[0] = args.contrast_fraction
     if args.surface:
         SURFACES[:] = [s for s in SURFACES if s[0] == args.surface]
     logging.basicConfig(level=logging.WARNING)

@@ -49,8 +49,10 @@ def test_adapt_from_a_handful_of_points_finds_the_unlabelled_features(
     out = tmp_path / "adapted.onnx"
     assert main(["adapt", "--model", str(encoder), "--image", str(scan), "--points", str(points),
                  "--out", str(out), "--radius-nm", "0.3"]) == 0
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "contrast gate" in printed
     info = read_info(load_onnx(out))
+    assert set(info.detection["min_contrast"]) == {"adatom", "vacancy"}  # the gate of each clicked class
     assert info.classes == ("adatom", "vacancy") and info.name == "adapted"
     assert info.provenance["images"][0]["points"] == 2
     assert info.provenance["base_model"]["id"] == read_info(load_onnx(encoder)).id
@@ -90,6 +92,8 @@ def test_adapt_from_a_mask(tmp_path: Path, scan: Path, encoder: Path) -> None:
         ("x_nm,y_nm,class\n1,oops,a\n", [], r"points\.csv:2: x_nm/y_nm must be numbers"),
         ("x_nm,y_nm,class\n", [], "no points"),
         ("x_nm,y_nm,class\n1,1,background\n", [], "no feature class"),
+        ("x_nm,y_nm,class\n1,1,a\n", ["--contrast-fraction", "1.2"], "--contrast-fraction must be at least 0 "
+         "and below 1"),
     ],
 )
 def test_adapt_point_file_errors_are_one_line(

@@ -68,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with a start model's classes: raise their thresholds until nothing is found on "
                         "the marked background, keeping every clicked example (fewer false detections, fewer "
                         "true ones too)")
+    parser.add_argument("--contrast-fraction", type=float, metavar="F",
+                        help="with --points: report no feature that stands out of its surroundings by less than "
+                        "F x the faintest clicked example of its class (0 <= F < 1; default 0.6; 0 turns the "
+                        "gate off)")
     parser.add_argument("--bias-polarity", choices=["positive", "negative"],
                         help="sample bias polarity of the labelled images when the files do not store it "
                         "(.npy); recorded in the model, which warns on frames of the other polarity")
@@ -191,6 +195,9 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.mask and not args.classes:
         raise AdaptError("--mask needs --classes a,b,... naming mask values 1, 2, ...")
+    if args.contrast_fraction is not None and not 0 <= args.contrast_fraction < 1:
+        raise AdaptError(f"--contrast-fraction must be at least 0 and below 1 (a clicked example must pass its own "
+                         f"gate), got {args.contrast_fraction}")
     if args.centre_features and not args.centre_prior_nm2 > 0:
         raise AdaptError(f"--centre-prior-nm2 must be positive, got {args.centre_prior_nm2}")
     for flag in ("nm_per_px", "radius_nm", "background_margin_nm"):
@@ -258,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
         centre_prior_nm2=args.centre_prior_nm2,
         calibrate=not args.no_calibrate,
         strict_background=args.strict_background,
+        **({} if args.contrast_fraction is None else {"contrast_fraction": args.contrast_fraction}),
         seed=args.seed,
     )
     model, info, report = adapt_model(base, examples, classes, settings, name=args.name or out.stem,
@@ -280,4 +288,9 @@ def run(args: argparse.Namespace) -> int:
              and not args.nm_per_px else "")
           + (f", bias {polarity}" if polarity else "")
           + (", features centred per frame" if args.centre_features else ""))
+    gate = report.get("contrast", {}).get("gate")
+    if gate:
+        unit = report["contrast"]["unit"]
+        print("contrast gate (fainter detections are not reported): "
+              + ", ".join(f"{c} {v:.3g} {unit}" for c, v in sorted(gate.items())))
     return 0

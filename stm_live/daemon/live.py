@@ -332,7 +332,7 @@ class LiveWorker:
                 scan.segmenter = LiveSegmenter(
                     self.model, rows=frame.rows, cols=frame.cols, nm_per_px=frame.nm_per_px,
                     scan_direction=frame.scan_direction, min_score=cfg.model.min_score,
-                    min_area_nm2=cfg.model.min_area_nm2, freeze_rows=cfg.live.freeze_rows,
+                    min_area_nm2=cfg.model.min_area_nm2, freeze_rows=cfg.live.freeze_rows, unit=frame.unit,
                 )
             except (ValueError, ModelError) as exc:
                 log.warning("scan %s: no live results (%s); the finished frame is still segmented", scan.key[0], exc)

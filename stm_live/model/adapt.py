@@ -15,7 +15,10 @@ What it decides from the images themselves (``docs/real_eval.md`` measures it):
 * the detection thresholds: the lowest per-class score at which the new
   head finds no more features in the known background of its own labelled
   frames than the model it started from (with a dense mask: the background
-  bias that maximises Dice over folds of the labelled image, cross-validated).
+  bias that maximises Dice over folds of the labelled image, cross-validated);
+* the contrast gate (clicked points): how far each clicked example stands out
+  of its surroundings is measured, and detections fainter than 0.6 of the
+  faintest one are not reported (:mod:`stm_live.model.contrast`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from scipy import ndimage
 
 from ..errors import AdaptError
 from ..frame import Frame
+from .contrast import feature_contrast
 from .format import ModelInfo, Prototypes, attach_head, load_onnx, with_info
 from .instances import per_class
 from .prepare import level_for_model, to_model_grid
@@ -96,6 +100,13 @@ class AdaptSettings:
     knows and already detects at more than this share of its clicked
     examples keeps only the start model's trained prototypes and thresholds
     (0.99: only a class found at every clicked example, the rule before).
+    ``contrast_fraction``: with clicked examples, a detection is not
+    reported when it stands out of its surroundings by less than this
+    fraction of the faintest clicked example of its class (the contrast gate,
+    :mod:`stm_live.model.contrast`; 0 turns it off). Chosen on the real dev
+    regions (docs/real_eval.md): the faint dark dots along the dimer rows
+    that the start model calls vacancies are shallower than any vacancy a
+    person clicks.
     ``strict_background``: with ``calibrate``, a class left to the start
     model also raises its thresholds to drop what it finds on the marked
     background, without losing a clicked example it finds (off by default:
@@ -117,8 +128,14 @@ class AdaptSettings:
     score_margin: float = 0.05
     start_model_share: float = 0.5
     strict_background: bool = False
+    contrast_fraction: float = 0.6
     seed: int = 0
     extra_provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.contrast_fraction < 1:
+            raise AdaptError(f"contrast_fraction must be at least 0 and below 1 (a clicked example must pass its "
+                             f"own gate), got {self.contrast_fraction}")
 
 
 # The encoders were trained on features about this many model pixels across
@@ -393,7 +410,50 @@ def adapt_model(
         det["min_score"] = thresholds["min_score"]
         det["min_area_nm2"] = thresholds["min_area_nm2"]
         new_info = replace(new_info, detection=det)
+    if settings.contrast_fraction > 0 and not dense:
+        gate, measured = _contrast_gate(examples, classes, bright_class, class_size, settings.contrast_fraction,
+                                        levelling=info)
+        if gate:
+            new_info = replace(new_info, detection={**new_info.detection, "min_contrast": gate})
+        report["contrast"] = {"fraction": settings.contrast_fraction, **measured,
+                              "gate": {c: v["min"] for c, v in gate.items()}}
     return model, new_info, report
+
+
+def _contrast_gate(
+    examples: Sequence[LabelledFrame], classes: Sequence[str], bright: Mapping[str, bool],
+    size_nm: Mapping[str, float], fraction: float, *, levelling: Any,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Per class, ``fraction`` of the faintest clicked example's contrast (:mod:`.contrast`), and what was measured.
+
+    The core radius is 0.8 of the class's measured size (the vacancies and
+    dangling bonds of the real Si(001):H frames, about 1 nm: 0.8 nm), the ring
+    reaches 2 times the size. Contrast is measured on each frame levelled as
+    the model levels it, in the frame's unit; clicks on frames in different
+    units give no gate.
+    """
+    radii = {c: (0.8 * size_nm[c], 2.0 * size_nm[c]) for c in classes if c in size_nm and c in bright}
+    measured: dict[str, list[float]] = {c: [] for c in radii}
+    units = {ex.frame.unit for ex in examples if any(p.class_name in radii for p in ex.points)}
+    if len(units) != 1:
+        return {}, {"clicked": measured, "unit": sorted(units)}
+    unit = units.pop()
+    for ex in examples:
+        clicked = [p for p in ex.points if p.class_name in radii]
+        if not clicked:
+            continue
+        rows = ex.frame.valid_rows
+        levelled = level_for_model(ex.frame.data[rows], levelling)  # as the runtime levels it
+        for p in clicked:
+            inner, outer = radii[p.class_name]
+            value = feature_contrast(levelled, ex.frame.nm_per_px, p.x_nm, p.y_nm, bright=bright[p.class_name],
+                                     inner_nm=inner, outer_nm=outer, row0=rows.start)
+            if np.isfinite(value):
+                measured[p.class_name].append(float(f"{value:.4g}"))
+    gate = {c: {"min": float(f"{fraction * min(v):.4g}"), "bright": bool(bright[c]),
+                "inner_nm": round(radii[c][0], 4), "outer_nm": round(radii[c][1], 4), "unit": unit}
+            for c, v in measured.items() if v and min(v) > 0}
+    return gate, {"clicked": measured, "unit": unit}
 
 
 def _clicks_the_base_finds(

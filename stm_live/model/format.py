@@ -243,7 +243,10 @@ class ModelInfo:
         Per-class detection settings: ``{"min_score": {class: p},
         "min_area_nm2": {class: a}}`` calibrated on validation frames for
         trained models, and ``"merge_within_nm"`` (pieces of one feature
-        closer than this are merged) for models adapted from points.
+        closer than this are merged) for models adapted from points;
+        ``"min_contrast"`` (``{class: {"min", "bright", "inner_nm",
+        "outer_nm"}}``, :mod:`stm_live.model.contrast`): detections fainter
+        than a fraction of the faintest clicked example are not reported.
     id : str
         Hash of everything that decides the model's behaviour (:func:`model_id`;
         filled by :func:`save_model`).

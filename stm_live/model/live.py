@@ -66,6 +66,9 @@ class LiveSegmenter:
         the model's calibrated per-class thresholds).
     freeze_rows : int
         Model rows after which normalisation statistics stop changing.
+    unit : str
+        Unit of the line values (``Frame.unit``): a model's contrast gate
+        applies to frames in the unit it was measured in.
     """
 
     def __init__(
@@ -79,10 +82,12 @@ class LiveSegmenter:
         min_score: float | None = None,
         min_area_nm2: float | None = None,
         freeze_rows: int = 32,
+        unit: str = "m",
     ) -> None:
         if scan_direction not in ("down", "up"):
             raise ValueError(f"scan_direction must be 'down' or 'up', got {scan_direction!r}")
         self.model = model
+        self.unit = unit
         self.rows, self.cols = rows, cols
         self.nm_per_px = (float(nm_per_px[0]), float(nm_per_px[1]))
         self.up = scan_direction == "up"
@@ -215,6 +220,11 @@ class LiveSegmenter:
         self._class_map[keep_lo:keep_hi] = class_map_from_probs(self._probs[:, keep_lo:keep_hi])
         self._done_model = done
         detections = self._instances(done)
+        if self.model.contrast_gate and detections:
+            # on the lines received so far (resampled along x to the model's pitch), as segment() does on the frame
+            detections = self.model.contrast_gate.keep(
+                detections, self._colres, (self.model.info.nm_per_px, self.nm_per_px[1]), unit=self.unit,
+                have_rows=self._have)
         t4 = time.perf_counter()
         # The class map at the input grid: only acquired rows, and of those only
         # the ones whose model row was rewritten or that were not filled yet.

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..frame import Detection, Frame, Segmentation
+from .contrast import ContrastGate
 from .format import EMBEDDING_NAME, INPUT_NAME, PROBS_NAME, ModelInfo, has_head, load_onnx, read_info
 from .instances import class_map_from_probs, find_instances
 from .prepare import level_for_model, prepare_image, to_image_grid
@@ -359,6 +360,8 @@ class SegmentationModel:
             raise ModelError(f"{self.path}: model has no 'embedding' output (outputs: {outputs})")
         self._outputs = outputs
         self._polarity_warned: set[str] = set()
+        #: Detections fainter than their class's gate are not reported (adapted models; :mod:`.contrast`).
+        self.contrast_gate = ContrastGate(self.info.detection.get("min_contrast"))
 
     # ------------------------------------------------------------------ basics
     @property
@@ -491,6 +494,9 @@ class SegmentationModel:
         probs = self.run(image)[PROBS_NAME][0]
         t3 = time.perf_counter()
         detections, class_map_model = self._instances(probs, frame, rows, data.shape, min_score, min_area_nm2)
+        if self.contrast_gate:
+            detections = self.contrast_gate.keep(detections, data, frame.nm_per_px, unit=frame.unit,
+                                                 row0=rows.start)
         t4 = time.perf_counter()
         full = np.zeros(frame.data.shape, np.uint8)
         full[rows] = to_image_grid(

@@ -295,7 +295,7 @@ def _with_base_classes(model: Any, info: ModelInfo, base: SegmentationModel,
         offsets = np.concatenate([own, np.asarray(added, np.float32)])
     merged = Prototypes(np.stack(vectors), tuple(labels), protos.temperature, offsets=offsets)
     detection = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in info.detection.items()}
-    for key in ("min_score", "min_area_nm2", "merge_within_nm", "split_within_nm"):
+    for key in ("min_score", "min_area_nm2", "merge_within_nm", "split_within_nm", "min_contrast"):
         theirs = base.info.detection.get(key)
         for c in kept:
             value = theirs.get(c) if isinstance(theirs, Mapping) else theirs
