@@ -1,9 +1,10 @@
 """The contrast gate of adapted models (issue 17): features fainter than the clicked ones are not reported.
 
 Real tiny models (tests/tiny_models.py): a fixed 3 x 3 convolution encoder with a prototype head
-whose "dark" prototype lies close to background, so that it calls deep pits and shallow ones (0.45 of
-the depth) alike "dark", with scores near the deep ones': on the real Si(001):H frames the faint
-dark dots along the dimer rows are what a start model adds to the vacancies a person counts.
+whose "dark" prototype lies close to background, so that it calls deep pits and shallow ones (0.35
+of the depth) alike "dark", with scores near the deep ones' (0.76-0.85 against 0.92-0.95). On the
+real Si(001):H frames the faint dark dots along the dimer rows are what a start model adds to the
+vacancies a person counts.
 """
 
 from __future__ import annotations
@@ -37,14 +38,14 @@ def _nm(rc: tuple[int, int]) -> tuple[float, float]:
 def _image() -> Frame:
     rr, cc = np.indices(SHAPE)
     img = np.random.default_rng(0).normal(0.0, 0.1, size=SHAPE)
-    for height, centres in ((1.0, BUMPS), (-1.0, DEEP), (-0.45, FAINT)):
+    for height, centres in ((1.0, BUMPS), (-1.0, DEEP), (-0.35, FAINT)):
         for r, c in centres:
             img += height * np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / (2 * 1.5**2))
     return Frame((img * 1e-10).astype(np.float32), 25.6e-9, 25.6e-9)
 
 
 def _start_model(path: Path) -> SegmentationModel:
-    vectors = np.array([[0, 0, 0, 0], [10, 8, 0, 0], [-5, -4, 0, 0]], np.float32)
+    vectors = np.array([[0, 0, 0, 0], [10, 8, 0, 0], [-3.5, -2.8, 0, 0]], np.float32)
     prototypes = Prototypes(vectors, (0, 1, 2), temperature=4.0)
     info = ModelInfo(name="tiny-bright-dark-loose", classes=tuple(CLASSES), nm_per_px=0.2, embedding_dim=4,
                      context_px=2, levelling={"method": "plane"}, normalisation={"method": "robust", "scale": "mad"},
@@ -75,7 +76,7 @@ def test_the_start_model_calls_faint_pits_dark_with_scores_near_the_deep_ones(tm
     assert all(_found(seg.detections, BUMPS, "bright"))
     faint = [d.score for d in seg.detections if d.class_name == "dark" and any(_found((d,), FAINT, "dark"))]
     deep = [d.score for d in seg.detections if d.class_name == "dark" and any(_found((d,), DEEP, "dark"))]
-    assert min(faint) > 0.85 and min(deep) - max(faint) < 0.01  # as certain as the deep ones, near enough
+    assert min(faint) > 0.75 and min(deep) - max(faint) < 0.1  # confident detections, nearly as the deep ones
 
 
 def test_clicked_deep_pits_gate_out_the_faint_ones_and_keep_every_deep_one(tmp_path: Path) -> None:
@@ -84,7 +85,8 @@ def test_clicked_deep_pits_gate_out_the_faint_ones_and_keep_every_deep_one(tmp_p
     assert set(gate) == {"bright", "dark"} and gate["dark"]["bright"] is False and gate["bright"]["bright"] is True
     assert gate["dark"]["unit"] == "m" and report["contrast"]["unit"] == "m"
     clicked = report["contrast"]["clicked"]["dark"]
-    assert len(clicked) == 2 and gate["dark"]["min"] == pytest.approx(0.6 * min(clicked), rel=1e-3)
+    fraction = AdaptSettings().contrast_fraction
+    assert len(clicked) == 2 and gate["dark"]["min"] == pytest.approx(fraction * min(clicked), rel=1e-3)
     assert 0.4e-10 < min(clicked) < 1e-10  # metres: the pits are 1 A deep, smoothed
     seg = model.segment(_image())
     assert all(_found(seg.detections, DEEP, "dark"))  # the two clicked and the two others

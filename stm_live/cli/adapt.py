@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "true ones too)")
     parser.add_argument("--contrast-fraction", type=float, metavar="F",
                         help="with --points: report no feature that stands out of its surroundings by less than "
-                        "F x the faintest clicked example of its class (0 <= F < 1; default 0.6; 0 turns the "
+                        "F x the faintest clicked example of its class (0 <= F < 1; default 0.5; 0 turns the "
                         "gate off)")
     parser.add_argument("--bias-polarity", choices=["positive", "negative"],
                         help="sample bias polarity of the labelled images when the files do not store it "

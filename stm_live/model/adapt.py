@@ -17,7 +17,7 @@ What it decides from the images themselves (``docs/real_eval.md`` measures it):
   frames than the model it started from (with a dense mask: the background
   bias that maximises Dice over folds of the labelled image, cross-validated);
 * the contrast gate (clicked points): how far each clicked example stands out
-  of its surroundings is measured, and detections fainter than 0.6 of the
+  of its surroundings is measured, and detections fainter than 0.5 of the
   faintest one are not reported (:mod:`stm_live.model.contrast`).
 """
 
@@ -128,7 +128,7 @@ class AdaptSettings:
     score_margin: float = 0.05
     start_model_share: float = 0.5
     strict_background: bool = False
-    contrast_fraction: float = 0.6
+    contrast_fraction: float = 0.5
     seed: int = 0
     extra_provenance: Mapping[str, Any] = field(default_factory=dict)
 
