@@ -463,6 +463,15 @@ def test_versions_accumulate_the_support_set_and_undo_walks_back_to_the_base(tmp
         teach.teach("nope", pts)
 
 
+def test_teach_settings_record_the_contrast_gate_and_old_version_files_replay_without_it() -> None:
+    from stm_live.viewer.teach import TeachSettings
+
+    now = TeachSettings()
+    assert now.contrast_fraction == 0.5 and TeachSettings.from_json(now.to_json()) == now
+    written_before_the_gate = {k: v for k, v in now.to_json().items() if k != "contrast_fraction"}
+    assert TeachSettings.from_json(written_before_the_gate).contrast_fraction == 0.0
+
+
 def test_the_automation_api_says_when_there_is_no_bridge_and_refuses_bad_commands(tmp_path: Path) -> None:
     """Without a bridge endpoint: 404; a bridge that does not answer: 503 naming it, within seconds."""
     alone = ViewerServer(ViewerFeed(), port=0).start()

@@ -128,23 +128,27 @@ class TeachSettings:
     features (as ``stm-live adapt`` does). ``keep_base_classes``: the base
     head's trained prototypes stay beside the new ones and its classes stay in
     the model, so naming one missed feature adds to what the model knows
-    instead of replacing it.
+    instead of replacing it. ``contrast_fraction``: the contrast gate
+    (``AdaptSettings.contrast_fraction``); a version file without it was
+    written before the gate existed and replays without one (0).
     """
 
     radius_nm: float | None = None
     background_margin_nm: float | None = None
     background_prototypes: int = 4
     keep_base_classes: bool = True
+    contrast_fraction: float = 0.5
     seed: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"radius_nm": self.radius_nm, "background_margin_nm": self.background_margin_nm,
                 "background_prototypes": self.background_prototypes, "keep_base_classes": self.keep_base_classes,
-                "seed": self.seed}
+                "contrast_fraction": self.contrast_fraction, "seed": self.seed}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str = "settings") -> TeachSettings:
-        known = {"radius_nm", "background_margin_nm", "background_prototypes", "keep_base_classes", "seed"}
+        known = {"radius_nm", "background_margin_nm", "background_prototypes", "keep_base_classes", "seed",
+                 "contrast_fraction"}
         unknown = set(data) - known
         if unknown:
             raise AdaptError(f"{source}: unknown setting(s) {', '.join(sorted(unknown))}; "
@@ -160,6 +164,7 @@ class TeachSettings:
                 background_margin_nm=length("background_margin_nm"),
                 background_prototypes=int(data.get("background_prototypes", 4)),
                 keep_base_classes=bool(data.get("keep_base_classes", True)),
+                contrast_fraction=float(data.get("contrast_fraction", 0.0)),
                 seed=int(data.get("seed", 0)),
             )
         except (TypeError, ValueError) as exc:
@@ -244,7 +249,7 @@ def adapt_from_support(
         raise AdaptError("no feature class among the examples: name the class of at least one feature")
     adapt = AdaptSettings(radius_nm=settings.radius_nm, background_margin_nm=settings.background_margin_nm,
                           n_background=settings.background_prototypes, keep_base_head=settings.keep_base_classes,
-                          seed=settings.seed)
+                          contrast_fraction=settings.contrast_fraction, seed=settings.seed)
     model, info, _report = adapt_model(base, examples, classes, adapt, name=name)
     if settings.keep_base_classes:
         model, info = _with_base_classes(model, info, base, _renamed(base, support))
