@@ -1,6 +1,6 @@
 """Figures of docs/real_eval.md: what each labelled class looks like (crops of dev-region features).
 
-Writes docs/real_eval_overlay.png (zero-shot and 3-shot detections on two test regions:
+Writes docs/real_eval_overlay.png (zero-shot and two 3-shot detections on two test regions:
 circles, red dangling bonds, blue vacancies, yellow other classes; crosses and lines the
 labels) and docs/real_eval_classes.png: per class, five crops centred on labelled
 features of the dev regions (levelled, each crop's own grey scale, enlarged),
@@ -51,7 +51,7 @@ def crop(z: np.ndarray, pitch: float, x: float, y: float, size: float) -> tuple[
 
 
 def overlay(out: Path) -> None:
-    """docs/real_eval_overlay.png: zero-shot si001-ash3 and a 3-shot adapted base encoder on test regions."""
+    """docs/real_eval_overlay.png: zero-shot si001-ash3, and it and the base encoder adapted from 3 clicks."""
     from stm_live.model.adapt import AdaptSettings, adapt_model
     from stm_live.model.format import save_model
     from stm_live.model.real_eval import load_scan, support_draw
@@ -62,12 +62,14 @@ def overlay(out: Path) -> None:
 
     scans = [load_scan(read_label_set(HERE / f"{n}.json"), DATA)
              for n in ("si001h_brockley_23_2_0", "si001h_ph3_paddington_24_2_0")]
-    base = SegmentationModel(bundled_model_path("base-encoder"), provider="cpu")
     support = support_draw(scans, ["dangling_bond", "dimer_vacancy"], 3, np.random.default_rng(3000))
-    proto, info, _ = adapt_model(base, support, ["dangling_bond", "dimer_vacancy"], AdaptSettings())
-    save_model(proto, info, Path("/tmp") / "stm-live-real-eval-3shot.onnx")
-    models = {"zero-shot si001-ash3": SegmentationModel(provider="cpu"),
-              "3-shot base-encoder": SegmentationModel(Path("/tmp") / "stm-live-real-eval-3shot.onnx", provider="cpu")}
+    models = {"zero-shot si001-ash3": SegmentationModel(provider="cpu")}
+    for start in ("si001-ash3", "base-encoder"):  # the same clicks, adapt's defaults (the contrast gate included)
+        base = SegmentationModel(bundled_model_path(start), provider="cpu")
+        proto, info, _ = adapt_model(base, support, ["dangling_bond", "dimer_vacancy"], AdaptSettings())
+        path = Path("/tmp") / f"stm-live-real-eval-3shot-{start}.onnx"
+        save_model(proto, info, path)
+        models[f"3-shot {start}"] = SegmentationModel(path, provider="cpu")
     scan = scans[1]
     box = (0.0, 50.0, 50.0, 75.0)
     labels = json.loads(Path(scan.labels.path).read_text())
