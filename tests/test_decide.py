@@ -256,3 +256,22 @@ def test_the_daemons_document_topics_are_understood() -> None:
         out += e.feed({"kind": "level.line", "v": 1, "scan_id": "c", "row": r, "rows_done": r + 1, "rows": 100,
                        "cols": 64, "data": values})
     assert [d["rule"] for d in out] == ["tip"]
+
+
+def test_frame_quality_uses_calibrated_thresholds_from_the_config() -> None:
+    y, x = np.mgrid[0:64, 0:64]
+    lattice = np.sin(x * 0.7 + y * 0.3) + 0.05 * np.random.default_rng(0).standard_normal((64, 64))
+    rule = {"name": "tip", "action": "rescan", "when": [{"frame_quality": {"verdict": "tip_change"}}]}
+
+    def verdict_of(section: dict) -> list[dict]:
+        e = DecisionEngine(DecideSection.model_validate({"rules": [rule], **section}))
+        for r in range(64):
+            assert e.feed({"scan_id": "q", "row": r, "data": lattice[r], "rows": 64, "cols": 64}) == []
+        return e.feed({"kind": "end", "scan_id": "q", "complete": True})
+
+    assert verdict_of({}) == []  # a clean lattice is good with the shipped thresholds
+    # thresholds below every probability: whatever the frame, the judgement says tip change
+    [d] = verdict_of({"frame_quality_thresholds": {"tip_change": 1e-9, "bad": 0.5}})
+    assert d["reason"] == "frame judged tip_change"
+    with pytest.raises(ValueError, match="tip_change"):
+        DecideSection.model_validate({"frame_quality_thresholds": {"tip_change": 1.5, "bad": 0.5}})

@@ -308,3 +308,65 @@ def test_the_shipped_model_was_fitted_on_simulated_frames_by_the_fit_script() ->
     p = fit.proba(a, x)
     assert a["threshold"]["bad"] == pytest.approx(np.percentile(p[y == 0, 1], 90))
     assert a["threshold"]["tip_change"] == pytest.approx(np.percentile(p[y == 0, 2], 90))
+
+
+def _good_lattices(n: int, pixels: int = 96) -> list[np.ndarray]:
+    """Clean lattices with noise, a little different each: what a lab's good frames are to the judgement."""
+    rng = np.random.default_rng(7)
+    y, x = np.mgrid[0:pixels, 0:pixels]
+    return [np.sin(x * rng.uniform(0.6, 0.9) + y * rng.uniform(0.2, 0.35)) + rng.uniform(0.05, 0.4)
+            * rng.standard_normal((pixels, pixels)) for _ in range(n)]
+
+
+def test_calibration_on_good_frames_calls_at_most_its_share_of_them_alarms(tmp_path: Path) -> None:
+    from stm_live.quality.calibrate import calibrate, model_fingerprint, read_calibration, write_calibration
+
+    frames = _good_lattices(30)
+    flat = np.zeros((96, 96))
+    result = calibrate([*frames, flat], false_alarms_per_100=10.0)
+    assert result["frames"] == 30 and result["skipped"] == 1 and result["model"] == model_fingerprint()
+    assert 0 < result["tip_change"] < 1 and 0 < result["bad"] < 1
+    path = write_calibration(tmp_path / "calib.json", result)
+    thresholds = read_calibration(path)
+    verdicts = [judge_frame(f, calibration=thresholds).verdict for f in frames]
+    assert verdicts.count("tip_change") <= 3 and verdicts.count("bad") <= 3  # 10 % of 30 each
+    reason = judge_frame(frames[0], calibration={"tip_change": 1e-9, "bad": 0.5}).evidence["reasons"][0]
+    assert "calibrated" in reason
+
+
+def test_calibration_refuses_too_few_frames_and_a_file_for_another_model(tmp_path: Path) -> None:
+    from stm_live.quality.calibrate import CalibrationError, calibrate, read_calibration
+
+    with pytest.raises(CalibrationError, match=r"5 good frame.*at least 20"):
+        calibrate(_good_lattices(5))
+    with pytest.raises(CalibrationError, match=r"in \(0, 50\]"):
+        calibrate(_good_lattices(20), false_alarms_per_100=80)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"tip_change": 0.3, "bad": 0.4, "model": "0123456789abcdef"}))
+    with pytest.raises(CalibrationError, match="calibrate again"):
+        read_calibration(other)
+    with pytest.raises(CalibrationError, match="no such calibration file"):
+        read_calibration(tmp_path / "missing.json")
+
+
+def test_quality_cli_calibrates_on_good_files_and_judges_with_it(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    files = []
+    for i, frame in enumerate(_good_lattices(24)):
+        files.append(tmp_path / f"good{i}.npy")
+        np.save(files[-1], frame.astype(np.float32))
+    calib = tmp_path / "calib.json"
+    assert main(["quality", "--calibrate", str(calib), *map(str, files)]) == 0
+    printed = capsys.readouterr().out
+    assert "calibrated on 24 good frames" in printed and "frame_quality_thresholds: {tip_change:" in printed
+    saved = json.loads(calib.read_text())
+    y, x = np.mgrid[0:96, 0:96]
+    changed = np.sin(x * 0.7 + y * 0.3)
+    changed[50:] = 0.3 * changed[50:] + 2.0
+    np.save(tmp_path / "changed.npy", changed.astype(np.float32))
+    assert main(["quality", "--calibration", str(calib), "--json", str(tmp_path / "changed.npy")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["verdict"] == "tip_change" and "calibrated" in out["evidence"]["reasons"][0]
+    assert f"> {saved['tip_change']:.2f}, calibrated" in out["evidence"]["reasons"][0]
+    assert main(["quality", "--calibrate", str(calib), "--calibration", str(calib), str(files[0])]) == 2
+    assert "give one of them" in capsys.readouterr().err

@@ -30,6 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--direction", choices=("forward", "backward"),
                         help="direction of .sxm files (default: input.direction)")
     parser.add_argument("--config", type=Path, metavar="PATH", help="configuration file (for input.*)")
+    parser.add_argument("--calibrate", type=Path, metavar="OUT",
+                        help="the FILEs are frames known to be good (at least 20): write thresholds calibrated on "
+                        "them to OUT (JSON) instead of judging; see docs/quality.md")
+    parser.add_argument("--false-alarms", type=float, default=10.0, metavar="N",
+                        help="with --calibrate: good frames per 100 that may be called tip_change (and as many bad); "
+                        "default 10")
+    parser.add_argument("--calibration", type=Path, metavar="PATH",
+                        help="judge with the thresholds of a calibration file (from --calibrate)")
 
 
 def _read(path: Path, channel: str, direction: str) -> Any:
@@ -52,19 +60,50 @@ def _read(path: Path, channel: str, direction: str) -> Any:
     return scan.frame(channel, direction).data
 
 
+def _calibrate(args: argparse.Namespace, channel: str, direction: str) -> int:
+    from ..errors import StmLiveError
+    from ..quality.calibrate import calibrate, write_calibration
+
+    failed = 0
+
+    def frames() -> Any:
+        nonlocal failed
+        for path in args.files:
+            try:
+                yield _read(path, channel, direction)
+            except (StmLiveError, KeyError) as exc:
+                failed += 1
+                log.error("%s", str(exc) if isinstance(exc, StmLiveError) else f"{path}: {exc.args[0]}")
+
+    result = calibrate(frames(), false_alarms_per_100=args.false_alarms)
+    write_calibration(args.calibrate, result)
+    print(f"wrote {args.calibrate}: tip_change above {result['tip_change']:.3f}, bad above {result['bad']:.3f} "
+          f"(calibrated on {result['frames']} good frames for {result['false_alarms_per_100']:g} false alarms per "
+          f"100; {result['skipped']} too small or flat, {failed} unreadable)")
+    print(f"for config.yaml: decide.frame_quality_thresholds: {{tip_change: {result['tip_change']}, "
+          f"bad: {result['bad']}}}")
+    return 1 if failed else 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..errors import StmLiveError
+    from ..quality.calibrate import read_calibration
     from ..quality.frame import judge_frame
 
     config = load_config(args.config)
     channel = args.channel or config.input.channel
     direction = args.direction or config.input.direction
+    if args.calibrate and args.calibration:
+        raise StmLiveError("--calibrate writes a calibration and --calibration judges with one: give one of them")
+    if args.calibrate:
+        return _calibrate(args, channel, direction)
+    calibration = read_calibration(args.calibration) if args.calibration else None
     failed = 0
     for path in args.files:
         try:
             image = _read(path, channel, direction)
-            verdict = judge_frame(image)
+            verdict = judge_frame(image, calibration=calibration)
         except (StmLiveError, KeyError) as exc:
             failed += 1
             message = str(exc) if isinstance(exc, StmLiveError) else f"{path}: {exc.args[0]}"

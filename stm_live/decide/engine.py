@@ -170,10 +170,12 @@ class DecisionEngine:
             self.rules = list(rules.rules)
             self.limits = rules.limits
             self.tip_change = rules.tip_change
+            self.frame_quality_thresholds = rules.frame_quality_thresholds
         else:
             self.rules = list(rules)
             self.limits = Limits()
             self.tip_change = TipChangeSettings()
+            self.frame_quality_thresholds = None
         self._clock = clock
         self._judge = judge
         self._scans: OrderedDict[str, _Scan] = OrderedDict()
@@ -277,7 +279,8 @@ class DecisionEngine:
             return self._judge(part)
         from ..quality.frame import judge_frame
 
-        return judge_frame(part).verdict
+        th = self.frame_quality_thresholds
+        return judge_frame(part, calibration=None if th is None else th.model_dump()).verdict
 
     # -- rules ------------------------------------------------------------------------
 

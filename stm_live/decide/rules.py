@@ -236,12 +236,24 @@ class TipChangeSettings(_Model):
         return kwargs
 
 
+class FrameQualityThresholds(_Model):
+    """Thresholds of the learned frame judgement of ``frame_quality`` conditions, calibrated on a
+    lab's own good frames (``stm-live quality --calibrate``; ``docs/quality.md``)."""
+
+    #: A frame is a tip change above this probability.
+    tip_change: Annotated[float, Range(0.0, 1.0, above=True)]
+    #: A frame (not a tip change) is bad above this probability.
+    bad: Annotated[float, Range(0.0, 1.0, above=True)]
+
+
 class DecideSection(_Model):
     """Rules over the live results and image quality, and the limits on what they may do."""
 
     rules: list[Rule] = []
     limits: Limits = Limits()
     tip_change: TipChangeSettings = TipChangeSettings()
+    #: null: the shipped thresholds (set on simulated good frames); else those of a calibration.
+    frame_quality_thresholds: FrameQualityThresholds | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DecideSection:

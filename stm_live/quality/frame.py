@@ -39,6 +39,7 @@ no physical size is needed. Pure.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -277,31 +278,47 @@ def model_features(evidence: dict[str, Any]) -> np.ndarray:
                      math.log1p(evidence["band_break_z"])])
 
 
-def _learned(ev: dict[str, Any]) -> Verdict:
+def _probabilities(ev: dict[str, Any]) -> dict[str, float]:
     from .learned import MODEL
 
     x = (model_features(ev) - np.array(MODEL["mean"])) / np.array(MODEL["scale"])
     logits = np.r_[x, 1.0] @ np.array(MODEL["weights"])
     p = np.exp(logits - logits.max())
     p /= p.sum()
-    prob = dict(zip(MODEL["classes"], (round(float(v), 4) for v in p), strict=True))
+    return dict(zip(MODEL["classes"], (round(float(v), 4) for v in p), strict=True))
+
+
+def learned_probabilities(image: np.ndarray) -> dict[str, float] | None:
+    """The learned judgement's probability of each verdict, or None for a frame too small or flat to judge."""
+    ev = frame_evidence(image)
+    if ev.get("flat") or "tip_change_z" not in ev:
+        return None
+    return _probabilities(ev)
+
+
+def _learned(ev: dict[str, Any], calibration: Mapping[str, float] | None = None) -> Verdict:
+    from .learned import MODEL
+
+    prob = _probabilities(ev)
     ev["probability"] = prob
-    th = MODEL["threshold"]
+    th = dict(calibration) if calibration is not None else MODEL["threshold"]
+    tag = ", calibrated" if calibration is not None else ""
     if prob["tip_change"] > th["tip_change"]:
         line = ev["break_line"] if ev["break_z"] > ev["tip_change_z"] / 2 else ev["tip_change_line"]
-        ev["reasons"] = [f"tip change likely ({prob['tip_change']:.2f} > {th['tip_change']:.2f}); strongest change "
-                         f"at line {line}"]
+        ev["reasons"] = [f"tip change likely ({prob['tip_change']:.2f} > {th['tip_change']:.2f}{tag}); strongest "
+                         f"change at line {line}"]
         return Verdict("tip_change", int(line), ev)
     if prob["bad"] > th["bad"]:
-        ev["reasons"] = [f"bad frame likely ({prob['bad']:.2f} > {th['bad']:.2f}): spectral peak {ev['lattice']:.1f}, "
-                         f"fine detail {ev['sharpness']:.2f}"]
+        ev["reasons"] = [f"bad frame likely ({prob['bad']:.2f} > {th['bad']:.2f}{tag}): spectral peak "
+                         f"{ev['lattice']:.1f}, fine detail {ev['sharpness']:.2f}"]
         return Verdict("bad", None, ev)
     ev["reasons"] = []
     return Verdict("good", None, ev)
 
 
 def judge_frame(image: np.ndarray, *, method: str = "learned",
-                thresholds: dict[str, float] | None = None) -> Verdict:
+                thresholds: dict[str, float] | None = None,
+                calibration: Mapping[str, float] | None = None) -> Verdict:
     """``good``, ``bad`` or ``tip_change`` for one frame, with the evidence.
 
     ``method="learned"`` (default): a logistic combination of the evidence
@@ -319,6 +336,10 @@ def judge_frame(image: np.ndarray, *, method: str = "learned",
     method : {"learned", "thresholds"}
     thresholds : dict, optional
         Override some of :data:`THRESHOLDS` (``method="thresholds"``).
+    calibration : mapping, optional
+        ``{"tip_change": p, "bad": p}``: the learned judgement's thresholds
+        calibrated on a lab's own good frames (:mod:`.calibrate`) instead of
+        the simulated ones.
 
     Examples
     --------
@@ -353,7 +374,7 @@ def judge_frame(image: np.ndarray, *, method: str = "learned",
         ev["reasons"] = [f"only {ev['lines']} complete lines (fewer than {MIN_LINES}): nothing to judge"]
         return Verdict("bad", None, ev)
     if method == "learned":
-        return _learned(ev)
+        return _learned(ev, calibration)
     if ev["tip_change_z"] >= th["tip_change_z"]:
         ev["reasons"] = [f"abrupt lasting change at line {ev['tip_change_line']}: {ev['tip_change_z']:.1f} noise "
                          f"units (>= {th['tip_change_z']:g})"]
