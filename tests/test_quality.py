@@ -329,7 +329,7 @@ def test_calibration_on_good_frames_calls_at_most_its_share_of_them_alarms(tmp_p
     path = write_calibration(tmp_path / "calib.json", result)
     thresholds = read_calibration(path)
     verdicts = [judge_frame(f, calibration=thresholds).verdict for f in frames]
-    assert verdicts.count("tip_change") <= 3 and verdicts.count("bad") <= 3  # 10 % of 30 each
+    assert verdicts.count("tip_change") <= 3 and verdicts.count("bad") <= 3  # at most 10 % of 30 each
     reason = judge_frame(frames[0], calibration={"tip_change": 1e-9, "bad": 0.5}).evidence["reasons"][0]
     assert "calibrated" in reason
 

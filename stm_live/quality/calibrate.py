@@ -55,7 +55,8 @@ def calibrate(images: Iterable[np.ndarray], *, false_alarms_per_100: float = 10.
 
     Frames too small or flat to judge are left out (and counted). The
     ``tip_change`` threshold is the ``1 - false_alarms_per_100 / 100``
-    quantile of the frames' tip-change probabilities; the ``bad`` one the same
+    quantile of the frames' tip-change probabilities (one of them, so that at
+    most that share of the frames lies above it); the ``bad`` one the same
     quantile of the bad probabilities of the frames not called tip_change.
 
     Raises
@@ -79,8 +80,9 @@ def calibrate(images: Iterable[np.ndarray], *, false_alarms_per_100: float = 10.
         raise CalibrationError(f"{len(probs)} good frame(s) could be judged ({skipped} too small or flat): "
                                f"a calibration needs at least {MIN_FRAMES}")
     q = 1.0 - false_alarms_per_100 / 100.0
-    tip = float(np.quantile([p["tip_change"] for p in probs], q))
-    bad = float(np.quantile([p["bad"] for p in probs if p["tip_change"] <= tip], q))
+    # "higher": a threshold that is one of the values, so that no more than the share lie above it
+    tip = float(np.quantile([p["tip_change"] for p in probs], q, method="higher"))
+    bad = float(np.quantile([p["bad"] for p in probs if p["tip_change"] <= tip], q, method="higher"))
     return {"tip_change": round(tip, 4), "bad": round(bad, 4), "frames": len(probs), "skipped": skipped,
             "false_alarms_per_100": false_alarms_per_100, "model": model_fingerprint()}
 
