@@ -9,13 +9,17 @@ vacancies a person counts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import tiny_encoder
+from daemon_kit import DaemonProcess, Subscriber, base_settings, bridge, bumps_frame, frame_done
+from tiny_models import tiny_encoder, write_tiny_model
+from zmq_sockets import SocketFactory, make_socket_fixture  # noqa: F401 - the make_socket fixture
 
 from stm_live.frame import Detection, Frame
+from stm_live.io import write_sxm
 from stm_live.level import level_frame
 from stm_live.model.adapt import AdaptSettings, LabelledFrame, adapt_model
 from stm_live.model.contrast import ContrastGate, feature_contrast
@@ -134,3 +138,34 @@ def test_contrast_needs_its_ring_and_unmeasurable_detections_are_kept() -> None:
     in_nm = ContrastGate({"dark": {"min": 100.0, "unit": "nm", **kwargs}})
     assert len(in_nm.keep([far, pit, other], image, (0.1, 0.1), unit="m")) == 3
     assert len(in_nm.keep([far, pit, other], image, (0.1, 0.1), unit="nm")) == 2
+
+
+def test_the_daemon_applies_a_models_gate_live_and_to_finished_frames_and_files(
+    tmp_path: Path, spawn: Callable[..., DaemonProcess], make_socket: SocketFactory,
+) -> None:
+    # A tiny model whose "dark" class is gated above the pits' depth (1 A, smoothed: about 0.6 A): a real
+    # daemon process reports the bumps and none of the pits, while scanning, for the frame, and for the file.
+    gate = {"dark": {"min": 2e-10, "bright": False, "inner_nm": 0.4, "outer_nm": 1.0, "unit": "m"}}
+    model = write_tiny_model(tmp_path / "gated.onnx", nm_per_px=0.2, detection={"min_contrast": gate})
+    assert model.detection["min_contrast"] == gate
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    daemon = spawn(base_settings(tmp_path, tmp_path / "gated.onnx", **{"watch.folders": [str(watch)]}))
+    sub = Subscriber(make_socket, daemon.publish)
+    sub.wait_heartbeat()
+    frame = bumps_frame()
+    with bridge(make_socket, daemon.ingest) as streamer:
+        streamer.stream([("gated-1", frame)], line_time_s=0.003)
+        final = sub.wait_for(frame_done("gated-1"), what="seg.frame of the streamed scan")
+    assert sorted(d.class_name for d in final.detections) == ["bright"] * 3
+    partials = sub.seg("gated-1", final=False)
+    assert partials and not any(d.class_name == "dark" for p in partials for d in p.detections)
+    assert any(d.class_name == "bright" for p in partials for d in p.detections)
+    write_sxm(watch / "gated-1.sxm", [frame])
+    from_file = sub.wait_for(frame_done("gated-1", "gated-1.sxm"), what="seg.frame of the .sxm file")
+    assert sorted(d.class_name for d in from_file.detections) == ["bright"] * 3
+    # the same model without the gate finds the pits: the gate, not the model, removed them
+    ungated = SegmentationModel(write_tiny_model(tmp_path / "plain.onnx", nm_per_px=0.2) and tmp_path / "plain.onnx",
+                                provider="cpu")
+    assert sorted(d.class_name for d in ungated.segment(frame).detections) == ["bright"] * 3 + ["dark"] * 2
+    assert daemon.terminate() == 0, daemon.log()
